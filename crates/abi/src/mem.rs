@@ -9,7 +9,7 @@
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use crate::pod::Pod;
 
@@ -59,6 +59,15 @@ impl<'a> VolatileSlice<'a> {
         VolatileSlice {
             ptr,
             len,
+            _memory: PhantomData,
+        }
+    }
+
+    /// A slice of no bytes.
+    pub fn empty() -> VolatileSlice<'static> {
+        VolatileSlice {
+            ptr: NonNull::dangling(),
+            len: 0,
             _memory: PhantomData,
         }
     }
@@ -164,6 +173,23 @@ impl<'a> VolatileSlice<'a> {
         Ok(())
     }
 
+    fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, BadAccess> {
+        let p = self.check(offset, 8, 8)?;
+        // SAFETY: as for `atomic_u32`, for 8 aligned bytes.
+        Ok(unsafe { AtomicU64::from_ptr(p.as_ptr().cast::<u64>()) })
+    }
+
+    /// Atomically loads the aligned `u64` at `offset`.
+    pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, BadAccess> {
+        Ok(self.atomic_u64(offset)?.load(order))
+    }
+
+    /// Atomically stores the aligned `u64` at `offset`.
+    pub fn store_u64(&self, offset: usize, v: u64, order: Ordering) -> Result<(), BadAccess> {
+        self.atomic_u64(offset)?.store(v, order);
+        Ok(())
+    }
+
     /// Atomically loads the aligned `u16` at `offset`.
     pub fn load_u16(&self, offset: usize, order: Ordering) -> Result<u16, BadAccess> {
         Ok(self.atomic_u16(offset)?.load(order))
@@ -173,6 +199,44 @@ impl<'a> VolatileSlice<'a> {
     pub fn store_u16(&self, offset: usize, v: u16, order: Ordering) -> Result<(), BadAccess> {
         self.atomic_u16(offset)?.store(v, order);
         Ok(())
+    }
+
+    /// Compare-and-swap of the aligned `u32` at `offset` (a grant entry's
+    /// `flags` and `domid` together, as Xen swaps them); returns the value
+    /// found.
+    pub fn compare_exchange_u32(
+        &self,
+        offset: usize,
+        current: u32,
+        new: u32,
+    ) -> Result<Result<u32, u32>, BadAccess> {
+        Ok(self.atomic_u32(offset)?.compare_exchange(
+            current,
+            new,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ))
+    }
+
+    /// Copies all of `src` to `offset` of `self` in bulk (plain `memcpy`).
+    ///
+    /// For payload only (disk blocks, packets, copied grants): the bytes are
+    /// moved, never interpreted, so a peer changing them mid-copy can only
+    /// tear the data it owns, as DMA would. Control structures go through
+    /// [`read_obj`](Self::read_obj) instead.
+    pub fn copy_from(&self, offset: usize, src: &VolatileSlice<'_>) -> Result<(), BadAccess> {
+        let dst = self.check(offset, src.len, 1)?;
+        // SAFETY: `check` proved the destination range is inside our
+        // mapping, `src` covers `src.len` bytes of its own mapping; the two
+        // may overlap (same frame mapped twice), so `copy` (memmove) is used.
+        unsafe { core::ptr::copy(src.ptr.as_ptr(), dst.as_ptr(), src.len) };
+        Ok(())
+    }
+
+    /// The address of the first byte, for the system calls that map and
+    /// unmap memory; never dereferenced as a reference.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 
     /// Compare-and-swap of the aligned `u16` at `offset` (a grant entry's

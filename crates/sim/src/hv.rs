@@ -1,0 +1,961 @@
+//! The hv daemon (`dom0kit hv`): owns machine memory, domains and event
+//! channels, and answers the sim's hypercalls on a seqpacket socket.
+//!
+//! One thread, one epoll loop. Every connection is exactly one domain: dom0
+//! by `SO_PEERCRED` (our uid, or root), a guest by the one-time token the
+//! toolstack got when it created the domain. A malformed, oversized or
+//! unanswerable message closes that connection only. A guest connection
+//! that closes is its domain's death: its ports close (peers see them
+//! unbound and get an event), `VIRQ_DOM_EXC` fires, and its frames return
+//! to the pool when no dom0 process holds the domain any more (zombies).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use abi::{DomId, Mfn, Pfn, Port};
+
+use crate::frames::{Frames, Policy};
+use crate::layout::{self, info, slot, Control, NR_PORTS};
+use crate::proto::{ListedDomain, Reply, Request, TOKEN_LEN};
+use crate::sys::{self, Epoll, Mapping};
+
+/// How a simulated host is set up.
+#[derive(Clone, Debug)]
+pub struct HvConfig {
+    /// Where the socket (`hv.sock`) goes.
+    pub run_dir: PathBuf,
+    /// Frames of machine memory.
+    pub machine_pages: u64,
+    /// Pages of dom0's own memory.
+    pub dom0_pages: u64,
+    /// Domains that may exist at once, dom0 and zombies included.
+    pub max_domains: u32,
+    /// Frame placement.
+    pub policy: Policy,
+    /// Seed of the shuffled policy.
+    pub seed: u64,
+}
+
+impl HvConfig {
+    /// A small host for tests: 64 MiB, shuffled frames, in `run_dir`.
+    pub fn small(run_dir: impl Into<PathBuf>) -> HvConfig {
+        HvConfig {
+            run_dir: run_dir.into(),
+            machine_pages: 16384,
+            dom0_pages: 1024,
+            max_domains: 64,
+            policy: Policy::Shuffled,
+            seed: 0x5eed,
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("hv.sock")
+    }
+}
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENOMEM: i32 = 12;
+const EACCES: i32 = 13;
+const EEXIST: i32 = 17;
+const EINVAL: i32 = 22;
+const ENOSPC: i32 = 28;
+const EPERM: i32 = 1;
+
+#[derive(Debug)]
+enum Binding {
+    Unbound { remote: DomId },
+    Interdomain { remote: DomId, remote_port: Port },
+    Virq(u32),
+}
+
+struct PortState {
+    binding: Binding,
+    /// The eventfd that this port's owner polls.
+    fd: OwnedFd,
+    /// The dom0 connection that owns the port (dom0 has many processes).
+    owner: Option<u64>,
+}
+
+struct Domain {
+    domid: DomId,
+    slot: u32,
+    p2m: Vec<Mfn>,
+    grant_frames: Vec<Mfn>,
+    /// Frames given up by memory exchange; freed with the domain, since a
+    /// backend may still map them.
+    retired: Vec<Mfn>,
+    info_fd: OwnedFd,
+    info: Mapping,
+    token: Option<[u8; TOKEN_LEN]>,
+    conn: Option<u64>,
+    pid: Option<i32>,
+    dying: bool,
+    paused: bool,
+    ports: BTreeMap<u32, PortState>,
+    holders: HashMap<u64, u32>,
+    used_pfns: Vec<bool>,
+    next_gref: u32,
+}
+
+impl Domain {
+    fn bump_generation(&self, port: u32) {
+        let off = info::PORT_GEN + port as usize * 4;
+        let s = self.info.slice();
+        if let Ok(g) = s.load_u32(off, Ordering::Relaxed) {
+            let _ = s.store_u32(off, g.wrapping_add(1), Ordering::Release);
+        }
+    }
+
+    fn free_port(&self) -> Option<u32> {
+        (1..NR_PORTS as u32).find(|p| !self.ports.contains_key(p))
+    }
+}
+
+struct Conn {
+    fd: OwnedFd,
+    domid: Option<DomId>,
+    dom0: bool,
+}
+
+/// The simulated hypervisor.
+pub struct Hypervisor {
+    config: HvConfig,
+    geometry: Control,
+    machine_fd: OwnedFd,
+    machine: Mapping,
+    control_fd: OwnedFd,
+    control: Mapping,
+    frames: Frames,
+    domains: BTreeMap<u16, Domain>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    next_domid: u16,
+    free_slots: Vec<u32>,
+    listener: OwnedFd,
+    epoll: Epoll,
+    stop: OwnedFd,
+}
+
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
+
+/// A hypervisor running on its own thread; stopped when dropped.
+pub struct HvHandle {
+    stop: OwnedFd,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    socket: PathBuf,
+}
+
+impl HvHandle {
+    /// The socket to attach to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops the hypervisor and waits for its thread.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        sys::eventfd_signal(self.stop.as_raw_fd())?;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("hypervisor thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HvHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl Hypervisor {
+    /// Sets up machine memory, dom0 and the socket.
+    pub fn new(config: HvConfig) -> io::Result<Hypervisor> {
+        if config.max_domains == 0 || config.dom0_pages >= config.machine_pages {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad hypervisor configuration",
+            ));
+        }
+        let geometry = Control {
+            machine_pages: config.machine_pages,
+            max_slots: config.max_domains,
+        };
+        let machine_fd = sys::memfd("dom0kit-machine", config.machine_pages * 4096)?;
+        let control_fd = sys::memfd("dom0kit-control", geometry.len() as u64)?;
+        let control = Mapping::shared(&control_fd, geometry.len(), true)?;
+        let machine = Mapping::shared(&machine_fd, config.machine_pages as usize * 4096, true)?;
+        std::fs::create_dir_all(&config.run_dir)?;
+        let path = config.socket();
+        let _ = std::fs::remove_file(&path);
+        let listener = sys::listen_seqpacket(&path)?;
+        sys::set_nonblocking(listener.as_raw_fd())?;
+        let epoll = Epoll::new()?;
+        let stop = sys::eventfd()?;
+        epoll.add(listener.as_raw_fd(), LISTENER)?;
+        epoll.add(stop.as_raw_fd(), STOP)?;
+        let mut hv = Hypervisor {
+            frames: Frames::new(config.machine_pages, config.policy, config.seed),
+            free_slots: (0..config.max_domains).rev().collect(),
+            config,
+            geometry,
+            machine_fd,
+            machine,
+            control_fd,
+            control,
+            domains: BTreeMap::new(),
+            conns: HashMap::new(),
+            next_conn: 2,
+            next_domid: 1,
+            listener,
+            epoll,
+            stop,
+        };
+        let pages = hv.config.dom0_pages;
+        hv.create_domain(DomId(0), pages, layout::MAX_GRANT_FRAMES as u32)
+            .map_err(|e| io::Error::other(format!("cannot create dom0 (errno {e})")))?;
+        Ok(hv)
+    }
+
+    /// Runs the hypervisor on a thread of its own.
+    pub fn spawn(config: HvConfig) -> io::Result<HvHandle> {
+        let socket = config.socket();
+        let hv = Hypervisor::new(config)?;
+        let stop = hv.stop.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name("hv".into())
+            .spawn(move || hv.run())?;
+        Ok(HvHandle {
+            stop,
+            thread: Some(thread),
+            socket,
+        })
+    }
+
+    /// Serves until stopped.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut ready = Vec::new();
+        loop {
+            ready.clear();
+            self.epoll.wait(&mut ready, -1)?;
+            for &token in &ready {
+                match token {
+                    LISTENER => self.accept()?,
+                    STOP => {
+                        let _ = std::fs::remove_file(self.config.socket());
+                        return Ok(());
+                    }
+                    c => self.serve(c),
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) -> io::Result<()> {
+        while let Some(fd) = sys::accept(self.listener.as_raw_fd())? {
+            sys::set_nonblocking(fd.as_raw_fd())?;
+            let id = self.next_conn;
+            self.next_conn += 1;
+            self.epoll.add(fd.as_raw_fd(), id)?;
+            self.conns.insert(
+                id,
+                Conn {
+                    fd,
+                    domid: None,
+                    dom0: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Answers every waiting request of connection `c`; closes it on EOF or
+    /// on anything malformed.
+    fn serve(&mut self, c: u64) {
+        let mut buf = vec![0u8; sys::MAX_MESSAGE];
+        loop {
+            let Some(conn) = self.conns.get(&c) else {
+                return;
+            };
+            let mut fds = Vec::new();
+            let n = match sys::recv_msg(conn.fd.as_raw_fd(), &mut buf, &mut fds) {
+                Ok(0) => return self.close(c),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(c),
+            };
+            drop(fds); // Clients have no business sending descriptors.
+            let Ok(req) = Request::decode(&buf[..n]) else {
+                return self.close(c);
+            };
+            let (reply, out_fds) = match self.handle(c, req) {
+                Ok(r) => r,
+                Err(errno) => (Reply::Error { errno }, Vec::new()),
+            };
+            let Some(conn) = self.conns.get(&c) else {
+                return;
+            };
+            if sys::send_msg(conn.fd.as_raw_fd(), &reply.encode(), &out_fds).is_err() {
+                return self.close(c);
+            }
+        }
+    }
+
+    fn close(&mut self, c: u64) {
+        let Some(conn) = self.conns.remove(&c) else {
+            return;
+        };
+        self.epoll.remove(conn.fd.as_raw_fd());
+        if conn.dom0 {
+            // A dom0 process: its ports and its holds go with it.
+            let ports: Vec<u32> = self.domains.get(&0).map_or(Vec::new(), |d| {
+                d.ports
+                    .iter()
+                    .filter(|(_, p)| p.owner == Some(c))
+                    .map(|(&n, _)| n)
+                    .collect()
+            });
+            for p in ports {
+                self.close_port(DomId(0), p);
+            }
+            let held: Vec<u16> = self
+                .domains
+                .iter()
+                .filter(|(_, d)| d.holders.contains_key(&c))
+                .map(|(&id, _)| id)
+                .collect();
+            for id in held {
+                if let Some(d) = self.domains.get_mut(&id) {
+                    d.holders.remove(&c);
+                }
+                self.maybe_reap(id);
+            }
+        } else if let Some(domid) = conn.domid {
+            self.kill_domain(domid.0);
+        }
+    }
+
+    fn handle(&mut self, c: u64, req: Request) -> Result<(Reply, Vec<RawFd>), i32> {
+        let conn = self.conns.get(&c).ok_or(EINVAL)?;
+        let (me, dom0) = match (conn.domid, &req) {
+            (None, Request::AttachDom0) => return self.attach_dom0(c),
+            (None, Request::AttachGuest { token }) => return self.attach_guest(c, *token),
+            (None, _) | (Some(_), Request::AttachDom0 | Request::AttachGuest { .. }) => {
+                return Err(EPERM)
+            }
+            (Some(d), _) => (d, conn.dom0),
+        };
+        let owner = dom0.then_some(c);
+        let ok = |r| Ok((r, Vec::new()));
+        match req {
+            Request::AttachDom0 | Request::AttachGuest { .. } => Err(EPERM),
+            Request::AllocPages { count } => ok(Reply::Pfn(self.alloc_pages(me, count)?)),
+            Request::FreePages { pfn, count } => {
+                let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
+                let end = pfn.0.checked_add(count).ok_or(EINVAL)?;
+                let range = d
+                    .used_pfns
+                    .get_mut(pfn.0 as usize..end as usize)
+                    .ok_or(EINVAL)?;
+                range.iter_mut().for_each(|u| *u = false);
+                ok(Reply::Ok)
+            }
+            Request::AllocGrantRefs { count } => {
+                let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
+                let total = (d.grant_frames.len() * layout::ENTRIES_PER_FRAME) as u32;
+                if count == 0 || count > total - d.next_gref.min(total) {
+                    return Err(ENOSPC);
+                }
+                let first = d.next_gref;
+                d.next_gref += count;
+                ok(Reply::GrantRefs {
+                    first: abi::GrantRef(first),
+                    count,
+                })
+            }
+            Request::Exchange {
+                pfn,
+                count,
+                address_bits,
+            } => ok(Reply::Mfn(self.exchange(me, pfn, count, address_bits)?)),
+            Request::EvtchnAllocUnbound { remote } => self.alloc_unbound(me, owner, remote),
+            Request::EvtchnBindInterdomain {
+                remote,
+                remote_port,
+            } => self.bind_interdomain(me, owner, remote, remote_port),
+            Request::EvtchnBindVirq { virq } => self.bind_virq(me, owner, virq),
+            Request::EvtchnClose { port } => {
+                self.check_port_owner(me, owner, port)?;
+                self.close_port(me, port.0);
+                ok(Reply::Ok)
+            }
+            Request::EvtchnPeer { port } => self.peer(me, owner, port),
+            Request::DomainCreate {
+                pages,
+                grant_frames,
+            } => {
+                require(dom0)?;
+                if pages == 0
+                    || grant_frames == 0
+                    || grant_frames as usize > layout::MAX_GRANT_FRAMES
+                {
+                    return Err(EINVAL);
+                }
+                let domid = self.next_free_domid().ok_or(ENOSPC)?;
+                let token = self.create_domain(domid, pages, grant_frames)?;
+                ok(Reply::Created { domid, token })
+            }
+            Request::DomainDestroy { domid } => {
+                require(dom0)?;
+                if domid.0 == 0 {
+                    return Err(EPERM);
+                }
+                let d = self.domains.get(&domid.0).ok_or(ESRCH)?;
+                if let Some(pid) = d.pid.filter(|_| !d.dying) {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                }
+                self.kill_domain(domid.0);
+                ok(Reply::Ok)
+            }
+            Request::DomainPause { domid, paused } => {
+                require(dom0)?;
+                let d = self
+                    .domains
+                    .get_mut(&domid.0)
+                    .filter(|d| !d.dying)
+                    .ok_or(ESRCH)?;
+                if domid.0 == 0 {
+                    return Err(EPERM);
+                }
+                if let Some(pid) = d.pid {
+                    sys::kill(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT })
+                        .map_err(|_| ESRCH)?;
+                }
+                d.paused = paused;
+                ok(Reply::Ok)
+            }
+            Request::DomainList => {
+                require(dom0)?;
+                let list = self
+                    .domains
+                    .values()
+                    .take(crate::proto::MAX_LIST)
+                    .map(|d| ListedDomain {
+                        domid: d.domid,
+                        pages: d.p2m.len() as u64,
+                        flags: u8::from(d.paused)
+                            | u8::from(d.dying) << 1
+                            | u8::from(d.conn.is_some() || d.domid.0 == 0) << 2,
+                    })
+                    .collect();
+                ok(Reply::List(list))
+            }
+            Request::Physinfo => {
+                require(dom0)?;
+                ok(Reply::Physinfo {
+                    total: self.frames.total(),
+                    free: self.frames.free_count(),
+                })
+            }
+            Request::Hold { domid } => {
+                require(dom0)?;
+                let d = self
+                    .domains
+                    .get_mut(&domid.0)
+                    .filter(|d| !d.dying)
+                    .ok_or(ESRCH)?;
+                *d.holders.entry(c).or_insert(0) += 1;
+                ok(Reply::Ok)
+            }
+            Request::Release { domid } => {
+                require(dom0)?;
+                let d = self.domains.get_mut(&domid.0).ok_or(ESRCH)?;
+                match d.holders.get_mut(&c) {
+                    Some(n) if *n > 1 => *n -= 1,
+                    Some(_) => {
+                        d.holders.remove(&c);
+                    }
+                    None => return Err(EINVAL),
+                }
+                self.maybe_reap(domid.0);
+                ok(Reply::Ok)
+            }
+        }
+    }
+
+    fn attached_reply(&self, domid: DomId) -> Result<Reply, i32> {
+        let d = self.domains.get(&domid.0).ok_or(ESRCH)?;
+        Ok(Reply::Attached {
+            domid,
+            pages: d.p2m.len() as u64,
+            machine_pages: self.config.machine_pages,
+            max_slots: self.config.max_domains,
+            grant_frames: d.grant_frames.clone(),
+        })
+    }
+
+    fn attach_dom0(&mut self, c: u64) -> Result<(Reply, Vec<RawFd>), i32> {
+        let conn = self.conns.get_mut(&c).ok_or(EINVAL)?;
+        let (_, uid) = sys::peer_cred(conn.fd.as_raw_fd()).map_err(|_| EACCES)?;
+        if uid != sys::euid() && uid != 0 {
+            return Err(EACCES);
+        }
+        conn.domid = Some(DomId(0));
+        conn.dom0 = true;
+        let reply = self.attached_reply(DomId(0))?;
+        let d = self.domains.get(&0).ok_or(ESRCH)?;
+        let fds = vec![
+            self.machine_fd.as_raw_fd(),
+            d.info_fd.as_raw_fd(),
+            self.control_fd.as_raw_fd(),
+        ];
+        Ok((reply, fds))
+    }
+
+    fn attach_guest(&mut self, c: u64, token: [u8; TOKEN_LEN]) -> Result<(Reply, Vec<RawFd>), i32> {
+        let conn = self.conns.get(&c).ok_or(EINVAL)?;
+        let (pid, _) = sys::peer_cred(conn.fd.as_raw_fd()).map_err(|_| EACCES)?;
+        let d = self
+            .domains
+            .values_mut()
+            .find(|d| !d.dying && d.token == Some(token))
+            .ok_or(EACCES)?;
+        d.token = None;
+        d.conn = Some(c);
+        d.pid = Some(pid);
+        let domid = d.domid;
+        if let Some(conn) = self.conns.get_mut(&c) {
+            conn.domid = Some(domid);
+        }
+        let reply = self.attached_reply(domid)?;
+        let d = self.domains.get(&domid.0).ok_or(ESRCH)?;
+        Ok((
+            reply,
+            vec![self.machine_fd.as_raw_fd(), d.info_fd.as_raw_fd()],
+        ))
+    }
+
+    fn next_free_domid(&mut self) -> Option<DomId> {
+        for _ in 0..abi::xen::DOMID_FIRST_RESERVED {
+            let id = self.next_domid;
+            self.next_domid = if id + 1 >= abi::xen::DOMID_FIRST_RESERVED {
+                1
+            } else {
+                id + 1
+            };
+            if !self.domains.contains_key(&id) {
+                return Some(DomId(id));
+            }
+        }
+        None
+    }
+
+    /// Allocates frames, a slot and the info memfd, and publishes the
+    /// domain in the control area. Returns its attach token.
+    fn create_domain(
+        &mut self,
+        domid: DomId,
+        pages: u64,
+        grant_frames: u32,
+    ) -> Result<[u8; TOKEN_LEN], i32> {
+        if pages > self.frames.total() {
+            return Err(ENOMEM);
+        }
+        let slot_idx = self.free_slots.pop().ok_or(ENOSPC)?;
+        let Some(p2m) = self.frames.alloc(pages) else {
+            self.free_slots.push(slot_idx);
+            return Err(ENOMEM);
+        };
+        let Some(gframes) = self
+            .frames
+            .alloc_contiguous_below(u64::from(grant_frames), u64::MAX)
+        else {
+            self.frames.free(&p2m);
+            self.free_slots.push(slot_idx);
+            return Err(ENOMEM);
+        };
+        let grant_frames: Vec<Mfn> = (0..u64::from(grant_frames))
+            .map(|i| Mfn(gframes.0 + i))
+            .collect();
+        let undo = |hv: &mut Hypervisor, p2m: &[Mfn], g: &[Mfn]| {
+            hv.frames.free(p2m);
+            hv.frames.free(g);
+            hv.free_slots.push(slot_idx);
+            ENOMEM
+        };
+        let made = (|| -> io::Result<(OwnedFd, Mapping)> {
+            let len = info::len(pages);
+            let fd = sys::memfd(&format!("dom0kit-info-d{}", domid.0), len as u64)?;
+            let map = Mapping::shared(&fd, len, true)?;
+            sys::seal_future_write(&fd)?;
+            Ok((fd, map))
+        })();
+        let Ok((info_fd, info_map)) = made else {
+            return Err(undo(self, &p2m, &grant_frames));
+        };
+        // Zero the frames: a new domain never sees an old one's memory.
+        for m in p2m.iter().chain(&grant_frames) {
+            let _ = self.machine.slice().fill(m.0 as usize * 4096, 4096, 0);
+        }
+        let info_s = info_map.slice();
+        for (pfn, m) in p2m.iter().enumerate() {
+            let _ = info_s.store_u64(info::P2M + pfn * 8, m.0, Ordering::Relaxed);
+        }
+        let c = self.control.slice();
+        let s = self.geometry.slot(slot_idx);
+        let _ = c.fill(s, slot::P2M, 0);
+        let _ = c.store_u32(s + slot::DOMID, u32::from(domid.0), Ordering::Relaxed);
+        let _ = c.store_u64(s + slot::NR_PAGES, pages, Ordering::Relaxed);
+        let _ = c.store_u32(
+            s + slot::NR_GRANT_FRAMES,
+            grant_frames.len() as u32,
+            Ordering::Relaxed,
+        );
+        for (i, m) in grant_frames.iter().enumerate() {
+            let _ = c.store_u64(s + slot::GRANT_FRAMES + i * 8, m.0, Ordering::Relaxed);
+        }
+        for (pfn, m) in p2m.iter().enumerate() {
+            let _ = c.store_u64(s + slot::P2M + pfn * 8, m.0, Ordering::Relaxed);
+        }
+        let _ = c.store_u32(s + slot::STATE, layout::STATE_ALIVE, Ordering::Release);
+        let _ = c.store_u16(
+            self.geometry.slot_of(domid.0),
+            slot_idx as u16 + 1,
+            Ordering::Release,
+        );
+        let mut token = [0u8; TOKEN_LEN];
+        sys::random_bytes(&mut token).map_err(|_| undo(self, &p2m, &grant_frames))?;
+        let used_pfns = vec![false; pages as usize];
+        self.domains.insert(
+            domid.0,
+            Domain {
+                domid,
+                slot: slot_idx,
+                p2m,
+                grant_frames,
+                retired: Vec::new(),
+                info_fd,
+                info: info_map,
+                token: (domid.0 != 0).then_some(token),
+                conn: None,
+                pid: None,
+                dying: false,
+                paused: false,
+                ports: BTreeMap::new(),
+                holders: HashMap::new(),
+                used_pfns,
+                next_gref: abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES,
+            },
+        );
+        Ok(token)
+    }
+
+    fn alloc_pages(&mut self, me: DomId, count: u64) -> Result<Pfn, i32> {
+        let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
+        let count = usize::try_from(count).map_err(|_| EINVAL)?;
+        if count == 0 {
+            return Err(EINVAL);
+        }
+        let mut run = 0;
+        for i in 0..d.used_pfns.len() {
+            run = if d.used_pfns[i] { 0 } else { run + 1 };
+            if run == count {
+                let first = i + 1 - count;
+                d.used_pfns[first..=i].iter_mut().for_each(|u| *u = true);
+                return Ok(Pfn(first as u64));
+            }
+        }
+        Err(ENOMEM)
+    }
+
+    fn exchange(&mut self, me: DomId, pfn: Pfn, count: u64, bits: u32) -> Result<Mfn, i32> {
+        let limit = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) / 4096
+        };
+        let d = self.domains.get(&me.0).ok_or(ESRCH)?;
+        let end = pfn
+            .0
+            .checked_add(count)
+            .filter(|&e| e <= d.p2m.len() as u64)
+            .ok_or(EINVAL)?;
+        if count == 0 || bits < 12 {
+            return Err(EINVAL);
+        }
+        let first = self
+            .frames
+            .alloc_contiguous_below(count, limit)
+            .ok_or(ENOMEM)?;
+        let geometry = self.geometry;
+        let c = self.control.slice();
+        let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
+        let s = geometry.slot(d.slot);
+        for (k, p) in (pfn.0..end).enumerate() {
+            let new = Mfn(first.0 + k as u64);
+            let old = std::mem::replace(&mut d.p2m[p as usize], new);
+            d.retired.push(old);
+            let _ = d
+                .info
+                .slice()
+                .store_u64(info::P2M + p as usize * 8, new.0, Ordering::Release);
+            let _ = c.store_u64(s + slot::P2M + p as usize * 8, new.0, Ordering::Release);
+        }
+        Ok(first)
+    }
+
+    fn new_port(
+        &mut self,
+        me: DomId,
+        owner: Option<u64>,
+        binding: Binding,
+    ) -> Result<(u32, RawFd), i32> {
+        let d = self
+            .domains
+            .get_mut(&me.0)
+            .filter(|d| !d.dying)
+            .ok_or(ESRCH)?;
+        let port = d.free_port().ok_or(ENOSPC)?;
+        let fd = sys::eventfd().map_err(|_| ENOMEM)?;
+        let raw = fd.as_raw_fd();
+        d.ports.insert(port, PortState { binding, fd, owner });
+        d.bump_generation(port);
+        Ok((port, raw))
+    }
+
+    fn alloc_unbound(
+        &mut self,
+        me: DomId,
+        owner: Option<u64>,
+        remote: DomId,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
+        let remote = if remote.0 == abi::xen::DOMID_SELF {
+            me
+        } else {
+            remote
+        };
+        if !self.domains.contains_key(&remote.0) {
+            return Err(ESRCH);
+        }
+        let (port, fd) = self.new_port(me, owner, Binding::Unbound { remote })?;
+        Ok((Reply::Port(Port(port)), vec![fd]))
+    }
+
+    fn bind_interdomain(
+        &mut self,
+        me: DomId,
+        owner: Option<u64>,
+        remote: DomId,
+        remote_port: Port,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
+        let remote = if remote.0 == abi::xen::DOMID_SELF {
+            me
+        } else {
+            remote
+        };
+        let r = self
+            .domains
+            .get(&remote.0)
+            .filter(|d| !d.dying)
+            .ok_or(ESRCH)?;
+        match r.ports.get(&remote_port.0) {
+            Some(PortState {
+                binding: Binding::Unbound { remote: allowed },
+                ..
+            }) if *allowed == me => {}
+            Some(_) => return Err(EINVAL),
+            None => return Err(ENOENT),
+        }
+        let (port, fd) = self.new_port(
+            me,
+            owner,
+            Binding::Interdomain {
+                remote,
+                remote_port,
+            },
+        )?;
+        let r = self.domains.get_mut(&remote.0).ok_or(ESRCH)?;
+        let Some(rp) = r.ports.get_mut(&remote_port.0) else {
+            return Err(ENOENT);
+        };
+        rp.binding = Binding::Interdomain {
+            remote: me,
+            remote_port: Port(port),
+        };
+        let peer_fd = rp.fd.as_raw_fd();
+        r.bump_generation(remote_port.0);
+        // Events sent to the unbound port were dropped; as Xen does, make
+        // the new port pending so that its owner looks.
+        let _ = sys::eventfd_signal(fd);
+        Ok((Reply::Port(Port(port)), vec![fd, peer_fd]))
+    }
+
+    fn bind_virq(
+        &mut self,
+        me: DomId,
+        owner: Option<u64>,
+        virq: u32,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
+        if virq >= abi::xen::NR_VIRQS {
+            return Err(EINVAL);
+        }
+        let d = self.domains.get(&me.0).ok_or(ESRCH)?;
+        if virq == abi::xen::VIRQ_DOM_EXC && me.0 != 0 {
+            return Err(EPERM);
+        }
+        // Xen allows one binding per vCPU; dom0 here is several processes,
+        // so each may bind once.
+        let dup = d
+            .ports
+            .values()
+            .any(|p| matches!(p.binding, Binding::Virq(v) if v == virq) && p.owner == owner);
+        if dup {
+            return Err(EEXIST);
+        }
+        let (port, fd) = self.new_port(me, owner, Binding::Virq(virq))?;
+        Ok((Reply::Port(Port(port)), vec![fd]))
+    }
+
+    fn check_port_owner(&self, me: DomId, owner: Option<u64>, port: Port) -> Result<(), i32> {
+        let d = self.domains.get(&me.0).ok_or(ESRCH)?;
+        match d.ports.get(&port.0) {
+            Some(p) if p.owner == owner => Ok(()),
+            Some(_) => Err(EACCES),
+            None => Err(ENOENT),
+        }
+    }
+
+    fn peer(&self, me: DomId, owner: Option<u64>, port: Port) -> Result<(Reply, Vec<RawFd>), i32> {
+        self.check_port_owner(me, owner, port)?;
+        let d = self.domains.get(&me.0).ok_or(ESRCH)?;
+        let generation = d
+            .info
+            .slice()
+            .load_u32(info::PORT_GEN + port.0 as usize * 4, Ordering::Acquire)
+            .unwrap_or(0);
+        let p = d.ports.get(&port.0).ok_or(ENOENT)?;
+        if let Binding::Interdomain {
+            remote,
+            remote_port,
+        } = p.binding
+        {
+            if let Some(rp) = self
+                .domains
+                .get(&remote.0)
+                .and_then(|r| r.ports.get(&remote_port.0))
+            {
+                let fd = rp.fd.as_raw_fd();
+                return Ok((
+                    Reply::Peer {
+                        bound: true,
+                        generation,
+                    },
+                    vec![fd],
+                ));
+            }
+        }
+        Ok((
+            Reply::Peer {
+                bound: false,
+                generation,
+            },
+            Vec::new(),
+        ))
+    }
+
+    /// `EVTCHNOP_close`: the other end of an interdomain channel becomes
+    /// unbound (bindable again by us) and gets an event.
+    fn close_port(&mut self, me: DomId, port: u32) {
+        let Some(d) = self.domains.get_mut(&me.0) else {
+            return;
+        };
+        let Some(p) = d.ports.remove(&port) else {
+            return;
+        };
+        d.bump_generation(port);
+        if let Binding::Interdomain {
+            remote,
+            remote_port,
+        } = p.binding
+        {
+            if let Some(r) = self.domains.get_mut(&remote.0) {
+                if let Some(rp) = r.ports.get_mut(&remote_port.0) {
+                    rp.binding = Binding::Unbound { remote: me };
+                    let _ = sys::eventfd_signal(rp.fd.as_raw_fd());
+                    r.bump_generation(remote_port.0);
+                }
+            }
+        }
+    }
+
+    /// A domain's death: ports closed, `VIRQ_DOM_EXC`, then its memory once
+    /// nothing holds it.
+    fn kill_domain(&mut self, domid: u16) {
+        let geometry = self.geometry;
+        let Some(d) = self.domains.get_mut(&domid) else {
+            return;
+        };
+        if d.dying || domid == 0 {
+            return;
+        }
+        d.dying = true;
+        d.token = None;
+        let _ = self.control.slice().store_u32(
+            geometry.slot(d.slot) + slot::STATE,
+            layout::STATE_DYING,
+            Ordering::Release,
+        );
+        let ports: Vec<u32> = d.ports.keys().copied().collect();
+        for p in ports {
+            self.close_port(DomId(domid), p);
+        }
+        if let Some(dom0) = self.domains.get(&0) {
+            for p in dom0.ports.values() {
+                if matches!(p.binding, Binding::Virq(abi::xen::VIRQ_DOM_EXC)) {
+                    let _ = sys::eventfd_signal(p.fd.as_raw_fd());
+                }
+            }
+        }
+        self.maybe_reap(domid);
+    }
+
+    fn maybe_reap(&mut self, domid: u16) {
+        let reap = self
+            .domains
+            .get(&domid)
+            .is_some_and(|d| d.dying && d.holders.is_empty());
+        if !reap {
+            return;
+        }
+        let Some(d) = self.domains.remove(&domid) else {
+            return;
+        };
+        let c = self.control.slice();
+        let s = self.geometry.slot(d.slot);
+        let _ = c.store_u16(self.geometry.slot_of(domid), 0, Ordering::Release);
+        let _ = c.store_u32(s + slot::STATE, layout::STATE_FREE, Ordering::Release);
+        self.frames.free(&d.p2m);
+        self.frames.free(&d.grant_frames);
+        self.frames.free(&d.retired);
+        self.free_slots.push(d.slot);
+    }
+}
+
+fn require(dom0: bool) -> Result<(), i32> {
+    if dom0 {
+        Ok(())
+    } else {
+        Err(EPERM)
+    }
+}

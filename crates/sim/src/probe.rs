@@ -1,0 +1,174 @@
+//! A guest process for tests and benchmarks: attaches as a domain and runs
+//! guest-side hypercalls one line at a time (stdin commands, stdout
+//! answers), so that multi-process scenarios can be scripted by dom0.
+//!
+//! Commands: `attach SOCKET TOKEN`, `grant DOMID PFN rw|ro`, `end GREF`,
+//! `alloc N`, `write PFN OFF HEX`, `read PFN OFF LEN`, `p2m PFN`,
+//! `exchange PFN COUNT BITS`, `unbound DOMID`, `bind DOMID PORT`,
+//! `notify PORT`, `wait PORT MS`, `close PORT`, `echo PORT N`,
+//! `rawecho FD_IN FD_OUT N`, `exit`. Answers start with `ok`, or `err`.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use abi::{DomId, GrantRef, Pfn, Port};
+use platform::{EventChannels, GrantTable, OwnMemory};
+
+use crate::client::{encode_hex, SimDomain};
+use crate::sys;
+
+fn num<T: std::str::FromStr>(w: Option<&str>) -> Result<T, String> {
+    w.ok_or("missing argument")?
+        .parse()
+        .map_err(|_| "bad number".to_string())
+}
+
+fn hex(s: Option<&str>) -> Result<Vec<u8>, String> {
+    let s = s.ok_or("missing argument")?;
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| "bad hex".to_string())
+}
+
+fn wait(fd: i32, ms: i32) -> Result<bool, String> {
+    if sys::wait_readable(fd, ms).map_err(|e| e.to_string())? {
+        sys::eventfd_clear(fd).map_err(|e| e.to_string())?;
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+fn command(dom: &mut Option<SimDomain>, line: &str) -> Result<String, String> {
+    let mut w = line.split_whitespace();
+    let cmd = w.next().unwrap_or("");
+    if cmd == "attach" {
+        let socket = w.next().ok_or("missing socket")?;
+        let token = w.next().ok_or("missing token")?;
+        let d = SimDomain::attach_guest(Path::new(socket), token).map_err(|e| e.to_string())?;
+        let id = d.domid();
+        *dom = Some(d);
+        return Ok(format!("ok {id}"));
+    }
+    if cmd == "rawecho" {
+        let (fin, fout, n): (i32, i32, u64) = (num(w.next())?, num(w.next())?, num(w.next())?);
+        for _ in 0..n {
+            wait(fin, -1)?;
+            sys::eventfd_signal(fout).map_err(|e| e.to_string())?;
+        }
+        return Ok("ok".into());
+    }
+    let d = dom.as_ref().ok_or("not attached")?;
+    let e = |e: platform::Error| e.to_string();
+    match cmd {
+        "grant" => {
+            let (to, pfn): (u16, u64) = (num(w.next())?, num(w.next())?);
+            let ro = w.next() == Some("ro");
+            Ok(format!(
+                "ok {}",
+                d.grant_access(DomId(to), Pfn(pfn), ro).map_err(e)?
+            ))
+        }
+        "end" => match d.end_access(GrantRef(num(w.next())?)) {
+            Ok(()) => Ok("ok".into()),
+            Err(platform::Error::GrantInUse(_)) => Ok("ok inuse".into()),
+            Err(x) => Err(x.to_string()),
+        },
+        "alloc" => Ok(format!("ok {}", d.alloc_pages(num(w.next())?).map_err(e)?)),
+        "write" => {
+            let (pfn, off): (u64, usize) = (num(w.next())?, num(w.next())?);
+            let data = hex(w.next())?;
+            d.pages(Pfn(pfn), 1)
+                .map_err(e)?
+                .write_bytes(off, &data)
+                .map_err(|x| x.to_string())?;
+            Ok("ok".into())
+        }
+        "read" => {
+            let (pfn, off, len): (u64, usize, usize) =
+                (num(w.next())?, num(w.next())?, num(w.next())?);
+            let mut buf = vec![0; len];
+            d.pages(Pfn(pfn), 1)
+                .map_err(e)?
+                .read_bytes(off, &mut buf)
+                .map_err(|x| x.to_string())?;
+            Ok(format!("ok {}", encode_hex(&buf)))
+        }
+        "p2m" => Ok(format!(
+            "ok {}",
+            d.pfn_to_mfn(Pfn(num(w.next())?)).map_err(e)?
+        )),
+        "exchange" => {
+            let (pfn, count, bits): (u64, u64, u32) =
+                (num(w.next())?, num(w.next())?, num(w.next())?);
+            Ok(format!(
+                "ok {}",
+                d.exchange_contiguous(Pfn(pfn), count, bits).map_err(e)?
+            ))
+        }
+        "unbound" => Ok(format!(
+            "ok {}",
+            d.alloc_unbound(DomId(num(w.next())?)).map_err(e)?
+        )),
+        "bind" => {
+            let (dom, port): (u16, u32) = (num(w.next())?, num(w.next())?);
+            Ok(format!(
+                "ok {}",
+                d.bind_interdomain(DomId(dom), Port(port)).map_err(e)?
+            ))
+        }
+        "notify" => d
+            .notify(Port(num(w.next())?))
+            .map(|()| "ok".into())
+            .map_err(e),
+        "close" => d
+            .close(Port(num(w.next())?))
+            .map(|()| "ok".into())
+            .map_err(e),
+        "wait" => {
+            let (port, ms): (u32, i32) = (num(w.next())?, num(w.next())?);
+            let fd = d.pollable(Port(port)).map_err(e)?;
+            use std::os::fd::AsRawFd;
+            Ok(if wait(fd.as_raw_fd(), ms)? {
+                "ok event"
+            } else {
+                "ok timeout"
+            }
+            .into())
+        }
+        "echo" => {
+            let (port, n): (u32, u64) = (num(w.next())?, num(w.next())?);
+            let fd = d.pollable(Port(port)).map_err(e)?;
+            use std::os::fd::AsRawFd;
+            for _ in 0..n {
+                wait(fd.as_raw_fd(), -1)?;
+                d.notify(Port(port)).map_err(e)?;
+            }
+            Ok("ok".into())
+        }
+        _ => Err(format!("unknown command {cmd:?}")),
+    }
+}
+
+/// Runs the probe on stdin and stdout until `exit` or end of input.
+pub fn main() -> std::process::ExitCode {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut dom = None;
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "exit" {
+            break;
+        }
+        let answer = command(&mut dom, &line).unwrap_or_else(|e| format!("err {e}"));
+        if writeln!(out, "{answer}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,365 @@
+//! Guests as separate processes against dom0 in this one: grants, copies,
+//! event channels, death and reclamation, across real process boundaries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::fd::AsRawFd;
+
+use abi::{DomId, GrantRef, Pfn, Port};
+use common::{eventually, Host};
+use platform::{
+    CopyPtr, DomainConfig, DomainControl, EventChannels, GntStatus, GrantCopy, GrantMapper,
+    GrantMapping, GrantSpec, OwnMemory,
+};
+
+fn wait_event(fd: &std::os::fd::OwnedFd) -> bool {
+    sim::sys::wait_readable(fd.as_raw_fd(), 2000).unwrap()
+}
+
+#[test]
+fn dom0_maps_a_guest_grant_writes_and_the_guest_reads_it_back() {
+    let host = Host::new();
+    let mut g = host.guest(64);
+    let pfn: u64 = g.cmd("alloc 1").parse().unwrap();
+    g.cmd(&format!("write {pfn} 0 6775657374"));
+    let gref: u32 = g.cmd(&format!("grant 0 {pfn} rw")).parse().unwrap();
+
+    let spec = GrantSpec {
+        domid: DomId(g.domid),
+        gref: GrantRef(gref),
+        writable: true,
+    };
+    let map = host.dom0.map_grants(&[spec]).unwrap();
+    let mut buf = [0u8; 5];
+    map.memory().read_bytes(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"guest");
+    map.memory().write_bytes(100, b"from dom0").unwrap();
+
+    assert_eq!(g.cmd(&format!("read {pfn} 100 9")), "66726f6d20646f6d30");
+    assert_eq!(
+        g.cmd(&format!("end {gref}")),
+        "inuse",
+        "mapped grants cannot be ended"
+    );
+    drop(map);
+    assert_eq!(g.cmd(&format!("end {gref}")), "");
+}
+
+#[test]
+fn read_only_grants_refuse_writable_maps() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let gref: u32 = g.cmd("grant 0 3 ro").parse().unwrap();
+    let rw = GrantSpec {
+        domid: DomId(g.domid),
+        gref: GrantRef(gref),
+        writable: true,
+    };
+    let err = host.dom0.map_grants(&[rw]).err().unwrap();
+    assert!(
+        matches!(err, platform::Error::Grant(GntStatus::GENERAL_ERROR)),
+        "{err}"
+    );
+    let ro = GrantSpec {
+        writable: false,
+        ..rw
+    };
+    assert!(host.dom0.map_grants(&[ro]).is_ok());
+}
+
+#[test]
+fn grant_copy_works_in_both_directions_with_per_op_status() {
+    let host = Host::new();
+    let mut g = host.guest(32);
+    g.cmd("write 2 10 aabbccdd");
+    let src: u32 = g.cmd("grant 0 2 ro").parse().unwrap();
+    let dst: u32 = g.cmd("grant 0 5 rw").parse().unwrap();
+    let local = host.dom0.alloc_pages(1).unwrap();
+    let dom = DomId(g.domid);
+    let mut ops = [
+        GrantCopy {
+            source: CopyPtr::Grant {
+                domid: dom,
+                gref: GrantRef(src),
+                offset: 10,
+            },
+            dest: CopyPtr::Local {
+                pfn: local,
+                offset: 0,
+            },
+            len: 4,
+            status: GntStatus::GENERAL_ERROR,
+        },
+        GrantCopy {
+            source: CopyPtr::Local {
+                pfn: local,
+                offset: 0,
+            },
+            dest: CopyPtr::Grant {
+                domid: dom,
+                gref: GrantRef(dst),
+                offset: 4000,
+            },
+            len: 4,
+            status: GntStatus::GENERAL_ERROR,
+        },
+        GrantCopy {
+            source: CopyPtr::Local {
+                pfn: local,
+                offset: 0,
+            },
+            dest: CopyPtr::Grant {
+                domid: dom,
+                gref: GrantRef(src),
+                offset: 0,
+            },
+            len: 4,
+            status: GntStatus::OKAY,
+        },
+        GrantCopy {
+            source: CopyPtr::Local {
+                pfn: local,
+                offset: 4095,
+            },
+            dest: CopyPtr::Grant {
+                domid: dom,
+                gref: GrantRef(dst),
+                offset: 0,
+            },
+            len: 2,
+            status: GntStatus::OKAY,
+        },
+    ];
+    host.dom0.copy_grants(&mut ops).unwrap();
+    let status: Vec<_> = ops.iter().map(|o| o.status).collect();
+    assert_eq!(
+        status,
+        [
+            GntStatus::OKAY,
+            GntStatus::OKAY,
+            GntStatus::GENERAL_ERROR,
+            GntStatus::BAD_COPY_ARG
+        ],
+        "write to a read-only grant and a copy across a page fail alone"
+    );
+    assert_eq!(g.cmd("read 5 4000 4"), "aabbccdd");
+    assert_eq!(
+        g.cmd(&format!("end {src}")),
+        "",
+        "copies leave no pin behind"
+    );
+}
+
+#[test]
+fn event_channels_ping_pong_across_processes() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let gport: u32 = g.cmd("unbound 0").parse().unwrap();
+    let port = host
+        .dom0
+        .bind_interdomain(DomId(g.domid), Port(gport))
+        .unwrap();
+    let fd = host.dom0.pollable(port).unwrap();
+    assert_eq!(g.cmd(&format!("wait {gport} 0")), "timeout");
+    host.dom0.ack(port).unwrap(); // Xen marks a newly bound port pending.
+    for _ in 0..100 {
+        host.dom0.notify(port).unwrap();
+        assert_eq!(g.cmd(&format!("wait {gport} 2000")), "event");
+        g.cmd(&format!("notify {gport}"));
+        assert!(wait_event(&fd));
+        assert!(host.dom0.ack(port).unwrap());
+    }
+}
+
+#[test]
+fn closing_one_end_unbinds_and_notifies_the_other_which_can_be_bound_again() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let port = host.dom0.alloc_unbound(DomId(g.domid)).unwrap();
+    let fd = host.dom0.pollable(port).unwrap();
+    let gport: u32 = g.cmd(&format!("bind 0 {}", port.0)).parse().unwrap();
+    g.cmd(&format!("notify {gport}"));
+    assert!(wait_event(&fd));
+    host.dom0.ack(port).unwrap();
+
+    g.cmd(&format!("close {gport}"));
+    assert!(wait_event(&fd), "the close is an event");
+    host.dom0.ack(port).unwrap();
+    host.dom0.notify(port).unwrap(); // Dropped: nobody is bound.
+
+    let gport2: u32 = g.cmd(&format!("bind 0 {}", port.0)).parse().unwrap();
+    assert_eq!(
+        g.cmd(&format!("wait {gport2} 0")),
+        "event",
+        "new binding starts pending"
+    );
+    host.dom0.notify(port).unwrap();
+    assert_eq!(
+        g.cmd(&format!("wait {gport2} 2000")),
+        "event",
+        "notify reaches the new binding"
+    );
+}
+
+#[test]
+fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps() {
+    let host = Host::new();
+    let virq = host.dom0.bind_virq(abi::xen::VIRQ_DOM_EXC).unwrap();
+    let virq_fd = host.dom0.pollable(virq).unwrap();
+    let (_, free_before) = host.dom0.physinfo().unwrap();
+    let mut g = host.guest(128);
+    let gref: u32 = g.cmd("grant 0 7 rw").parse().unwrap();
+    let spec = GrantSpec {
+        domid: DomId(g.domid),
+        gref: GrantRef(gref),
+        writable: true,
+    };
+    let map = host.dom0.map_grants(&[spec]).unwrap();
+    map.memory().write_bytes(0, b"still mine").unwrap();
+
+    g.kill();
+    assert!(wait_event(&virq_fd), "VIRQ_DOM_EXC fired");
+    let doms = host.dom0.list_domains().unwrap();
+    let d = doms
+        .iter()
+        .find(|d| d.domid.0 == g.domid)
+        .expect("zombie listed");
+    assert!(d.dying);
+    let (_, free_zombie) = host.dom0.physinfo().unwrap();
+    assert!(
+        free_zombie < free_before,
+        "a mapped zombie keeps its frames"
+    );
+    let mut buf = [0u8; 10];
+    map.memory().read_bytes(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"still mine", "the mapping stays valid");
+    assert!(
+        host.dom0.map_grants(&[spec]).is_err(),
+        "no new mappings of a dying domain"
+    );
+
+    drop(map);
+    eventually("frames to return", || {
+        host.dom0.physinfo().unwrap().1 == free_before
+    });
+    assert!(host
+        .dom0
+        .list_domains()
+        .unwrap()
+        .iter()
+        .all(|d| d.domid.0 != g.domid));
+}
+
+#[test]
+fn destroy_kills_the_guest_process() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    host.dom0.destroy_domain(DomId(g.domid)).unwrap();
+    let status = g.child.wait().unwrap();
+    assert!(!status.success());
+    eventually("domain to go", || {
+        host.dom0
+            .list_domains()
+            .unwrap()
+            .iter()
+            .all(|d| d.domid.0 != g.domid)
+    });
+}
+
+#[test]
+fn tokens_are_one_time_and_guests_cannot_do_dom0_work() {
+    let host = Host::new();
+    let d = host
+        .dom0
+        .create_domain(&DomainConfig {
+            pages: 16,
+            grant_frames: 1,
+        })
+        .unwrap();
+    let socket = host.hv.socket();
+    let guest = sim::SimDomain::attach_guest(socket, &d.token).unwrap();
+    assert_eq!(guest.domid(), d.domid);
+    assert!(
+        sim::SimDomain::attach_guest(socket, &d.token).is_err(),
+        "token used twice"
+    );
+    assert!(
+        sim::SimDomain::attach_guest(socket, &"00".repeat(32)).is_err(),
+        "made-up token"
+    );
+    let err = guest
+        .create_domain(&DomainConfig {
+            pages: 16,
+            grant_frames: 1,
+        })
+        .unwrap_err();
+    assert!(matches!(err, platform::Error::PermissionDenied), "{err}");
+    assert!(guest.bind_virq(abi::xen::VIRQ_DOM_EXC).is_err());
+    let spec = GrantSpec {
+        domid: DomId(0),
+        gref: GrantRef(8),
+        writable: false,
+    };
+    assert!(
+        guest.map_grants(&[spec]).is_err(),
+        "guests have no mapping privilege here"
+    );
+}
+
+#[test]
+fn a_malformed_message_closes_only_that_connection() {
+    let host = Host::new();
+    let raw = sim::sys::connect_seqpacket(host.hv.socket()).unwrap();
+    sim::sys::send_msg(raw.as_raw_fd(), &[0xde, 0xad, 0xbe], &[]).unwrap();
+    let mut buf = [0u8; 64];
+    let n = sim::sys::recv_msg(raw.as_raw_fd(), &mut buf, &mut Vec::new()).unwrap();
+    assert_eq!(n, 0, "the hypervisor hung up on the bad connection");
+    let big = vec![0u8; 200_000];
+    let raw2 = sim::sys::connect_seqpacket(host.hv.socket()).unwrap();
+    let _ = sim::sys::send_msg(raw2.as_raw_fd(), &big, &[]);
+    assert!(
+        host.dom0.list_domains().is_ok(),
+        "everyone else is still served"
+    );
+}
+
+#[test]
+fn memory_exchange_gives_machine_contiguous_frames_below_the_limit() {
+    let host = Host::new();
+    let mut g = host.guest(64);
+    let mfns: Vec<u64> = (0..8)
+        .map(|p| g.cmd(&format!("p2m {p}")).parse().unwrap())
+        .collect();
+    assert!(
+        mfns.windows(2).any(|w| w[1] != w[0] + 1),
+        "shuffled frames are not contiguous"
+    );
+    let first: u64 = g.cmd("exchange 0 8 26").parse().unwrap();
+    for p in 0..8u64 {
+        assert_eq!(
+            g.cmd(&format!("p2m {p}")).parse::<u64>().unwrap(),
+            first + p
+        );
+    }
+    assert!(first + 8 <= (1 << 26) / 4096);
+    g.cmd("write 3 0 0102");
+    assert_eq!(
+        g.cmd("read 3 0 2"),
+        "0102",
+        "the pages work on their new frames"
+    );
+    let _ = Pfn(0);
+}
+
+#[test]
+fn foreign_mapping_sees_the_guests_memory() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    g.cmd("write 9 8 feedface");
+    let map = platform::ForeignMemory::map_foreign(&host.dom0, DomId(g.domid), &[Pfn(9)]).unwrap();
+    let mut buf = [0u8; 4];
+    map.memory().read_bytes(8, &mut buf).unwrap();
+    assert_eq!(buf, [0xfe, 0xed, 0xfa, 0xce]);
+}
