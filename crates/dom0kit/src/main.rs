@@ -1,35 +1,163 @@
-//! `dom0kit`: one binary, many subcommands. Only the foundation (wire ABI and
-//! shared rings) exists so far; the subcommands arrive with their issues.
+//! `dom0kit`: one binary, many subcommands.
 
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: dom0kit <command>
+use sim::frames::Policy;
+use sim::HvConfig;
+
+const USAGE: &str = "usage: dom0kit <command> [options]
 
 commands:
-  demo      bring up a simulated Xen host with a guest (not built yet)
-  version   print the version";
+  demo                 bring up a simulated Xen host with a guest (not built yet)
+  hv [options]         run the simulated hypervisor in the foreground
+      --run-dir DIR          where hv.sock goes ($DOM0KIT_RUN_DIR, $XDG_RUNTIME_DIR/dom0kit or /run/dom0kit)
+      --machine-memory SIZE  machine memory (default 1G; K, M, G suffixes)
+      --dom0-memory SIZE     dom0's own memory (default 64M)
+      --max-domains N        domains at once, zombies included (default 256)
+      --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
+  bench sim [--rounds N | --quick]
+                       measure the simulated hypervisor against its physical limits
+  version              print the version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("version") | Some("--version") => {
             println!("dom0kit {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Some("demo") => {
-            eprintln!(
-                "dom0kit demo: not built yet. The wire ABI and the shared rings exist; \
-                 the simulated hypervisor, xenstored and the toolstack do not."
-            );
-            ExitCode::from(2)
-        }
+        Some("demo") => Err(
+            "dom0kit demo: not built yet. The wire ABI, the shared rings and the \
+             simulated hypervisor exist; xenstored and the toolstack do not."
+                .to_string(),
+        ),
+        Some("hv") => hv(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("__sim-probe") => return sim::probe::main(),
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        _ => {
-            eprintln!("{USAGE}");
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The default run directory, as the design gives it.
+fn default_run_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DOM0KIT_RUN_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(d).join("dom0kit");
+    }
+    PathBuf::from("/run/dom0kit")
+}
+
+/// Parses `512M`, `1G`, `4096K` or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?}"))
+}
+
+fn value<'a>(it: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a String, String> {
+    it.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn hv(args: &[String]) -> Result<(), String> {
+    let mut config = HvConfig {
+        run_dir: default_run_dir(),
+        machine_pages: (1 << 30) / 4096,
+        dom0_pages: (64 << 20) / 4096,
+        max_domains: 256,
+        policy: Policy::Shuffled,
+        seed: std::process::id().into(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--run-dir" => config.run_dir = value(&mut it, a)?.into(),
+            "--machine-memory" => config.machine_pages = parse_size(value(&mut it, a)?)? / 4096,
+            "--dom0-memory" => config.dom0_pages = parse_size(value(&mut it, a)?)? / 4096,
+            "--max-domains" => {
+                config.max_domains = value(&mut it, a)?
+                    .parse()
+                    .map_err(|_| "bad --max-domains")?
+            }
+            "--frames" => config.policy = value(&mut it, a)?.parse()?,
+            _ => return Err(format!("hv: unknown option {a}\n\n{USAGE}")),
+        }
+    }
+    let socket = config.socket();
+    let hv = sim::Hypervisor::new(config).map_err(|e| format!("hv: {e}"))?;
+    println!("hv: serving on {}", socket.display());
+    hv.run().map_err(|e| format!("hv: {e}"))
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("sim") => {}
+        _ => return Err(format!("bench: which? (sim)\n\n{USAGE}")),
+    }
+    let mut rounds = 1;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => rounds = value(&mut it, a)?.parse().map_err(|_| "bad --rounds")?,
+            "--quick" => rounds = 0,
+            _ => return Err(format!("bench sim: unknown option {a}")),
+        }
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let probe = [me.into_os_string(), OsString::from("__sim-probe")];
+    let rows = sim::bench::run(&probe, rounds)?;
+    println!(
+        "{:<38} {:>12} {:>12}  {:<26} {:>7}  goal",
+        "benchmark", "ours", "limit", "limit is", "ratio"
+    );
+    for r in &rows {
+        let limit = r.limit.map_or("-".to_string(), |l| format!("{l:.3}"));
+        let ratio = r.ratio().map_or("-".to_string(), |x| format!("{x:.2}"));
+        let goal = r.goal.map_or("recorded".to_string(), |g| {
+            let met = r.ratio().is_some_and(|x| x >= g);
+            format!(">= {g} {}", if met { "met" } else { "NOT MET" })
+        });
+        println!(
+            "{:<38} {:>12.3} {:>12}  {:<26} {:>7}  {goal}    ({})",
+            r.name, r.ours, limit, r.limit_name, ratio, r.unit
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999999G").is_err());
     }
 }

@@ -20,7 +20,7 @@ use platform::{
     Result,
 };
 
-use crate::grant::{GrantTableView, Hypervisor};
+use crate::grant::{GrantTableView, Hypervisor, Pinned};
 use crate::layout::{info, Control, ENTRIES_PER_FRAME, NR_PORTS};
 use crate::proto::{Reply, Request, TOKEN_LEN};
 use crate::sys::{self, Mapping};
@@ -250,12 +250,13 @@ impl SimDomain {
         Ok(map)
     }
 
+    /// The frame and offset behind one side of a copy, pinned if a grant.
     fn resolve(
         &self,
         hv: &Hypervisor<'_>,
         ptr: CopyPtr,
         writable: bool,
-    ) -> std::result::Result<(Mfn, u16), GntStatus> {
+    ) -> std::result::Result<(Mfn, u16, Option<Pinned>), GntStatus> {
         match ptr {
             CopyPtr::Grant {
                 domid,
@@ -263,18 +264,12 @@ impl SimDomain {
                 offset,
             } => {
                 let p = hv.pin(domid, gref, self.inner.domid, writable)?;
-                Ok((p.mfn, offset))
+                Ok((p.mfn, offset, Some(p)))
             }
             CopyPtr::Local { pfn, offset } => {
                 let mfn = self.pfn_to_mfn(pfn).map_err(|_| GntStatus::BAD_PAGE)?;
-                Ok((mfn, offset))
+                Ok((mfn, offset, None))
             }
-        }
-    }
-
-    fn unresolve(&self, hv: &Hypervisor<'_>, ptr: CopyPtr, writable: bool) {
-        if let CopyPtr::Grant { domid, gref, .. } = ptr {
-            hv.unpin(domid, gref, writable);
         }
     }
 
@@ -289,14 +284,14 @@ impl SimDomain {
         if !in_page(op.source) || !in_page(op.dest) {
             return GntStatus::BAD_COPY_ARG;
         }
-        let (src, soff) = match self.resolve(hv, op.source, false) {
+        let (src, soff, spin) = match self.resolve(hv, op.source, false) {
             Ok(v) => v,
             Err(s) => return s,
         };
-        let (dst, doff) = match self.resolve(hv, op.dest, true) {
+        let (dst, doff, dpin) = match self.resolve(hv, op.dest, true) {
             Ok(v) => v,
             Err(s) => {
-                self.unresolve(hv, op.source, false);
+                spin.iter().for_each(|p| hv.release(p));
                 return s;
             }
         };
@@ -307,8 +302,7 @@ impl SimDomain {
             (Ok(s), Ok(d)) if d.copy_from(0, &s).is_ok() => GntStatus::OKAY,
             _ => GntStatus::BAD_PAGE,
         };
-        self.unresolve(hv, op.dest, true);
-        self.unresolve(hv, op.source, false);
+        dpin.iter().chain(&spin).for_each(|p| hv.release(p));
         status
     }
 }

@@ -108,11 +108,15 @@ pub struct Hypervisor<'a> {
     geometry: Control,
 }
 
-/// A pinned grant: where its frame is and how it is pinned.
+/// A pinned grant: where its frame is, and where its entries are so that
+/// [`Hypervisor::release`] need not look them up again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pinned {
     /// The granted machine frame.
     pub mfn: Mfn,
+    shared: usize,
+    active: usize,
+    writable: bool,
 }
 
 impl<'a> Hypervisor<'a> {
@@ -156,7 +160,10 @@ impl<'a> Hypervisor<'a> {
 
     /// `domid`'s P2M entry for `pfn`.
     pub fn p2m(&self, domid: DomId, pfn: Pfn) -> Option<Mfn> {
-        let s = self.slot(domid, true)?;
+        self.slot_p2m(self.slot(domid, true)?, pfn)
+    }
+
+    fn slot_p2m(&self, s: usize, pfn: Pfn) -> Option<Mfn> {
         let pages = self
             .control
             .load_u64(s + slot::NR_PAGES, Ordering::Acquire)
@@ -285,11 +292,16 @@ impl<'a> Hypervisor<'a> {
         let s = self.slot(granter, false).ok_or(GntStatus::BAD_DOMAIN)?;
         let (shared, active) = self.entry(s, gref)?;
         let pins = self.lock(active)?;
-        let result = self.pin_locked(granter, shared, active, pins, mapper, writable);
+        let result = self.pin_locked(s, shared, active, pins, mapper, writable);
         match result {
             Ok((new_pins, mfn)) => {
                 self.unlock(active, new_pins);
-                Ok(Pinned { mfn })
+                Ok(Pinned {
+                    mfn,
+                    shared,
+                    active,
+                    writable,
+                })
             }
             Err(e) => {
                 self.unlock(active, pins);
@@ -300,7 +312,7 @@ impl<'a> Hypervisor<'a> {
 
     fn pin_locked(
         &self,
-        granter: DomId,
+        s: usize,
         shared: usize,
         active: usize,
         pins: u32,
@@ -316,7 +328,7 @@ impl<'a> Hypervisor<'a> {
         let mfn = if readers == 0 {
             let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
             let frame = self.set_status(shared, mapper, bits)?;
-            let Some(mfn) = self.p2m(granter, Pfn(u64::from(frame))) else {
+            let Some(mfn) = self.slot_p2m(s, Pfn(u64::from(frame))) else {
                 self.clear_status(shared, bits);
                 return Err(GntStatus::BAD_PAGE);
             };
@@ -357,6 +369,15 @@ impl<'a> Hypervisor<'a> {
         let Ok((shared, active)) = self.entry(s, gref) else {
             return;
         };
+        self.unpin_at(shared, active, writable);
+    }
+
+    /// Drops the pin `p` (no lookup, unlike [`unpin`](Self::unpin)).
+    pub fn release(&self, p: &Pinned) {
+        self.unpin_at(p.shared, p.active, p.writable);
+    }
+
+    fn unpin_at(&self, shared: usize, active: usize, writable: bool) {
         let Ok(pins) = self.lock(active) else { return };
         let readers = pins & PIN_MASK;
         let writers = (pins >> WRITE_SHIFT) & PIN_MASK;

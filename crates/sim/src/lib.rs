@@ -17,8 +17,10 @@
 //! memory isolation between guests rests on their code mapping only their
 //! own frames; processes of the same uid can trace each other anyway.
 
+pub mod bench;
 pub mod client;
 pub mod frames;
+pub mod fuzz;
 pub mod grant;
 pub mod hv;
 pub mod layout;

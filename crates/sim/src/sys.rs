@@ -432,6 +432,15 @@ pub fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
     Ok(Some(unsafe { OwnedFd::from_raw_fd(r) }))
 }
 
+/// Lets a descriptor survive `exec` (for a benchmark's child).
+pub fn set_inheritable(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: plain fcntl.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Makes a descriptor non-blocking.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl.
