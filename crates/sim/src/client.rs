@@ -20,7 +20,7 @@ use platform::{
     Result,
 };
 
-use crate::grant::{GrantTableView, Hypervisor, Pinned};
+use crate::grant::{GrantTableView, Granter, Hypervisor, Pinned};
 use crate::layout::{info, Control, ENTRIES_PER_FRAME, NR_PORTS};
 use crate::proto::{Reply, Request, TOKEN_LEN};
 use crate::sys::{self, Mapping};
@@ -250,20 +250,27 @@ impl SimDomain {
         Ok(map)
     }
 
-    /// The frame and offset behind one side of a copy, pinned if a grant.
-    fn resolve(
+    /// The frame and offset behind one side of a copy, pinned if a grant
+    /// (of a granter looked up once for the batch, in `granters`).
+    fn resolve<'h>(
         &self,
-        hv: &Hypervisor<'_>,
+        hv: &Hypervisor<'h>,
+        granters: &[(DomId, Option<Granter>)],
         ptr: CopyPtr,
         writable: bool,
-    ) -> std::result::Result<(Mfn, u16, Option<Pinned>), GntStatus> {
+    ) -> std::result::Result<(Mfn, u16, Option<Pinned<'h>>), GntStatus> {
         match ptr {
             CopyPtr::Grant {
                 domid,
                 gref,
                 offset,
             } => {
-                let p = hv.pin(domid, gref, self.inner.domid, writable)?;
+                let g = granters
+                    .iter()
+                    .find(|(d, _)| *d == domid)
+                    .and_then(|(_, g)| g.as_ref());
+                let g = g.ok_or(GntStatus::BAD_DOMAIN)?;
+                let p = hv.pin_in(g, gref, self.inner.domid, writable)?;
                 Ok((p.mfn, offset, Some(p)))
             }
             CopyPtr::Local { pfn, offset } => {
@@ -273,7 +280,12 @@ impl SimDomain {
         }
     }
 
-    fn copy_one(&self, hv: &Hypervisor<'_>, op: &GrantCopy) -> GntStatus {
+    fn copy_one(
+        &self,
+        hv: &Hypervisor<'_>,
+        granters: &[(DomId, Option<Granter>)],
+        op: &GrantCopy,
+    ) -> GntStatus {
         let len = usize::from(op.len);
         let in_page = |p: CopyPtr| {
             let off = match p {
@@ -284,11 +296,11 @@ impl SimDomain {
         if !in_page(op.source) || !in_page(op.dest) {
             return GntStatus::BAD_COPY_ARG;
         }
-        let (src, soff, spin) = match self.resolve(hv, op.source, false) {
+        let (src, soff, spin) = match self.resolve(hv, granters, op.source, false) {
             Ok(v) => v,
             Err(s) => return s,
         };
-        let (dst, doff, dpin) = match self.resolve(hv, op.dest, true) {
+        let (dst, doff, dpin) = match self.resolve(hv, granters, op.dest, true) {
             Ok(v) => v,
             Err(s) => {
                 spin.iter().for_each(|p| hv.release(p));
@@ -297,9 +309,13 @@ impl SimDomain {
         };
         let m = hv.machine();
         let s = m.subslice(src.0 as usize * PAGE + usize::from(soff), len);
-        let d = m.subslice(dst.0 as usize * PAGE + usize::from(doff), len);
-        let status = match (s, d) {
-            (Ok(s), Ok(d)) if d.copy_from(0, &s).is_ok() => GntStatus::OKAY,
+        let status = match s {
+            Ok(s)
+                if m.copy_from(dst.0 as usize * PAGE + usize::from(doff), &s)
+                    .is_ok() =>
+            {
+                GntStatus::OKAY
+            }
             _ => GntStatus::BAD_PAGE,
         };
         dpin.iter().chain(&spin).for_each(|p| hv.release(p));
@@ -524,28 +540,31 @@ impl GrantMapper for SimDomain {
 
     fn copy_grants(&self, ops: &mut [GrantCopy]) -> Result<()> {
         let hv = self.hv()?;
-        let mut held: Vec<DomId> = Vec::new();
-        for op in ops.iter_mut() {
-            let mut ok = true;
+        // Each granter of the batch: held (its frames stay ours even if it
+        // dies meanwhile) and looked up once.
+        let mut granters: Vec<(DomId, Option<Granter>)> = Vec::new();
+        let mut held: Vec<(DomId, bool)> = Vec::new();
+        for op in ops.iter() {
             for p in [op.source, op.dest] {
                 if let CopyPtr::Grant { domid, .. } = p {
-                    if !held.contains(&domid) {
-                        if self.hold(domid).is_ok() {
-                            held.push(domid);
-                        } else {
-                            ok = false;
-                        }
+                    if !granters.iter().any(|(d, _)| *d == domid) {
+                        // A granter we could not hold is looked up as none,
+                        // so its copies fail with GNTST_bad_domain.
+                        let g = match self.hold(domid) {
+                            Ok(()) => Some(hv.granter(domid, false)),
+                            Err(_) => None,
+                        };
+                        held.push((domid, g.is_some()));
+                        granters.push((domid, g.flatten()));
                     }
                 }
             }
-            op.status = if ok {
-                self.copy_one(&hv, op)
-            } else {
-                GntStatus::BAD_DOMAIN
-            };
         }
-        for d in held {
-            self.release(d);
+        for op in ops.iter_mut() {
+            op.status = self.copy_one(&hv, &granters, op);
+        }
+        for (d, _) in held.iter().filter(|(_, h)| *h) {
+            self.release(*d);
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 //! when the last mapping goes; the granter's `end_access` fails while they
 //! are set.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_TYPE_MASK, GTF_WRITING};
 use abi::{DomId, GrantRef, Mfn, Pfn, VolatileSlice};
@@ -108,15 +108,30 @@ pub struct Hypervisor<'a> {
     geometry: Control,
 }
 
-/// A pinned grant: where its frame is, and where its entries are so that
-/// [`Hypervisor::release`] need not look them up again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pinned {
+/// A granting domain as a mapper sees it: its slot in the control area,
+/// looked up once for a batch of operations.
+#[derive(Clone, Copy, Debug)]
+pub struct Granter {
+    slot: usize,
+    entries: u32,
+    pages: u64,
+    /// The first grant frame, which holds the references a batch mostly
+    /// uses (0..512).
+    frame0: u64,
+}
+
+/// A pinned grant: where its frame is, and the words to release it by.
+#[derive(Clone, Copy, Debug)]
+pub struct Pinned<'a> {
     /// The granted machine frame.
     pub mfn: Mfn,
-    shared: usize,
-    active: usize,
+    combo: &'a AtomicU32,
+    active: &'a AtomicU32,
     writable: bool,
+}
+
+fn bad<T>(_: T) -> GntStatus {
+    GntStatus::GENERAL_ERROR
 }
 
 impl<'a> Hypervisor<'a> {
@@ -158,126 +173,72 @@ impl<'a> Hypervisor<'a> {
         (ok && owner == u32::from(domid.0)).then_some(s)
     }
 
-    /// `domid`'s P2M entry for `pfn`.
-    pub fn p2m(&self, domid: DomId, pfn: Pfn) -> Option<Mfn> {
-        self.slot_p2m(self.slot(domid, true)?, pfn)
-    }
-
-    fn slot_p2m(&self, s: usize, pfn: Pfn) -> Option<Mfn> {
+    /// `domid` as a granter, if it is alive (or, with `dying_ok`, a zombie).
+    pub fn granter(&self, domid: DomId, dying_ok: bool) -> Option<Granter> {
+        let s = self.slot(domid, dying_ok)?;
+        let frames = self
+            .control
+            .load_u32(s + slot::NR_GRANT_FRAMES, Ordering::Acquire)
+            .ok()?;
+        let frames = frames.min(layout::MAX_GRANT_FRAMES as u32);
         let pages = self
             .control
             .load_u64(s + slot::NR_PAGES, Ordering::Acquire)
             .ok()?;
-        if pfn.0 >= pages {
+        let frame0 = self
+            .control
+            .load_u64(s + slot::GRANT_FRAMES, Ordering::Acquire)
+            .ok()?;
+        Some(Granter {
+            slot: s,
+            entries: frames * ENTRIES_PER_FRAME as u32,
+            pages,
+            frame0,
+        })
+    }
+
+    /// `domid`'s P2M entry for `pfn`.
+    pub fn p2m(&self, domid: DomId, pfn: Pfn) -> Option<Mfn> {
+        self.granter_p2m(&self.granter(domid, true)?, pfn)
+    }
+
+    fn granter_p2m(&self, g: &Granter, pfn: Pfn) -> Option<Mfn> {
+        if pfn.0 >= g.pages {
             return None;
         }
         let mfn = self
             .control
-            .load_u64(s + slot::P2M + pfn.0 as usize * 8, Ordering::Acquire)
-            .ok()?;
-        Some(Mfn(mfn))
+            .load_u64(g.slot + slot::P2M + pfn.0 as usize * 8, Ordering::Acquire);
+        mfn.ok().map(Mfn)
     }
 
-    fn entry(&self, s: usize, gref: GrantRef) -> Result<(usize, usize), GntStatus> {
-        let frames = self
-            .control
-            .load_u32(s + slot::NR_GRANT_FRAMES, Ordering::Acquire)
-            .map_err(|_| GntStatus::GENERAL_ERROR)? as usize;
-        let g = gref.0 as usize;
-        if g >= frames * ENTRIES_PER_FRAME {
+    /// The shared entry (flags and domid as one word, and the frame) and
+    /// the active entry of `gref`.
+    fn entry(
+        &self,
+        g: &Granter,
+        gref: GrantRef,
+    ) -> Result<(&'a AtomicU32, &'a AtomicU32, &'a AtomicU32, usize), GntStatus> {
+        if gref.0 >= g.entries {
             return Err(GntStatus::BAD_GNTREF);
         }
-        let frame = self
-            .control
-            .load_u64(
-                s + slot::GRANT_FRAMES + (g / ENTRIES_PER_FRAME) * 8,
-                Ordering::Acquire,
-            )
-            .map_err(|_| GntStatus::GENERAL_ERROR)?;
-        let shared = frame as usize * PAGE as usize + (g % ENTRIES_PER_FRAME) * 8;
-        let active = s + slot::ACTIVE + g * slot::ACTIVE_ENTRY;
-        Ok((shared, active))
-    }
-
-    fn lock(&self, active: usize) -> Result<u32, GntStatus> {
-        let mut spins = 0u32;
-        loop {
-            let cur = self
+        let i = gref.0 as usize;
+        let frame = match i / ENTRIES_PER_FRAME {
+            0 => g.frame0,
+            f => self
                 .control
-                .load_u32(active, Ordering::Relaxed)
-                .map_err(|_| GntStatus::GENERAL_ERROR)?;
-            if cur & LOCK == 0 {
-                if let Ok(Ok(_)) = self.control.compare_exchange_u32(active, cur, cur | LOCK) {
-                    return Ok(cur);
-                }
-            }
-            spins += 1;
-            if spins % 64 == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
-
-    fn unlock(&self, active: usize, pins: u32) {
-        let _ = self
-            .control
-            .store_u32(active, pins & !LOCK, Ordering::Release);
-    }
-
-    /// Sets `bits` in the shared entry's flags after checking that it is a
-    /// `permit_access` grant to `mapper` (and writable if `GTF_WRITING` is
-    /// asked for), swapping flags and domid together. Returns the frame.
-    fn set_status(&self, shared: usize, mapper: DomId, bits: u16) -> Result<u32, GntStatus> {
-        let e = |_| GntStatus::GENERAL_ERROR;
-        let mut combo = self
-            .machine
-            .load_u32(shared, Ordering::Acquire)
-            .map_err(e)?;
-        for _ in 0..CAS_RETRIES {
-            let (flags, domid) = (combo as u16, (combo >> 16) as u16);
-            if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != mapper.0 {
-                return Err(GntStatus::GENERAL_ERROR);
-            }
-            if bits & GTF_WRITING != 0 && flags & GTF_READONLY != 0 {
-                return Err(GntStatus::GENERAL_ERROR);
-            }
-            let new = combo | u32::from(bits);
-            match self
-                .machine
-                .compare_exchange_u32(shared, combo, new)
-                .map_err(e)?
-            {
-                Ok(_) => {
-                    // The frame is read after the flags are ours, as Xen does.
-                    return self
-                        .machine
-                        .load_u32(shared + 4, Ordering::Acquire)
-                        .map_err(e);
-                }
-                Err(now) => combo = now,
-            }
-        }
-        Err(GntStatus::GENERAL_ERROR)
-    }
-
-    fn clear_status(&self, shared: usize, bits: u16) {
-        let mut flags = match self.machine.load_u16(shared, Ordering::Acquire) {
-            Ok(f) => f,
-            Err(_) => return,
+                .load_u64(g.slot + slot::GRANT_FRAMES + f * 8, Ordering::Acquire)
+                .map_err(bad)?,
         };
-        // The granter cannot clear these bits itself (end_access refuses
-        // while they are set), so this loop ends when no one else races.
-        for _ in 0..1024 {
-            match self
-                .machine
-                .compare_exchange_u16(shared, flags, flags & !bits)
-            {
-                Ok(Ok(_)) | Err(_) => return,
-                Ok(Err(now)) => flags = now,
-            }
-        }
+        let shared = (frame as usize)
+            .checked_mul(PAGE as usize)
+            .and_then(|b| b.checked_add((i % ENTRIES_PER_FRAME) * 8))
+            .ok_or(GntStatus::GENERAL_ERROR)?;
+        let combo = self.machine.atomic_u32(shared).map_err(bad)?;
+        let frame_word = self.machine.atomic_u32(shared + 4).map_err(bad)?;
+        let active = g.slot + slot::ACTIVE + i * slot::ACTIVE_ENTRY;
+        let lock = self.control.atomic_u32(active).map_err(bad)?;
+        Ok((combo, frame_word, lock, active))
     }
 
     /// Pins `granter`'s grant `gref` for `mapper`, read-only or writable:
@@ -288,116 +249,162 @@ impl<'a> Hypervisor<'a> {
         gref: GrantRef,
         mapper: DomId,
         writable: bool,
-    ) -> Result<Pinned, GntStatus> {
-        let s = self.slot(granter, false).ok_or(GntStatus::BAD_DOMAIN)?;
-        let (shared, active) = self.entry(s, gref)?;
-        let pins = self.lock(active)?;
-        let result = self.pin_locked(s, shared, active, pins, mapper, writable);
+    ) -> Result<Pinned<'a>, GntStatus> {
+        let g = self.granter(granter, false).ok_or(GntStatus::BAD_DOMAIN)?;
+        self.pin_in(&g, gref, mapper, writable)
+    }
+
+    /// [`pin`](Self::pin) with the granter already looked up (alive at
+    /// the lookup: a batch that began before the granter's death finishes,
+    /// its frames kept by the caller's hold).
+    pub fn pin_in(
+        &self,
+        g: &Granter,
+        gref: GrantRef,
+        mapper: DomId,
+        writable: bool,
+    ) -> Result<Pinned<'a>, GntStatus> {
+        let (combo, frame_word, lock, active) = self.entry(g, gref)?;
+        let mapper_word = self.control.atomic_u32(active + 4).map_err(bad)?;
+        let mfn_word = self.control.atomic_u64(active + 8).map_err(bad)?;
+        let pins = lock_entry(lock);
+        let readers = pins & PIN_MASK;
+        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
+        let result = (|| {
+            if readers == PIN_MASK {
+                return Err(GntStatus::NO_SPACE);
+            }
+            if readers == 0 {
+                let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
+                set_status(combo, mapper, bits)?;
+                // The frame is read after the flags are ours, as Xen does.
+                let frame = frame_word.load(Ordering::Acquire);
+                let Some(mfn) = self.granter_p2m(g, Pfn(u64::from(frame))) else {
+                    clear_status(combo, bits);
+                    return Err(GntStatus::BAD_PAGE);
+                };
+                mapper_word.store(u32::from(mapper.0), Ordering::Relaxed);
+                mfn_word.store(mfn.0, Ordering::Relaxed);
+                Ok(mfn)
+            } else {
+                if mapper_word.load(Ordering::Relaxed) != u32::from(mapper.0) {
+                    return Err(GntStatus::GENERAL_ERROR);
+                }
+                if writable && writers == 0 {
+                    set_status(combo, mapper, GTF_WRITING)?;
+                }
+                Ok(Mfn(mfn_word.load(Ordering::Relaxed)))
+            }
+        })();
         match result {
-            Ok((new_pins, mfn)) => {
-                self.unlock(active, new_pins);
+            Ok(mfn) => {
+                let new = (readers + 1) | ((writers + u32::from(writable)) << WRITE_SHIFT);
+                lock.store(new, Ordering::Release);
                 Ok(Pinned {
                     mfn,
-                    shared,
-                    active,
+                    combo,
+                    active: lock,
                     writable,
                 })
             }
             Err(e) => {
-                self.unlock(active, pins);
+                lock.store(pins, Ordering::Release);
                 Err(e)
             }
         }
-    }
-
-    fn pin_locked(
-        &self,
-        s: usize,
-        shared: usize,
-        active: usize,
-        pins: u32,
-        mapper: DomId,
-        writable: bool,
-    ) -> Result<(u32, Mfn), GntStatus> {
-        let e = |_| GntStatus::GENERAL_ERROR;
-        let readers = pins & PIN_MASK;
-        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
-        if readers == PIN_MASK {
-            return Err(GntStatus::NO_SPACE);
-        }
-        let mfn = if readers == 0 {
-            let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
-            let frame = self.set_status(shared, mapper, bits)?;
-            let Some(mfn) = self.slot_p2m(s, Pfn(u64::from(frame))) else {
-                self.clear_status(shared, bits);
-                return Err(GntStatus::BAD_PAGE);
-            };
-            self.control
-                .store_u32(active + 4, u32::from(mapper.0), Ordering::Relaxed)
-                .map_err(e)?;
-            self.control
-                .store_u64(active + 8, mfn.0, Ordering::Relaxed)
-                .map_err(e)?;
-            mfn
-        } else {
-            let holder = self
-                .control
-                .load_u32(active + 4, Ordering::Relaxed)
-                .map_err(e)?;
-            if holder != u32::from(mapper.0) {
-                return Err(GntStatus::GENERAL_ERROR);
-            }
-            if writable && writers == 0 {
-                self.set_status(shared, mapper, GTF_WRITING)?;
-            }
-            Mfn(self
-                .control
-                .load_u64(active + 8, Ordering::Relaxed)
-                .map_err(e)?)
-        };
-        let new = (readers + 1) | ((writers + u32::from(writable)) << WRITE_SHIFT);
-        Ok((new, mfn))
     }
 
     /// Drops one pin taken by [`pin`](Self::pin) with the same `writable`;
     /// clears the status bits when the last pin of their kind goes. Works on
     /// a dying domain too: its frames stay until every pin is gone.
     pub fn unpin(&self, granter: DomId, gref: GrantRef, writable: bool) {
-        let Some(s) = self.slot(granter, true) else {
+        let Some(g) = self.granter(granter, true) else {
             return;
         };
-        let Ok((shared, active)) = self.entry(s, gref) else {
+        let Ok((combo, _, lock, _)) = self.entry(&g, gref) else {
             return;
         };
-        self.unpin_at(shared, active, writable);
+        unpin_words(combo, lock, writable);
     }
 
     /// Drops the pin `p` (no lookup, unlike [`unpin`](Self::unpin)).
-    pub fn release(&self, p: &Pinned) {
-        self.unpin_at(p.shared, p.active, p.writable);
+    pub fn release(&self, p: &Pinned<'_>) {
+        unpin_words(p.combo, p.active, p.writable);
     }
+}
 
-    fn unpin_at(&self, shared: usize, active: usize, writable: bool) {
-        let Ok(pins) = self.lock(active) else { return };
-        let readers = pins & PIN_MASK;
-        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
-        if readers == 0 || (writable && writers == 0) {
-            self.unlock(active, pins);
-            return;
+fn lock_entry(lock: &AtomicU32) -> u32 {
+    let mut spins = 0u32;
+    loop {
+        let cur = lock.load(Ordering::Relaxed);
+        if cur & LOCK == 0
+            && lock
+                .compare_exchange_weak(cur, cur | LOCK, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return cur;
         }
-        let (readers, writers) = (readers - 1, writers - u32::from(writable));
-        let mut clear = 0;
-        if writers == 0 && writable {
-            clear |= GTF_WRITING;
+        spins += 1;
+        if spins % 64 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
-        if readers == 0 {
-            clear |= GTF_READING | GTF_WRITING;
-        }
-        if clear != 0 {
-            self.clear_status(shared, clear);
-        }
-        self.unlock(active, readers | (writers << WRITE_SHIFT));
     }
+}
+
+/// Sets `bits` in the shared flags after checking that the entry is a
+/// `permit_access` grant to `mapper` (and writable if `GTF_WRITING` is
+/// asked for), swapping flags and domid together.
+fn set_status(combo: &AtomicU32, mapper: DomId, bits: u16) -> Result<(), GntStatus> {
+    let mut cur = combo.load(Ordering::Acquire);
+    for _ in 0..CAS_RETRIES {
+        let (flags, domid) = (cur as u16, (cur >> 16) as u16);
+        if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != mapper.0 {
+            return Err(GntStatus::GENERAL_ERROR);
+        }
+        if bits & GTF_WRITING != 0 && flags & GTF_READONLY != 0 {
+            return Err(GntStatus::GENERAL_ERROR);
+        }
+        match combo.compare_exchange(
+            cur,
+            cur | u32::from(bits),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(now) => cur = now,
+        }
+    }
+    Err(GntStatus::GENERAL_ERROR)
+}
+
+/// Clears `bits` of the shared flags: one atomic operation, so a granter
+/// that keeps rewriting its entry cannot keep us looping.
+fn clear_status(combo: &AtomicU32, bits: u16) {
+    combo.fetch_and(!u32::from(bits), Ordering::AcqRel);
+}
+
+fn unpin_words(combo: &AtomicU32, lock: &AtomicU32, writable: bool) {
+    let pins = lock_entry(lock);
+    let readers = pins & PIN_MASK;
+    let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
+    if readers == 0 || (writable && writers == 0) {
+        lock.store(pins, Ordering::Release);
+        return;
+    }
+    let (readers, writers) = (readers - 1, writers - u32::from(writable));
+    let mut clear = 0;
+    if writers == 0 && writable {
+        clear |= GTF_WRITING;
+    }
+    if readers == 0 {
+        clear |= GTF_READING | GTF_WRITING;
+    }
+    if clear != 0 {
+        clear_status(combo, clear);
+    }
+    lock.store(readers | (writers << WRITE_SHIFT), Ordering::Release);
 }
 
 #[cfg(test)]
@@ -480,26 +487,30 @@ mod tests {
         let (hv, t) = (f.hv(), f.table());
         t.grant(GrantRef(1), DomId(2), Pfn(0), true).unwrap();
         assert_eq!(
-            hv.pin(DomId(1), GrantRef(1), DomId(2), true),
+            hv.pin(DomId(1), GrantRef(1), DomId(2), true).map(|p| p.mfn),
             Err(GntStatus::GENERAL_ERROR),
             "rw of ro"
         );
         assert_eq!(
-            hv.pin(DomId(1), GrantRef(1), DomId(3), false),
+            hv.pin(DomId(1), GrantRef(1), DomId(3), false)
+                .map(|p| p.mfn),
             Err(GntStatus::GENERAL_ERROR),
             "wrong domain"
         );
         assert_eq!(
-            hv.pin(DomId(1), GrantRef(999), DomId(2), false),
+            hv.pin(DomId(1), GrantRef(999), DomId(2), false)
+                .map(|p| p.mfn),
             Err(GntStatus::BAD_GNTREF)
         );
         assert_eq!(
-            hv.pin(DomId(7), GrantRef(1), DomId(2), false),
+            hv.pin(DomId(7), GrantRef(1), DomId(2), false)
+                .map(|p| p.mfn),
             Err(GntStatus::BAD_DOMAIN)
         );
         t.grant(GrantRef(2), DomId(2), Pfn(8), false).unwrap();
         assert_eq!(
-            hv.pin(DomId(1), GrantRef(2), DomId(2), false),
+            hv.pin(DomId(1), GrantRef(2), DomId(2), false)
+                .map(|p| p.mfn),
             Err(GntStatus::BAD_PAGE),
             "pfn beyond P2M"
         );
