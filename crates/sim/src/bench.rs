@@ -197,7 +197,11 @@ fn evtchn_round_trip(
         ours += t.elapsed();
         g.answer()?;
 
-        g.send(&format!("rawecho {} {} {per}", to_guest.as_raw_fd(), to_dom0.as_raw_fd()))?;
+        g.send(&format!(
+            "rawecho {} {} {per}",
+            to_guest.as_raw_fd(),
+            to_dom0.as_raw_fd()
+        ))?;
         let t = Instant::now();
         for _ in 0..per {
             sys::eventfd_signal(to_guest.as_raw_fd()).map_err(err)?;
