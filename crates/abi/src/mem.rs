@@ -165,9 +165,11 @@ impl<'a> VolatileSlice<'a> {
     #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&'a AtomicU32, BadAccess> {
         let p = self.check(offset, 4, 4)?;
-        // SAFETY: `check` proved the 4 bytes are in the mapping and aligned;
-        // the mapping lives for `'a`; all our accesses to it are atomic or
-        // volatile, so no non-atomic Rust access races with this one.
+        // SAFETY: `check` proved the 4 bytes are in the mapping and aligned,
+        // and the mapping lives for `'a`. The peer may access the same bytes
+        // with other sizes or plain stores, which Rust's model does not
+        // cover; like Xen's C, we rely on x86 giving aligned accesses of
+        // every size their hardware atomicity.
         Ok(unsafe { AtomicU32::from_ptr(p.as_ptr().cast::<u32>()) })
     }
 

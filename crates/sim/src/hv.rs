@@ -142,6 +142,13 @@ pub struct Hypervisor {
     stop: OwnedFd,
 }
 
+/// Connections that have not attached yet, at most.
+const MAX_UNATTACHED: usize = 64;
+/// Requests of one connection answered before looking at the others.
+const REQUESTS_PER_WAKEUP: usize = 32;
+/// Event-channel ports a guest may have (dom0 may use them all).
+const GUEST_PORTS: usize = 1024;
+
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
 
@@ -194,6 +201,12 @@ impl Hypervisor {
         };
         let machine_fd = sys::memfd("dom0kit-machine", config.machine_pages * 4096)?;
         let control_fd = sys::memfd("dom0kit-control", geometry.len() as u64)?;
+        // A process that holds them must not be able to truncate them under
+        // everyone's mappings (SIGBUS).
+        sys::seal_size(&machine_fd)?;
+        sys::seal_size(&control_fd)?;
+        // Every port is a descriptor here: use all the kernel allows us.
+        sys::raise_fd_limit();
         let control = Mapping::shared(&control_fd, geometry.len(), true)?;
         let machine = Mapping::shared(&machine_fd, config.machine_pages as usize * 4096, true)?;
         std::fs::create_dir_all(&config.run_dir)?;
@@ -251,7 +264,7 @@ impl Hypervisor {
             self.epoll.wait(&mut ready, -1)?;
             for &token in &ready {
                 match token {
-                    LISTENER => self.accept()?,
+                    LISTENER => self.accept(),
                     STOP => {
                         let _ = std::fs::remove_file(self.config.socket());
                         return Ok(());
@@ -262,12 +275,37 @@ impl Hypervisor {
         }
     }
 
-    fn accept(&mut self) -> io::Result<()> {
-        while let Some(fd) = sys::accept(self.listener.as_raw_fd())? {
-            sys::set_nonblocking(fd.as_raw_fd())?;
+    /// Takes new connections. Failures (out of descriptors, a peer gone
+    /// already) lose that connection, never the hypervisor; connections
+    /// that have not attached yet are capped, the oldest going first.
+    fn accept(&mut self) {
+        loop {
+            let fd = match sys::accept(self.listener.as_raw_fd()) {
+                Ok(Some(fd)) => fd,
+                Ok(None) | Err(_) => return,
+            };
+            // At the cap, the oldest connection that has not attached goes:
+            // a real client attaches right after connecting, so only idle
+            // ones are old.
+            let unattached: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.domid.is_none())
+                .map(|(&id, _)| id)
+                .collect();
+            if unattached.len() >= MAX_UNATTACHED {
+                if let Some(&oldest) = unattached.iter().min() {
+                    self.close(oldest);
+                }
+            }
+            if sys::set_nonblocking(fd.as_raw_fd()).is_err() {
+                continue;
+            }
             let id = self.next_conn;
             self.next_conn += 1;
-            self.epoll.add(fd.as_raw_fd(), id)?;
+            if self.epoll.add(fd.as_raw_fd(), id).is_err() {
+                continue;
+            }
             self.conns.insert(
                 id,
                 Conn {
@@ -277,14 +315,14 @@ impl Hypervisor {
                 },
             );
         }
-        Ok(())
     }
 
-    /// Answers every waiting request of connection `c`; closes it on EOF or
-    /// on anything malformed.
+    /// Answers up to `REQUESTS_PER_WAKEUP` waiting requests of connection
+    /// `c` (epoll is level-triggered: the rest wake us again, after the
+    /// others had their turn); closes it on EOF or anything malformed.
     fn serve(&mut self, c: u64) {
         let mut buf = vec![0u8; sys::MAX_MESSAGE];
-        loop {
+        for _ in 0..REQUESTS_PER_WAKEUP {
             let Some(conn) = self.conns.get(&c) else {
                 return;
             };
@@ -628,14 +666,16 @@ impl Hypervisor {
         for (pfn, m) in p2m.iter().enumerate() {
             let _ = c.store_u64(s + slot::P2M + pfn * 8, m.0, Ordering::Relaxed);
         }
+        let mut token = [0u8; TOKEN_LEN];
+        if sys::random_bytes(&mut token).is_err() {
+            return Err(undo(self, &p2m, &grant_frames));
+        }
         let _ = c.store_u32(s + slot::STATE, layout::STATE_ALIVE, Ordering::Release);
         let _ = c.store_u16(
             self.geometry.slot_of(domid.0),
             slot_idx as u16 + 1,
             Ordering::Release,
         );
-        let mut token = [0u8; TOKEN_LEN];
-        sys::random_bytes(&mut token).map_err(|_| undo(self, &p2m, &grant_frames))?;
         let used_pfns = vec![false; pages as usize];
         self.domains.insert(
             domid.0,
@@ -662,7 +702,11 @@ impl Hypervisor {
     }
 
     fn alloc_pages(&mut self, me: DomId, count: u64) -> Result<Pfn, i32> {
-        let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
+        let d = self
+            .domains
+            .get_mut(&me.0)
+            .filter(|d| !d.dying)
+            .ok_or(ESRCH)?;
         let count = usize::try_from(count).map_err(|_| EINVAL)?;
         if count == 0 {
             return Err(EINVAL);
@@ -685,7 +729,7 @@ impl Hypervisor {
         } else {
             (1u64 << bits) / 4096
         };
-        let d = self.domains.get(&me.0).ok_or(ESRCH)?;
+        let d = self.domains.get(&me.0).filter(|d| !d.dying).ok_or(ESRCH)?;
         let end = pfn
             .0
             .checked_add(count)
@@ -694,10 +738,20 @@ impl Hypervisor {
         if count == 0 || bits < 12 {
             return Err(EINVAL);
         }
+        // Retired frames are held until the domain goes; a domain may not
+        // retire more than its own size, or exchanges would drain the host.
+        if d.retired.len() as u64 + count > d.p2m.len() as u64 {
+            return Err(ENOMEM);
+        }
         let first = self
             .frames
             .alloc_contiguous_below(count, limit)
             .ok_or(ENOMEM)?;
+        // The new frames may have been another domain's: scrub them.
+        let _ = self
+            .machine
+            .slice()
+            .fill(first.0 as usize * 4096, count as usize * 4096, 0);
         let geometry = self.geometry;
         let c = self.control.slice();
         let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
@@ -726,6 +780,9 @@ impl Hypervisor {
             .get_mut(&me.0)
             .filter(|d| !d.dying)
             .ok_or(ESRCH)?;
+        if me.0 != 0 && d.ports.len() >= GUEST_PORTS {
+            return Err(ENOSPC);
+        }
         let port = d.free_port().ok_or(ENOSPC)?;
         let fd = sys::eventfd().map_err(|_| ENOMEM)?;
         let raw = fd.as_raw_fd();
@@ -911,6 +968,16 @@ impl Hypervisor {
         }
         d.dying = true;
         d.token = None;
+        // Hang up on the domain's connection: nothing may act as a dead
+        // domain, least of all after its id is reused.
+        if let Some(c) = d.conn.take() {
+            if let Some(conn) = self.conns.remove(&c) {
+                self.epoll.remove(conn.fd.as_raw_fd());
+            }
+        }
+        let Some(d) = self.domains.get_mut(&domid) else {
+            return;
+        };
         let _ = self.control.slice().store_u32(
             geometry.slot(d.slot) + slot::STATE,
             layout::STATE_DYING,

@@ -47,6 +47,32 @@ pub fn seal_future_write(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Fixes a memfd's size for good (`F_SEAL_SHRINK | F_SEAL_GROW`).
+pub fn seal_size(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on a descriptor we own.
+    cvt(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    })?;
+    Ok(())
+}
+
+/// Raises our soft limit of open descriptors to the hard limit.
+pub fn raise_fd_limit() {
+    // SAFETY: `lim` is written by getrlimit before being read.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer; setrlimit reads a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// The size of a file.
 pub fn file_len(fd: &OwnedFd) -> io::Result<u64> {
     // SAFETY: `st` is written by fstat before being read.

@@ -363,3 +363,47 @@ fn foreign_mapping_sees_the_guests_memory() {
     map.memory().read_bytes(8, &mut buf).unwrap();
     assert_eq!(buf, [0xfe, 0xed, 0xfa, 0xce]);
 }
+
+#[test]
+fn exchanges_cannot_retire_more_frames_than_the_domain_has() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    g.cmd("exchange 0 16 30");
+    let answer = g.try_cmd("exchange 0 1 30");
+    assert!(answer.starts_with("err"), "{answer}");
+}
+
+#[test]
+fn idle_connections_are_capped_oldest_first_and_guests_still_attach() {
+    let host = Host::new();
+    let idle: Vec<_> = (0..100)
+        .map(|_| sim::sys::connect_seqpacket(host.hv.socket()).unwrap())
+        .collect();
+    for c in &idle {
+        sim::sys::set_nonblocking(c.as_raw_fd()).unwrap();
+    }
+    let mut refused = vec![false; idle.len()];
+    let mut hung_up = 0;
+    eventually("the hypervisor to refuse the excess", || {
+        for (c, r) in idle.iter().zip(refused.iter_mut()) {
+            let mut buf = [0u8; 16];
+            if !*r
+                && matches!(
+                    sim::sys::recv_msg(c.as_raw_fd(), &mut buf, &mut Vec::new()),
+                    Ok(0)
+                )
+            {
+                *r = true;
+                hung_up += 1;
+            }
+        }
+        hung_up >= 30
+    });
+    assert!(
+        hung_up >= 30,
+        "only {hung_up} of 100 idle connections were refused"
+    );
+    assert!(host.dom0.list_domains().is_ok());
+    let mut g = host.guest(16);
+    assert_eq!(g.cmd("alloc 1"), "0", "a guest still attaches");
+}
