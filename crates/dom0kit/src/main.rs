@@ -1,6 +1,8 @@
 //! `dom0kit`: one binary, many subcommands.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod xs_cli;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -19,13 +21,27 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
+  xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
+                       control (also as xenstore-MODE through a link to this binary)
   bench sim [--rounds N | --quick]
                        measure the simulated hypervisor against its physical limits
   version              print the version";
 
 fn main() -> ExitCode {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let prog = argv0.rsplit('/').next().unwrap_or("dom0kit").to_string();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Called as xenstore-read, xenstore-ls, ... (a link to this binary).
+    if let Some(mode) = prog.strip_prefix("xenstore-") {
+        return xs_cli::run(&argv0, mode, false, &args);
+    }
     let result = match args.first().map(String::as_str) {
+        Some("xenstore") => {
+            let Some(mode) = args.get(1) else {
+                return xs_cli::run(&argv0, "", true, &[]);
+            };
+            return xs_cli::run(&argv0, mode, true, &args[2..]);
+        }
         Some("version") | Some("--version") => {
             println!("dom0kit {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -8,12 +8,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 mod error;
+pub mod escape;
 pub mod fuzz;
 pub mod path;
 pub mod perms;
 pub mod wire;
 
+pub use client::{Client, ClientError, Tx, WatchEvent};
 pub use error::XsError;
 pub use path::Path;
 pub use perms::{Access, Perm, Perms};

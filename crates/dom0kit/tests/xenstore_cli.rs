@@ -1,0 +1,211 @@
+//! Our xenstore command line against Debian's xenstore-utils, both talking
+//! to Debian's C xenstored (started by `../shared/peers/xenstored-peer`):
+//! the same commands must print the same bytes, exit the same way, and
+//! leave the store the same.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+struct Peer {
+    socket: PathBuf,
+    pid: i32,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
+}
+
+fn start_c_xenstored(name: &str) -> Peer {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/xenstored-peer");
+    assert!(
+        script.exists(),
+        "{} is missing: the peers live in shared/ beside the checkout",
+        script.display()
+    );
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("xs-peer-{name}"));
+    let _ = std::fs::remove_dir_all(&work);
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("c")
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xenstored-peer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let mut words = line.split_whitespace();
+    let socket = PathBuf::from(words.next().unwrap());
+    let pid = words.next().unwrap().parse().unwrap();
+    Peer { socket, pid }
+}
+
+/// Runs a tool named `xenstore-MODE` (argv[0] exactly that): Debian's from
+/// /usr/bin, or ours, a link to the dom0kit binary.
+fn tool(ours: bool, mode: &str, args: &[&str], socket: &Path) -> Command {
+    let name = format!("xenstore-{mode}");
+    let mut c = if ours {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xs-links");
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(&name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dom0kit"), &link).unwrap();
+        }
+        Command::new(link)
+    } else {
+        let path = Path::new("/usr/bin").join(&name);
+        assert!(
+            path.exists(),
+            "{} is missing: install xenstore-utils",
+            path.display()
+        );
+        Command::new(path)
+    };
+    c.arg0(&name).args(args).env("XENSTORED_PATH", socket);
+    c
+}
+
+fn run(ours: bool, mode: &str, args: &[&str], socket: &Path) -> (String, String, i32) {
+    let out = tool(ours, mode, args, socket).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn our_cli_matches_xenstore_utils_on_c_xenstored() {
+    let peer = start_c_xenstored("cli");
+    let s = &peer.socket;
+    let seed = [
+        "/cmp/a",
+        "1",
+        "/cmp/b/c",
+        "x y",
+        "/cmp/e",
+        "a\\tb\\001c\\x7fd\\\\e\\nf\\x7fg\\t",
+        "/cmp/long",
+        &"v".repeat(120),
+        "/cmp/deep/er/and/deeper/still/name-that-is-rather-long-indeed-to-test-truncation",
+        "z",
+    ];
+    assert_eq!(run(false, "write", &seed, s).2, 0);
+
+    let reads: &[(&str, &[&str])] = &[
+        ("read", &["/cmp/a", "/cmp/e"]),
+        ("read", &["-p", "/cmp/a", "/cmp/b/c"]),
+        ("read", &["-R", "/cmp/e"]),
+        ("read", &["/cmp/a", "/cmp/nope", "/cmp/b/c"]),
+        ("read", &[]),
+        ("read", &["-t", "/cmp/a"]),
+        ("read", &["-x", "/cmp/a"]),
+        ("read", &["/cmp/a", "--prefix"]),
+        ("list", &["/cmp"]),
+        ("list", &["-p", "/cmp", "/cmp/b"]),
+        ("list", &["/cmp/nope"]),
+        ("ls", &["/cmp"]),
+        ("ls", &["-f", "/cmp"]),
+        ("ls", &["-p", "/cmp"]),
+        ("ls", &["-fp", "/cmp"]),
+        ("ls", &["/cmp/nope"]),
+        ("exists", &["/cmp/a"]),
+        ("exists", &["/cmp/a", "/cmp/nope"]),
+        ("exists", &[]),
+        ("rm", &["-p", "/cmp/a"]),
+        ("write", &["/cmp/odd"]),
+        ("watch", &[]),
+    ];
+    let mut diffs = Vec::new();
+    for (mode, args) in reads {
+        let theirs = run(false, mode, args, s);
+        let ours = run(true, mode, args, s);
+        if theirs != ours {
+            diffs.push(format!(
+                "xenstore-{mode} {args:?}\n  theirs: {theirs:?}\n  ours:   {ours:?}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+#[test]
+fn our_writes_rms_and_chmods_leave_the_store_as_xenstore_utils_do() {
+    let peer = start_c_xenstored("mutate");
+    let s = &peer.socket;
+    for (ours, root) in [(false, "/theirs"), (true, "/ours")] {
+        let p = |x: &str| format!("{root}{x}");
+        let steps: Vec<(&str, Vec<String>)> = vec![
+            (
+                "write",
+                vec![
+                    p("/a/b"),
+                    "1".into(),
+                    p("/a/c"),
+                    "two\\x41".into(),
+                    p("/t/x/y/z"),
+                    "".into(),
+                ],
+            ),
+            ("write", vec!["-R".into(), p("/raw"), "a\\tb".into()]),
+            ("rm", vec!["-t".into(), p("/t/x/y/z")]),
+            ("rm", vec![p("/a/c")]),
+            // C xenstored refuses permissions naming domains it does not
+            // know (ENOENT), and only dom0 exists here.
+            ("chmod", vec![p("/a"), "r0".into()]),
+            ("chmod", vec!["-r".into(), p("/a"), "b0".into()]),
+            ("chmod", vec!["-u".into(), p("/a/b"), "w0".into()]),
+            ("rm", vec![p("/gone/child")]),
+        ];
+        for (mode, args) in &steps {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (_, err, code) = run(ours, mode, &args, s);
+            let expect_fail = args.last().is_some_and(|a| a.ends_with("/gone/child"));
+            assert_eq!(
+                code != 0,
+                expect_fail,
+                "xenstore-{mode} {args:?} (ours: {ours}): {err}"
+            );
+        }
+    }
+    let (theirs, _, _) = run(false, "ls", &["-p", "/theirs"], s);
+    let (ours, _, _) = run(false, "ls", &["-p", "/ours"], s);
+    assert!(!theirs.is_empty());
+    assert_eq!(theirs, ours, "both trees end the same");
+}
+
+#[test]
+fn our_watch_prints_the_events_xenstore_watch_prints() {
+    let peer = start_c_xenstored("watch");
+    let s = &peer.socket;
+    let spawn = |ours: bool, dir: &str| -> Child {
+        tool(ours, "watch", &["-n", "3", dir], s)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let theirs = spawn(false, "/w1");
+    let ours = spawn(true, "/w2");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(run(false, "write", &["/w1/x", "1", "/w2/x", "1"], s).2, 0);
+    assert_eq!(
+        run(false, "write", &["/w1/y/z", "2", "/w2/y/z", "2"], s).2,
+        0
+    );
+    let t = String::from_utf8(theirs.wait_with_output().unwrap().stdout).unwrap();
+    let o = String::from_utf8(ours.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(t.replace("/w1", "/W"), o.replace("/w2", "/W"));
+    assert_eq!(t.lines().count(), 3, "{t}");
+}
