@@ -21,6 +21,9 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
+  xenstored [--socket PATH]
+                       run our xenstore daemon in the foreground (socket: --socket,
+                       $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket)
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
   bench sim [--rounds N | --quick]
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
                 .to_string(),
         ),
         Some("hv") => hv(&args[1..]),
+        Some("xenstored") => xenstored(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("__sim-probe") => return sim::probe::main(),
         Some("help") | Some("--help") | Some("-h") => {
@@ -126,6 +130,20 @@ fn hv(args: &[String]) -> Result<(), String> {
     let hv = sim::Hypervisor::new(config).map_err(|e| format!("hv: {e}"))?;
     println!("hv: serving on {}", socket.display());
     hv.run().map_err(|e| format!("hv: {e}"))
+}
+
+fn xenstored(args: &[String]) -> Result<(), String> {
+    let mut socket = xenstore::client::default_socket();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => socket = value(&mut it, a)?.into(),
+            _ => return Err(format!("xenstored: unknown option {a}\n\n{USAGE}")),
+        }
+    }
+    let mut d = xenstored::Daemon::bind(&socket).map_err(|e| format!("xenstored: {e}"))?;
+    println!("xenstored: serving on {}", socket.display());
+    d.run(|| false).map_err(|e| format!("xenstored: {e}"))
 }
 
 fn bench(args: &[String]) -> Result<(), String> {

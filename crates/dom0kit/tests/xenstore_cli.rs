@@ -81,6 +81,23 @@ fn run(ours: bool, mode: &str, args: &[&str], socket: &Path) -> (String, String,
     )
 }
 
+/// The stdout of `child`, which must exit within `secs` seconds.
+fn finish_within(mut child: Child, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {secs} s; printed {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
 #[test]
 fn our_cli_matches_xenstore_utils_on_c_xenstored() {
     let peer = start_c_xenstored("cli");
@@ -204,8 +221,137 @@ fn our_watch_prints_the_events_xenstore_watch_prints() {
         run(false, "write", &["/w1/y/z", "2", "/w2/y/z", "2"], s).2,
         0
     );
-    let t = String::from_utf8(theirs.wait_with_output().unwrap().stdout).unwrap();
-    let o = String::from_utf8(ours.wait_with_output().unwrap().stdout).unwrap();
+    let t = finish_within(theirs, 5);
+    let o = finish_within(ours, 5);
     assert_eq!(t.replace("/w1", "/W"), o.replace("/w2", "/W"));
     assert_eq!(t.lines().count(), 3, "{t}");
+}
+
+/// Our daemon, started as `dom0kit xenstored`.
+struct Ours {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Ours {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_our_xenstored(name: &str) -> Ours {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("xs-ours-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("socket");
+    let child = Command::new(env!("CARGO_BIN_EXE_dom0kit"))
+        .args(["xenstored", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Owned by the guard from here on, which kills and reaps it.
+    let ours = Ours { child, socket };
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(&ours.socket).is_ok() {
+            return ours;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("dom0kit xenstored did not start");
+}
+
+#[test]
+fn xenstore_utils_see_our_daemon_as_they_see_c_xenstored() {
+    let peer = start_c_xenstored("daemon");
+    let ours = start_our_xenstored("daemon");
+    let script: &[(&str, &[&str])] = &[
+        ("ls", &[]),
+        (
+            "write",
+            &[
+                "/d/a",
+                "1",
+                "/d/b/c",
+                "x y",
+                "/d/e",
+                "a\\tb\\001",
+                "/d/z",
+                "",
+            ],
+        ),
+        ("read", &["/d/a", "/d/e", "/d/b"]),
+        ("read", &["/d/nope"]),
+        ("read", &["/nope/deeper"]),
+        ("read", &["relative/path"]),
+        ("read", &["/bad//path"]),
+        ("read", &["/trailing/"]),
+        ("write", &["/bad path", "1"]),
+        ("write", &["@special", "1"]),
+        ("list", &["/d"]),
+        ("list", &["-p", "/d/b"]),
+        ("list", &["/d/nope"]),
+        ("ls", &["-p", "/d"]),
+        ("ls", &["-f", "/"]),
+        ("exists", &["/d/b/c"]),
+        ("exists", &["/d/none"]),
+        ("rm", &["/d/none"]),
+        ("rm", &["/d/none/deeper"]),
+        ("rm", &["/"]),
+        ("rm", &["-t", "/d/b/c"]),
+        ("chmod", &["/d/a", "r0"]),
+        ("chmod", &["/d/nope", "r0"]),
+        ("chmod", &["-r", "/d", "b0"]),
+        ("ls", &["-p", "/"]),
+        ("write", &["/local/domain/0/rel", "r"]),
+        ("read", &["rel"]),
+        ("ls", &["-fp", "/"]),
+    ];
+    let mut diffs = Vec::new();
+    for (mode, args) in script {
+        let theirs = run(false, mode, args, &peer.socket);
+        let mine = run(false, mode, args, &ours.socket);
+        if theirs != mine {
+            diffs.push(format!(
+                "xenstore-{mode} {args:?}\n  C:    {theirs:?}\n  ours: {mine:?}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+#[test]
+fn xenstore_watch_sees_our_daemon_as_it_sees_c_xenstored() {
+    let peer = start_c_xenstored("daemon-watch");
+    let ours = start_our_xenstored("daemon-watch");
+    let mut outputs = Vec::new();
+    for s in [&peer.socket, &ours.socket] {
+        assert_eq!(
+            run(false, "write", &["/w/keep", "0", "/w/sub/x", "1"], s).2,
+            0
+        );
+        // Five events: the first, x, y/z (not its new parent y), the
+        // chmod, and the removal of an ancestor.
+        let watcher = tool(false, "watch", &["-n", "5", "/w/sub"], s)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for (mode, args) in [
+            ("write", &["/w/sub/x", "2"][..]),
+            ("write", &["/w/keep", "1"][..]),
+            ("write", &["/w/sub/y/z", "3"][..]),
+            ("chmod", &["/w/sub", "b0"][..]),
+            ("rm", &["/w"][..]),
+        ] {
+            assert_eq!(run(false, mode, args, s).2, 0);
+        }
+        outputs.push(finish_within(watcher, 5));
+    }
+    assert_eq!(outputs[0], outputs[1], "C then ours");
 }

@@ -1,0 +1,542 @@
+//! The daemon over its unix socket: one thread, `poll` over the listener
+//! and the connections, requests answered in order, watch events queued to
+//! the watchers. Socket clients are dom0 (privileged), as in C xenstored.
+//!
+//! Each connection's output is bounded (`MAX_OUTPUT`): a client that does
+//! not read its replies and events is dropped, and the daemon's memory with
+//! it. A client that breaks the framing is dropped at once.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path as FsPath, PathBuf};
+
+use xenstore::path::domain_path;
+use xenstore::wire::{split_strings, Decoder, Message, MsgType};
+use xenstore::{Path, Perms, XsError};
+
+use crate::store::{self, Caller, Change, Tree};
+use crate::tx::{Op, Transaction};
+
+/// Bytes of replies and events a connection may have waiting.
+pub const MAX_OUTPUT: usize = 4 << 20;
+/// Transactions one connection may have open (C xenstored's default).
+pub const MAX_TRANSACTIONS: usize = 10;
+/// Watches one connection may have (C xenstored's default is 128).
+pub const MAX_WATCHES: usize = 128;
+
+struct Watch {
+    /// As the client gave it (relative or absolute).
+    given: String,
+    token: String,
+    path: Path,
+    /// The base to strip for a relative watch.
+    relative_to: Option<String>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    caller: Caller,
+    decoder: Decoder,
+    out: Vec<u8>,
+    watches: Vec<Watch>,
+    txs: HashMap<u32, Transaction>,
+    dead: bool,
+}
+
+/// xenstored.
+pub struct Daemon {
+    tree: Tree,
+    listener: UnixListener,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    next_tx: u32,
+    socket: PathBuf,
+}
+
+fn ok() -> Vec<u8> {
+    b"OK\0".to_vec()
+}
+
+fn with_nul(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+impl Daemon {
+    /// Listens on `socket` (replacing a stale one).
+    pub fn bind(socket: &FsPath) -> io::Result<Daemon> {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)?;
+        listener.set_nonblocking(true)?;
+        Ok(Daemon {
+            tree: Tree::new(),
+            listener,
+            conns: HashMap::new(),
+            next_conn: 1,
+            next_tx: 1,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &FsPath {
+        &self.socket
+    }
+
+    /// Serves until `stop` returns true (checked at least every 100 ms).
+    pub fn run(&mut self, stop: impl Fn() -> bool) -> io::Result<()> {
+        while !stop() {
+            self.turn(100)?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` for work and does it.
+    pub fn turn(&mut self, timeout_ms: i32) -> io::Result<()> {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        let mut fds = vec![libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        for id in &ids {
+            let c = &self.conns[id];
+            let mut events = libc::POLLIN;
+            if !c.out.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: c.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        if fds[0].revents != 0 {
+            self.accept();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let rev = fds[i + 1].revents;
+            if rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                self.read_from(*id);
+            }
+            if rev & libc::POLLOUT != 0 {
+                self.flush(*id);
+            }
+        }
+        self.conns.retain(|_, c| !c.dead);
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let id = self.next_conn;
+            self.next_conn += 1;
+            self.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    caller: Caller::DOM0,
+                    decoder: Decoder::new(),
+                    out: Vec::new(),
+                    watches: Vec::new(),
+                    txs: HashMap::new(),
+                    dead: false,
+                },
+            );
+        }
+    }
+
+    fn read_from(&mut self, id: u64) {
+        let mut buf = [0u8; 16384];
+        let msgs = {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    c.dead = true;
+                    return;
+                }
+                Ok(n) => match c.decoder.feed(&buf[..n]) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        c.dead = true;
+                        return;
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        };
+        for m in msgs {
+            self.handle(id, &m);
+        }
+        self.flush(id);
+    }
+
+    fn send(&mut self, id: u64, m: Message) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match m.encode() {
+            Ok(bytes) if c.out.len() + bytes.len() <= MAX_OUTPUT => c.out.extend(bytes),
+            _ => c.dead = true,
+        }
+    }
+
+    fn flush(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(0) => {
+                    c.dead = true;
+                    return;
+                }
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One request. As C xenstored does, the watch events a change causes
+    /// are queued before the reply, and a new watch's first event after it.
+    fn handle(&mut self, id: u64, m: &Message) {
+        match self.dispatch(id, m) {
+            Ok(Outcome {
+                payload,
+                changes,
+                after,
+            }) => {
+                for ch in &changes {
+                    self.fire(ch);
+                }
+                self.send(id, Message::new(m.ty, m.req_id, m.tx_id, payload));
+                if let Some(a) = after {
+                    self.send(id, a);
+                }
+            }
+            Err(e) => self.send(
+                id,
+                Message::new(MsgType::Error, m.req_id, m.tx_id, with_nul(e.name())),
+            ),
+        }
+    }
+
+    fn dispatch(&mut self, id: u64, m: &Message) -> Result<Outcome, XsError> {
+        let caller = self.conns.get(&id).ok_or(XsError::Inval)?.caller;
+        let parts = split_strings(&m.payload);
+        let path_arg = |i: usize, special: bool| -> Result<Path, XsError> {
+            Path::parse(parts.get(i).ok_or(XsError::Inval)?, caller.domid, special)
+        };
+        let tx = m.tx_id;
+        match m.ty {
+            MsgType::Read => {
+                let p = path_arg(0, false)?;
+                Ok(Outcome::reply(self.in_tx(id, tx, |t, tree| match t {
+                    Some(t) => t.read(tree, &caller, &p),
+                    None => store::read(tree, &caller, &p),
+                })?))
+            }
+            MsgType::Directory | MsgType::DirectoryPart => {
+                let p = path_arg(0, false)?;
+                let (names, cgen) = self.in_tx(id, tx, |t, tree| match t {
+                    Some(t) => t.directory(tree, &caller, &p),
+                    None => store::directory(tree, &caller, &p),
+                })?;
+                let mut list = Vec::new();
+                for n in &names {
+                    list.extend_from_slice(n.as_bytes());
+                    list.push(0);
+                }
+                if m.ty == MsgType::Directory {
+                    if list.len() > abi::xs_wire::XENSTORE_PAYLOAD_MAX {
+                        return Err(XsError::TooBig);
+                    }
+                    return Ok(Outcome::reply(list));
+                }
+                Ok(Outcome::reply(directory_part(&list, cgen, parts.get(1))?))
+            }
+            MsgType::GetPerms => {
+                let p = path_arg(0, true)?;
+                let perms = self.in_tx(id, tx, |t, tree| match t {
+                    Some(t) => t.get_perms(tree, &caller, &p),
+                    None => store::get_perms(tree, &caller, &p),
+                })?;
+                Ok(Outcome::reply(perms.to_payload()))
+            }
+            MsgType::Write | MsgType::Mkdir | MsgType::Rm | MsgType::SetPerms => {
+                let p = path_arg(0, false)?;
+                let op = match m.ty {
+                    MsgType::Write => {
+                        let at = m
+                            .payload
+                            .iter()
+                            .position(|&b| b == 0)
+                            .ok_or(XsError::Inval)?;
+                        Op::Write(p, m.payload[at + 1..].to_vec())
+                    }
+                    MsgType::Mkdir => Op::Mkdir(p),
+                    MsgType::Rm => Op::Rm(p),
+                    _ => Op::SetPerms(p, Perms::parse(parts.iter().skip(1).copied())?),
+                };
+                if tx != 0 {
+                    let tree = &self.tree;
+                    let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+                    let t = c.txs.get_mut(&tx).ok_or(XsError::NoEnt)?;
+                    t.modify(tree, &caller, op)?;
+                    return Ok(Outcome::reply(ok()));
+                }
+                let changes = match op {
+                    Op::Write(p, v) => store::write(&mut self.tree, &caller, &p, &v)?,
+                    Op::Mkdir(p) => store::mkdir(&mut self.tree, &caller, &p)?,
+                    Op::Rm(p) => store::rm(&mut self.tree, &caller, &p)?,
+                    Op::SetPerms(p, perms) => store::set_perms(&mut self.tree, &caller, &p, perms)?,
+                };
+                Ok(Outcome {
+                    payload: ok(),
+                    changes,
+                    after: None,
+                })
+            }
+            MsgType::Watch => {
+                let given = parts.first().ok_or(XsError::Inval)?;
+                let token = parts.get(1).ok_or(XsError::Inval)?;
+                let path = Path::parse(given, caller.domid, true)?;
+                let given = String::from_utf8_lossy(given).into_owned();
+                let token = String::from_utf8_lossy(token).into_owned();
+                let relative_to = (!given.starts_with('/') && !given.starts_with('@'))
+                    .then(|| domain_path(caller.domid));
+                let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+                if c.watches
+                    .iter()
+                    .any(|w| w.given == given && w.token == token)
+                {
+                    return Err(XsError::Exist);
+                }
+                if c.watches.len() >= MAX_WATCHES {
+                    return Err(XsError::NoSpc);
+                }
+                let event = Message::with_strings(
+                    MsgType::WatchEvent,
+                    0,
+                    0,
+                    &[given.as_bytes(), token.as_bytes()],
+                );
+                c.watches.push(Watch {
+                    given,
+                    token,
+                    path,
+                    relative_to,
+                });
+                Ok(Outcome {
+                    payload: ok(),
+                    changes: Vec::new(),
+                    after: Some(event),
+                })
+            }
+            MsgType::Unwatch => {
+                let given =
+                    String::from_utf8_lossy(parts.first().ok_or(XsError::Inval)?).into_owned();
+                let token =
+                    String::from_utf8_lossy(parts.get(1).ok_or(XsError::Inval)?).into_owned();
+                let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+                let before = c.watches.len();
+                c.watches
+                    .retain(|w| !(w.given == given && w.token == token));
+                if c.watches.len() == before {
+                    return Err(XsError::NoEnt);
+                }
+                Ok(Outcome::reply(ok()))
+            }
+            MsgType::TransactionStart => {
+                if tx != 0 {
+                    return Err(XsError::Busy);
+                }
+                let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+                if c.txs.len() >= MAX_TRANSACTIONS {
+                    return Err(XsError::NoSpc);
+                }
+                let mut t = self.next_tx;
+                while t == 0 || c.txs.contains_key(&t) {
+                    t = t.wrapping_add(1);
+                }
+                self.next_tx = t.wrapping_add(1);
+                c.txs.insert(t, Transaction::new());
+                Ok(Outcome::reply(with_nul(&t.to_string())))
+            }
+            MsgType::TransactionEnd => {
+                let commit = match parts.first().map(|s| &s[..]) {
+                    Some(b"T") => true,
+                    Some(b"F") => false,
+                    _ => return Err(XsError::Inval),
+                };
+                let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+                let t = c.txs.remove(&tx).ok_or(XsError::NoEnt)?;
+                if !commit {
+                    return Ok(Outcome::reply(ok()));
+                }
+                let changes = t.commit(&mut self.tree, &caller)?;
+                Ok(Outcome {
+                    payload: ok(),
+                    changes,
+                    after: None,
+                })
+            }
+            MsgType::GetDomainPath => {
+                let d = parse_domid(parts.first())?;
+                Ok(Outcome::reply(with_nul(&domain_path(d))))
+            }
+            MsgType::IsDomainIntroduced => {
+                let d = parse_domid(parts.first())?;
+                Ok(Outcome::reply(with_nul(if d == 0 { "T" } else { "F" })))
+            }
+            MsgType::ResetWatches => {
+                let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+                c.watches.clear();
+                c.txs.clear();
+                Ok(Outcome::reply(ok()))
+            }
+            MsgType::Control => match parts.first().map(|s| &s[..]) {
+                Some(b"check") => Ok(Outcome::reply(ok())),
+                Some(b"help") => Ok(Outcome::reply(with_nul("check\nhelp\n"))),
+                _ => Err(XsError::Inval),
+            },
+            // Domain connections (INTRODUCE and the rest) and quotas are not
+            // built yet; unknown types are refused the same way.
+            _ => Err(XsError::NoSys),
+        }
+    }
+
+    /// Runs `f` on connection `id`'s transaction `tx` (or on the tree).
+    fn in_tx<T>(
+        &mut self,
+        id: u64,
+        tx: u32,
+        f: impl FnOnce(Option<&mut Transaction>, &mut Tree) -> Result<T, XsError>,
+    ) -> Result<T, XsError> {
+        if tx == 0 {
+            return f(None, &mut self.tree);
+        }
+        let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+        let t = c.txs.get_mut(&tx).ok_or(XsError::NoEnt)?;
+        f(Some(t), &mut self.tree)
+    }
+
+    /// Queues the watch events of one change to every watcher it concerns.
+    fn fire(&mut self, ch: &Change) {
+        let mut events = Vec::new();
+        for (&id, c) in &self.conns {
+            if !c.caller.access(&ch.perms).can_read() {
+                continue;
+            }
+            for w in &c.watches {
+                if w.path.is_special() {
+                    continue;
+                }
+                let hit = if ch.path.is_child_of(&w.path) {
+                    Some(ch.path.as_str())
+                } else if ch.removed && w.path.is_child_of(&ch.path) {
+                    Some(w.path.as_str())
+                } else {
+                    None
+                };
+                let Some(p) = hit else { continue };
+                let shown = match &w.relative_to {
+                    Some(base) => p
+                        .strip_prefix(base.as_str())
+                        .and_then(|r| r.strip_prefix('/'))
+                        .unwrap_or(p),
+                    None => p,
+                };
+                events.push((
+                    id,
+                    Message::with_strings(
+                        MsgType::WatchEvent,
+                        0,
+                        0,
+                        &[shown.as_bytes(), w.token.as_bytes()],
+                    ),
+                ));
+            }
+        }
+        for (id, e) in events {
+            self.send(id, e);
+        }
+    }
+}
+
+/// What a request produced: the reply's payload, the changes to fire
+/// watches for, and a message to send after the reply.
+struct Outcome {
+    payload: Vec<u8>,
+    changes: Vec<Change>,
+    after: Option<Message>,
+}
+
+impl Outcome {
+    fn reply(payload: Vec<u8>) -> Outcome {
+        Outcome {
+            payload,
+            changes: Vec::new(),
+            after: None,
+        }
+    }
+}
+
+fn parse_domid(arg: Option<&&[u8]>) -> Result<u16, XsError> {
+    let s = std::str::from_utf8(arg.ok_or(XsError::Inval)?).map_err(|_| XsError::Inval)?;
+    s.parse().map_err(|_| XsError::Inval)
+}
+
+/// `XS_DIRECTORY_PART`: the generation, then the children's names from byte
+/// `offset` of the whole list, as many as fit; an empty name ends the list.
+fn directory_part(list: &[u8], cgen: u64, offset: Option<&&[u8]>) -> Result<Vec<u8>, XsError> {
+    let off: usize = std::str::from_utf8(offset.ok_or(XsError::Inval)?)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(XsError::Inval)?;
+    let mut out = with_nul(&cgen.to_string());
+    let room = abi::xs_wire::XENSTORE_PAYLOAD_MAX - out.len() - 1;
+    let rest = list.get(off..).unwrap_or(&[]);
+    let mut used = 0;
+    for name in rest.split_inclusive(|&b| b == 0) {
+        if used + name.len() > room {
+            break;
+        }
+        out.extend_from_slice(name);
+        used += name.len();
+    }
+    out.push(0);
+    Ok(out)
+}

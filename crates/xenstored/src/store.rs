@@ -1,0 +1,445 @@
+//! The tree: nodes with a value, permissions and children, and the
+//! operations of `xenstore.txt` on it, written once over [`Nodes`] so that
+//! they run the same on the committed tree and inside a transaction.
+//!
+//! Every node carries two generations: `gen` changes with its value,
+//! permissions or existence, `cgen` with its set of children. A
+//! transaction remembers the generations of what it looked at and conflicts
+//! only if one of those changed (so transactions on disjoint subtrees both
+//! commit, even when both add children to a common parent).
+
+use std::collections::HashMap;
+
+use xenstore::{Access, Path, Perms, XsError};
+
+/// A node of the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Its permissions.
+    pub perms: Perms,
+    /// Names of its children, oldest first (C xenstored lists them in the
+    /// order they were created).
+    pub children: Vec<String>,
+    /// Generation of its value, permissions and existence.
+    pub gen: u64,
+    /// Generation of its set of children.
+    pub cgen: u64,
+}
+
+/// Who is asking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's domain.
+    pub domid: u16,
+    /// dom0, the socket, or a domain with `SET_TARGET` privilege over
+    /// everything it touches: no permission checks.
+    pub privileged: bool,
+    /// The domain this one acts for (`SET_TARGET`), if any.
+    pub target: Option<u16>,
+}
+
+impl Caller {
+    /// A dom0 caller (the socket).
+    pub const DOM0: Caller = Caller {
+        domid: 0,
+        privileged: true,
+        target: None,
+    };
+
+    /// What the caller may do with a node of `perms` (C xenstored's
+    /// `perm_for_conn`).
+    pub fn access(&self, perms: &Perms) -> Access {
+        let me = |d: u16| d == self.domid || Some(d) == self.target;
+        if self.privileged || me(perms.owner()) {
+            return Access::Both;
+        }
+        perms
+            .entries()
+            .iter()
+            .skip(1)
+            .find(|p| me(p.domid))
+            .map_or(perms.entries()[0].access, |p| p.access)
+    }
+}
+
+/// A change that may fire watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The node that changed.
+    pub path: Path,
+    /// Whether the node and everything below it were removed.
+    pub removed: bool,
+    /// The node's permissions at the change (who may see the event).
+    pub perms: Perms,
+}
+
+/// Where nodes are read and written: the tree itself, or a transaction's
+/// view of it.
+pub trait Nodes {
+    /// The node at `path`.
+    fn get(&mut self, path: &str) -> Option<Node>;
+    /// The node's children, as a directory listing sees them.
+    fn list(&mut self, path: &str) -> Option<Node> {
+        self.get(path)
+    }
+    /// Sets (`Some`) or removes (`None`) the node at `path`.
+    fn set(&mut self, path: &str, node: Option<Node>);
+    /// A new generation number.
+    fn next_gen(&mut self) -> u64;
+}
+
+fn check(caller: &Caller, node: &Node, want: Access) -> Result<(), XsError> {
+    let have = caller.access(&node.perms);
+    let ok = match want {
+        Access::Read => have.can_read(),
+        Access::Write => have.can_write(),
+        Access::Both => have.can_read() && have.can_write(),
+        Access::None => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(XsError::Acces)
+    }
+}
+
+/// `XS_READ`.
+pub fn read(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<u8>, XsError> {
+    let node = n.get(path.as_str()).ok_or(XsError::NoEnt)?;
+    check(caller, &node, Access::Read)?;
+    Ok(node.value)
+}
+
+/// `XS_DIRECTORY`: the children's names.
+pub fn directory(
+    n: &mut impl Nodes,
+    caller: &Caller,
+    path: &Path,
+) -> Result<(Vec<String>, u64), XsError> {
+    let node = n.list(path.as_str()).ok_or(XsError::NoEnt)?;
+    check(caller, &node, Access::Read)?;
+    Ok((node.children.into_iter().collect(), node.cgen))
+}
+
+/// `XS_GET_PERMS`.
+pub fn get_perms(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Perms, XsError> {
+    let node = n.get(path.as_str()).ok_or(XsError::NoEnt)?;
+    check(caller, &node, Access::Read)?;
+    Ok(node.perms)
+}
+
+/// Creates `path` and any missing parents with empty values; returns the new
+/// node's permissions. New nodes take their parent's permissions; an
+/// unprivileged caller owns what it creates. As in C xenstored, only the
+/// node asked for fires watches, not the parents made on the way.
+fn create(
+    n: &mut impl Nodes,
+    caller: &Caller,
+    path: &Path,
+    value: Vec<u8>,
+) -> Result<Perms, XsError> {
+    let parent = path.parent().ok_or(XsError::Inval)?;
+    let mut pnode = match n.get(parent.as_str()) {
+        Some(p) => {
+            check(caller, &p, Access::Write)?;
+            p
+        }
+        None => {
+            create(n, caller, &parent, Vec::new())?;
+            n.get(parent.as_str()).ok_or(XsError::NoEnt)?
+        }
+    };
+    let mut perms = pnode.perms.clone();
+    if !caller.privileged {
+        let mut entries = perms.entries().to_vec();
+        entries[0].domid = caller.domid;
+        perms = Perms::new(entries)?;
+    }
+    let gen = n.next_gen();
+    n.set(
+        path.as_str(),
+        Some(Node {
+            value,
+            perms: perms.clone(),
+            children: Vec::new(),
+            gen,
+            cgen: gen,
+        }),
+    );
+    pnode.children.push(path.name().to_string());
+    pnode.cgen = n.next_gen();
+    n.set(parent.as_str(), Some(pnode));
+    Ok(perms)
+}
+
+/// `XS_WRITE`: sets the value, creating the node and its parents.
+pub fn write(
+    n: &mut impl Nodes,
+    caller: &Caller,
+    path: &Path,
+    value: &[u8],
+) -> Result<Vec<Change>, XsError> {
+    let mut out = Vec::new();
+    match n.get(path.as_str()) {
+        Some(mut node) => {
+            check(caller, &node, Access::Write)?;
+            node.value = value.to_vec();
+            node.gen = n.next_gen();
+            out.push(Change {
+                path: path.clone(),
+                removed: false,
+                perms: node.perms.clone(),
+            });
+            n.set(path.as_str(), Some(node));
+        }
+        None => {
+            let perms = create(n, caller, path, value.to_vec())?;
+            out.push(Change {
+                path: path.clone(),
+                removed: false,
+                perms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `XS_MKDIR`: creates the node if missing; an existing one is left as is.
+pub fn mkdir(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Change>, XsError> {
+    let mut out = Vec::new();
+    match n.get(path.as_str()) {
+        Some(node) => check(caller, &node, Access::Write)?,
+        None => {
+            let perms = create(n, caller, path, Vec::new())?;
+            out.push(Change {
+                path: path.clone(),
+                removed: false,
+                perms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn remove_subtree(n: &mut impl Nodes, path: &str) {
+    let Some(node) = n.get(path) else { return };
+    for c in &node.children {
+        let child = if path == "/" {
+            format!("/{c}")
+        } else {
+            format!("{path}/{c}")
+        };
+        remove_subtree(n, &child);
+    }
+    n.set(path, None);
+}
+
+/// `XS_RM`: removes the node and everything below it. Removing what does
+/// not exist is fine if its parent exists.
+pub fn rm(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Change>, XsError> {
+    let parent = path.parent().ok_or(XsError::Inval)?;
+    let Some(node) = n.get(path.as_str()) else {
+        return match n.get(parent.as_str()) {
+            Some(_) => Ok(Vec::new()),
+            None => Err(XsError::NoEnt),
+        };
+    };
+    check(caller, &node, Access::Write)?;
+    remove_subtree(n, path.as_str());
+    if let Some(mut p) = n.get(parent.as_str()) {
+        p.children.retain(|c| c != path.name());
+        p.cgen = n.next_gen();
+        n.set(parent.as_str(), Some(p));
+    }
+    Ok(vec![Change {
+        path: path.clone(),
+        removed: true,
+        perms: node.perms,
+    }])
+}
+
+/// `XS_SET_PERMS`. Only a privileged caller may give a node away.
+pub fn set_perms(
+    n: &mut impl Nodes,
+    caller: &Caller,
+    path: &Path,
+    perms: Perms,
+) -> Result<Vec<Change>, XsError> {
+    let mut node = n.get(path.as_str()).ok_or(XsError::NoEnt)?;
+    check(caller, &node, Access::Write)?;
+    if !caller.privileged && perms.owner() != node.perms.owner() {
+        return Err(XsError::Perm);
+    }
+    node.perms = perms.clone();
+    node.gen = n.next_gen();
+    n.set(path.as_str(), Some(node));
+    Ok(vec![Change {
+        path: path.clone(),
+        removed: false,
+        perms,
+    }])
+}
+
+/// The committed tree.
+pub struct Tree {
+    nodes: HashMap<String, Node>,
+    gen: u64,
+}
+
+impl Tree {
+    /// The tree a fresh C xenstored has: `/` and `/tool/xenstored`, owned by
+    /// dom0 with no access for others.
+    pub fn new() -> Tree {
+        let mut t = Tree {
+            nodes: HashMap::new(),
+            gen: 0,
+        };
+        let root = Node {
+            value: Vec::new(),
+            perms: Perms::owned_by(0),
+            children: Vec::new(),
+            gen: 0,
+            cgen: 0,
+        };
+        t.nodes.insert("/".into(), root);
+        for p in ["/tool", "/tool/xenstored"] {
+            let path = Path::absolute(p.into()).unwrap_or_else(|_| Path::root());
+            let _ = mkdir(&mut t, &Caller::DOM0, &path);
+        }
+        t
+    }
+
+    /// Nodes in the tree.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether only the root is left (never: the root cannot go).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A copy of the node at `path`.
+    pub fn node(&self, path: &str) -> Option<Node> {
+        self.nodes.get(path).cloned()
+    }
+
+    /// The current generations of `path`: `(gen, cgen)`, if it exists.
+    pub fn version(&self, path: &str) -> Option<(u64, u64)> {
+        self.nodes.get(path).map(|n| (n.gen, n.cgen))
+    }
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+impl Nodes for Tree {
+    fn get(&mut self, path: &str) -> Option<Node> {
+        self.nodes.get(path).cloned()
+    }
+    fn set(&mut self, path: &str, node: Option<Node>) {
+        match node {
+            Some(n) => {
+                self.nodes.insert(path.to_string(), n);
+            }
+            None => {
+                self.nodes.remove(path);
+            }
+        }
+    }
+    fn next_gen(&mut self) -> u64 {
+        self.gen += 1;
+        self.gen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Path {
+        Path::absolute(s.into()).unwrap()
+    }
+
+    #[test]
+    fn write_creates_parents_and_rm_takes_the_subtree() {
+        let mut t = Tree::new();
+        let c = Caller::DOM0;
+        let ev = write(&mut t, &c, &p("/a/b/c"), b"v").unwrap();
+        assert_eq!(
+            ev.len(),
+            1,
+            "only the node written fires, not its new parents"
+        );
+        assert_eq!(read(&mut t, &c, &p("/a/b")).unwrap(), b"");
+        assert_eq!(directory(&mut t, &c, &p("/a")).unwrap().0, vec!["b"]);
+        rm(&mut t, &c, &p("/a/b")).unwrap();
+        assert_eq!(read(&mut t, &c, &p("/a/b/c")), Err(XsError::NoEnt));
+        assert_eq!(
+            rm(&mut t, &c, &p("/a/b")).unwrap(),
+            vec![],
+            "already gone: fine"
+        );
+        assert_eq!(
+            rm(&mut t, &c, &p("/x/y")),
+            Err(XsError::NoEnt),
+            "parent missing"
+        );
+        assert_eq!(rm(&mut t, &c, &Path::root()), Err(XsError::Inval));
+    }
+
+    #[test]
+    fn unprivileged_callers_follow_permissions_and_own_what_they_create() {
+        let mut t = Tree::new();
+        let dom0 = Caller::DOM0;
+        let d3 = Caller {
+            domid: 3,
+            privileged: false,
+            target: None,
+        };
+        write(&mut t, &dom0, &p("/local/domain/3"), b"").unwrap();
+        assert_eq!(
+            write(&mut t, &d3, &p("/local/domain/3/x"), b"1"),
+            Err(XsError::Acces)
+        );
+        let perms = Perms::parse([&b"n3"[..]]).unwrap();
+        set_perms(&mut t, &dom0, &p("/local/domain/3"), perms).unwrap();
+        write(&mut t, &d3, &p("/local/domain/3/x"), b"1").unwrap();
+        assert_eq!(
+            get_perms(&mut t, &d3, &p("/local/domain/3/x"))
+                .unwrap()
+                .owner(),
+            3
+        );
+        assert_eq!(read(&mut t, &d3, &p("/tool")), Err(XsError::Acces));
+        let give_away = Perms::parse([&b"n0"[..]]).unwrap();
+        assert_eq!(
+            set_perms(&mut t, &d3, &p("/local/domain/3/x"), give_away),
+            Err(XsError::Perm)
+        );
+    }
+
+    #[test]
+    fn access_follows_c_xenstored() {
+        let perms = Perms::parse([&b"r1"[..], b"w2", b"n3"]).unwrap();
+        let c = |domid, target| Caller {
+            domid,
+            privileged: false,
+            target,
+        };
+        assert_eq!(c(1, None).access(&perms), Access::Both);
+        assert_eq!(c(2, None).access(&perms), Access::Write);
+        assert_eq!(c(3, None).access(&perms), Access::None);
+        assert_eq!(c(9, None).access(&perms), Access::Read);
+        assert_eq!(
+            c(9, Some(1)).access(&perms),
+            Access::Both,
+            "a device model acts for its target"
+        );
+    }
+}

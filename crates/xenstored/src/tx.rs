@@ -1,0 +1,189 @@
+//! Transactions: a private view of the tree, the generations of every node
+//! the view looked at, and the log of operations to replay at commit.
+//!
+//! At commit, each node looked at must still have the generation it had
+//! (its children's generation for a listed node); otherwise `EAGAIN`. The
+//! log is then replayed on a scratch layer over the current tree, so that
+//! children added concurrently to a common parent are kept, and the
+//! scratch layer is applied at once: a commit applies whole or not at all.
+
+use std::collections::HashMap;
+
+use xenstore::{Path, Perms, XsError};
+
+use crate::store::{self, Caller, Change, Node, Nodes, Tree};
+
+/// One operation of a transaction, replayed at commit.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// `XS_WRITE`.
+    Write(Path, Vec<u8>),
+    /// `XS_MKDIR`.
+    Mkdir(Path),
+    /// `XS_RM`.
+    Rm(Path),
+    /// `XS_SET_PERMS`.
+    SetPerms(Path, Perms),
+}
+
+/// What a transaction saw of a node: its generation, or that it was absent,
+/// and for a listed node its children's generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    gen: Option<Option<u64>>,
+    cgen: Option<Option<u64>>,
+}
+
+/// An open transaction.
+#[derive(Default)]
+pub struct Transaction {
+    changes: HashMap<String, Option<Node>>,
+    seen: HashMap<String, Seen>,
+    log: Vec<Op>,
+    local_gen: u64,
+}
+
+/// The tree as the transaction sees it.
+struct View<'a> {
+    base: &'a Tree,
+    tx: &'a mut Transaction,
+}
+
+impl Nodes for View<'_> {
+    fn get(&mut self, path: &str) -> Option<Node> {
+        if let Some(n) = self.tx.changes.get(path) {
+            return n.clone();
+        }
+        let n = self.base.node(path);
+        let seen = self.tx.seen.entry(path.to_string()).or_default();
+        seen.gen.get_or_insert(n.as_ref().map(|n| n.gen));
+        n
+    }
+
+    fn list(&mut self, path: &str) -> Option<Node> {
+        let n = self.get(path);
+        if !self.tx.changes.contains_key(path) {
+            let base = self.base.version(path).map(|v| v.1);
+            self.tx
+                .seen
+                .entry(path.to_string())
+                .or_default()
+                .cgen
+                .get_or_insert(base);
+        }
+        n
+    }
+
+    fn set(&mut self, path: &str, node: Option<Node>) {
+        if !self.tx.changes.contains_key(path) {
+            let base = self.base.version(path).map(|v| v.0);
+            self.tx
+                .seen
+                .entry(path.to_string())
+                .or_default()
+                .gen
+                .get_or_insert(base);
+        }
+        self.tx.changes.insert(path.to_string(), node);
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        self.tx.local_gen += 1;
+        self.tx.local_gen
+    }
+}
+
+/// A layer over the live tree for replaying a commit.
+struct Scratch<'a> {
+    tree: &'a mut Tree,
+    changes: HashMap<String, Option<Node>>,
+}
+
+impl Nodes for Scratch<'_> {
+    fn get(&mut self, path: &str) -> Option<Node> {
+        match self.changes.get(path) {
+            Some(n) => n.clone(),
+            None => self.tree.node(path),
+        }
+    }
+    fn set(&mut self, path: &str, node: Option<Node>) {
+        self.changes.insert(path.to_string(), node);
+    }
+    fn next_gen(&mut self) -> u64 {
+        self.tree.next_gen()
+    }
+}
+
+fn apply(n: &mut impl Nodes, caller: &Caller, op: &Op) -> Result<Vec<Change>, XsError> {
+    match op {
+        Op::Write(p, v) => store::write(n, caller, p, v),
+        Op::Mkdir(p) => store::mkdir(n, caller, p),
+        Op::Rm(p) => store::rm(n, caller, p),
+        Op::SetPerms(p, perms) => store::set_perms(n, caller, p, perms.clone()),
+    }
+}
+
+impl Transaction {
+    /// A new transaction.
+    pub fn new() -> Transaction {
+        Transaction::default()
+    }
+
+    /// `XS_READ` in the transaction.
+    pub fn read(&mut self, base: &Tree, caller: &Caller, path: &Path) -> Result<Vec<u8>, XsError> {
+        store::read(&mut View { base, tx: self }, caller, path)
+    }
+
+    /// `XS_DIRECTORY` in the transaction.
+    pub fn directory(
+        &mut self,
+        base: &Tree,
+        caller: &Caller,
+        path: &Path,
+    ) -> Result<(Vec<String>, u64), XsError> {
+        store::directory(&mut View { base, tx: self }, caller, path)
+    }
+
+    /// `XS_GET_PERMS` in the transaction.
+    pub fn get_perms(
+        &mut self,
+        base: &Tree,
+        caller: &Caller,
+        path: &Path,
+    ) -> Result<Perms, XsError> {
+        store::get_perms(&mut View { base, tx: self }, caller, path)
+    }
+
+    /// A modifying operation: applied to the view now, replayed at commit.
+    pub fn modify(&mut self, base: &Tree, caller: &Caller, op: Op) -> Result<(), XsError> {
+        apply(&mut View { base, tx: self }, caller, &op)?;
+        self.log.push(op);
+        Ok(())
+    }
+
+    /// Commits: `EAGAIN` if anything the transaction looked at changed;
+    /// otherwise applies its operations and returns their changes.
+    pub fn commit(self, tree: &mut Tree, caller: &Caller) -> Result<Vec<Change>, XsError> {
+        for (path, seen) in &self.seen {
+            let now = tree.version(path);
+            if seen.gen.is_some_and(|g| g != now.map(|v| v.0))
+                || seen.cgen.is_some_and(|g| g != now.map(|v| v.1))
+            {
+                return Err(XsError::Again);
+            }
+        }
+        let mut scratch = Scratch {
+            tree,
+            changes: HashMap::new(),
+        };
+        let mut out = Vec::new();
+        for op in &self.log {
+            out.extend(apply(&mut scratch, caller, op).map_err(|_| XsError::Again)?);
+        }
+        let Scratch { tree, changes } = scratch;
+        for (p, n) in changes {
+            tree.set(&p, n);
+        }
+        Ok(out)
+    }
+}
