@@ -5,47 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{finish_within, start_c_xenstored, start_our_xenstored};
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-struct Peer {
-    socket: PathBuf,
-    pid: i32,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.pid.to_string()).status();
-    }
-}
-
-fn start_c_xenstored(name: &str) -> Peer {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/xenstored-peer");
-    assert!(
-        script.exists(),
-        "{} is missing: the peers live in shared/ beside the checkout",
-        script.display()
-    );
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("xs-peer-{name}"));
-    let _ = std::fs::remove_dir_all(&work);
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("c")
-        .arg(&work)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "xenstored-peer: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout).unwrap();
-    let mut words = line.split_whitespace();
-    let socket = PathBuf::from(words.next().unwrap());
-    let pid = words.next().unwrap().parse().unwrap();
-    Peer { socket, pid }
-}
 
 /// Runs a tool named `xenstore-MODE` (argv[0] exactly that): Debian's from
 /// /usr/bin, or ours, a link to the dom0kit binary.
@@ -79,23 +45,6 @@ fn run(ours: bool, mode: &str, args: &[&str], socket: &Path) -> (String, String,
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.code().unwrap_or(-1),
     )
-}
-
-/// The stdout of `child`, which must exit within `secs` seconds.
-fn finish_within(mut child: Child, secs: u64) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {secs} s; printed {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
 
 #[test]
@@ -225,40 +174,6 @@ fn our_watch_prints_the_events_xenstore_watch_prints() {
     let o = finish_within(ours, 5);
     assert_eq!(t.replace("/w1", "/W"), o.replace("/w2", "/W"));
     assert_eq!(t.lines().count(), 3, "{t}");
-}
-
-/// Our daemon, started as `dom0kit xenstored`.
-struct Ours {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Ours {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_our_xenstored(name: &str) -> Ours {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("xs-ours-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let socket = dir.join("socket");
-    let child = Command::new(env!("CARGO_BIN_EXE_dom0kit"))
-        .args(["xenstored", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned by the guard from here on, which kills and reaps it.
-    let ours = Ours { child, socket };
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(&ours.socket).is_ok() {
-            return ours;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("dom0kit xenstored did not start");
 }
 
 #[test]

@@ -218,6 +218,11 @@ impl Client {
         self.request(MsgType::Unwatch, Tx::NONE, p).map(drop)
     }
 
+    /// A watch event that has already arrived, if any (without waiting).
+    pub fn pending_event(&mut self) -> Option<WatchEvent> {
+        self.events.pop_front()
+    }
+
     /// The next watch event, waiting for one.
     pub fn read_watch(&mut self) -> Result<WatchEvent> {
         loop {

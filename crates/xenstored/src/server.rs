@@ -53,6 +53,8 @@ pub struct Daemon {
     next_conn: u64,
     next_tx: u32,
     socket: PathBuf,
+    /// Permissions of `@introduceDomain` and `@releaseDomain`.
+    special_perms: HashMap<String, Perms>,
 }
 
 fn ok() -> Vec<u8> {
@@ -81,6 +83,7 @@ impl Daemon {
             next_conn: 1,
             next_tx: 1,
             socket: socket.to_path_buf(),
+            special_perms: HashMap::new(),
         })
     }
 
@@ -288,12 +291,22 @@ impl Daemon {
                 Ok(Outcome::reply(directory_part(&list, cgen, parts.get(1))?))
             }
             MsgType::GetPerms => {
-                let p = path_arg(0, true)?;
+                let p = path_arg(0, false)?;
                 let perms = self.in_tx(id, tx, |t, tree| match t {
                     Some(t) => t.get_perms(tree, &caller, &p),
                     None => store::get_perms(tree, &caller, &p),
                 })?;
                 Ok(Outcome::reply(perms.to_payload()))
+            }
+            MsgType::SetPerms if parts.first().is_some_and(|p| p.starts_with(b"@")) => {
+                // The special watch nodes have permissions of their own.
+                let p = path_arg(0, true)?;
+                if !matches!(p.as_str(), "@introduceDomain" | "@releaseDomain") {
+                    return Err(XsError::Inval);
+                }
+                let perms = Perms::parse(parts.iter().skip(1).copied())?;
+                self.special_perms.insert(p.as_str().to_string(), perms);
+                Ok(Outcome::reply(ok()))
             }
             MsgType::Write | MsgType::Mkdir | MsgType::Rm | MsgType::SetPerms => {
                 let p = path_arg(0, false)?;
@@ -464,14 +477,17 @@ impl Daemon {
                 if w.path.is_special() {
                     continue;
                 }
-                let hit = if ch.path.is_child_of(&w.path) {
-                    Some(ch.path.as_str())
-                } else if ch.removed && w.path.is_child_of(&ch.path) {
-                    Some(w.path.as_str())
+                // As C xenstored's fire_watches: an exact change reaches the
+                // watches on its path, any other the watches at or above it.
+                let hit = if ch.exact {
+                    w.path == ch.path
                 } else {
-                    None
+                    ch.path.is_child_of(&w.path)
                 };
-                let Some(p) = hit else { continue };
+                if !hit {
+                    continue;
+                }
+                let p = ch.path.as_str();
                 let shown = match &w.relative_to {
                     Some(base) => p
                         .strip_prefix(base.as_str())
@@ -514,9 +530,16 @@ impl Outcome {
     }
 }
 
+/// A domid argument, read as C xenstored reads it (`atoi`: leading digits,
+/// anything else is 0; "parsing errors ... generally go undetected").
 fn parse_domid(arg: Option<&&[u8]>) -> Result<u16, XsError> {
-    let s = std::str::from_utf8(arg.ok_or(XsError::Inval)?).map_err(|_| XsError::Inval)?;
-    s.parse().map_err(|_| XsError::Inval)
+    let arg = arg.ok_or(XsError::Inval)?;
+    let digits: Vec<u8> = arg.iter().copied().take_while(u8::is_ascii_digit).collect();
+    let n: u64 = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(n as u16)
 }
 
 /// `XS_DIRECTORY_PART`: the generation, then the children's names from byte

@@ -69,8 +69,9 @@ impl Caller {
 pub struct Change {
     /// The node that changed.
     pub path: Path,
-    /// Whether the node and everything below it were removed.
-    pub removed: bool,
+    /// Only watches on exactly this path fire (a node removed with an
+    /// ancestor); otherwise every watch at or above it.
+    pub exact: bool,
     /// The node's permissions at the change (who may see the event).
     pub perms: Perms,
 }
@@ -169,7 +170,10 @@ fn create(
         }),
     );
     pnode.children.push(path.name().to_string());
+    // The children are part of the parent, as in C xenstored: a
+    // transaction that looked at the parent conflicts with a new child.
     pnode.cgen = n.next_gen();
+    pnode.gen = pnode.cgen;
     n.set(parent.as_str(), Some(pnode));
     Ok(perms)
 }
@@ -189,7 +193,7 @@ pub fn write(
             node.gen = n.next_gen();
             out.push(Change {
                 path: path.clone(),
-                removed: false,
+                exact: false,
                 perms: node.perms.clone(),
             });
             n.set(path.as_str(), Some(node));
@@ -198,7 +202,7 @@ pub fn write(
             let perms = create(n, caller, path, value.to_vec())?;
             out.push(Change {
                 path: path.clone(),
-                removed: false,
+                exact: false,
                 perms,
             });
         }
@@ -215,7 +219,7 @@ pub fn mkdir(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Cha
             let perms = create(n, caller, path, Vec::new())?;
             out.push(Change {
                 path: path.clone(),
-                removed: false,
+                exact: false,
                 perms,
             });
         }
@@ -223,17 +227,24 @@ pub fn mkdir(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Cha
     Ok(out)
 }
 
-fn remove_subtree(n: &mut impl Nodes, path: &str) {
-    let Some(node) = n.get(path) else { return };
+/// Removes `path`'s descendants, deepest first, each an exact change (as C
+/// xenstored's `delete_node` fires them), then `path` itself.
+fn remove_subtree(n: &mut impl Nodes, path: &Path, out: &mut Vec<Change>) {
+    let Some(node) = n.get(path.as_str()) else {
+        return;
+    };
     for c in &node.children {
-        let child = if path == "/" {
-            format!("/{c}")
-        } else {
-            format!("{path}/{c}")
-        };
-        remove_subtree(n, &child);
+        let Ok(child) = path.join(c) else { continue };
+        if let Some(cn) = n.get(child.as_str()) {
+            remove_subtree(n, &child, out);
+            out.push(Change {
+                path: child,
+                exact: true,
+                perms: cn.perms,
+            });
+        }
     }
-    n.set(path, None);
+    n.set(path.as_str(), None);
 }
 
 /// `XS_RM`: removes the node and everything below it. Removing what does
@@ -247,17 +258,20 @@ pub fn rm(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Change
         };
     };
     check(caller, &node, Access::Write)?;
-    remove_subtree(n, path.as_str());
+    let mut out = Vec::new();
+    remove_subtree(n, path, &mut out);
     if let Some(mut p) = n.get(parent.as_str()) {
         p.children.retain(|c| c != path.name());
         p.cgen = n.next_gen();
+        p.gen = p.cgen;
         n.set(parent.as_str(), Some(p));
     }
-    Ok(vec![Change {
+    out.push(Change {
         path: path.clone(),
-        removed: true,
+        exact: false,
         perms: node.perms,
-    }])
+    });
+    Ok(out)
 }
 
 /// `XS_SET_PERMS`. Only a privileged caller may give a node away.
@@ -277,7 +291,7 @@ pub fn set_perms(
     n.set(path.as_str(), Some(node));
     Ok(vec![Change {
         path: path.clone(),
-        removed: false,
+        exact: false,
         perms,
     }])
 }

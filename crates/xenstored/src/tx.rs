@@ -40,6 +40,9 @@ pub struct Transaction {
     changes: HashMap<String, Option<Node>>,
     seen: HashMap<String, Seen>,
     log: Vec<Op>,
+    /// Paths in the order the transaction first touched them: the order in
+    /// which its watch events fire at commit, as in C xenstored.
+    order: Vec<String>,
     local_gen: u64,
 }
 
@@ -55,6 +58,9 @@ impl Nodes for View<'_> {
             return n.clone();
         }
         let n = self.base.node(path);
+        if !self.tx.seen.contains_key(path) {
+            self.tx.order.push(path.to_string());
+        }
         let seen = self.tx.seen.entry(path.to_string()).or_default();
         seen.gen.get_or_insert(n.as_ref().map(|n| n.gen));
         n
@@ -75,6 +81,9 @@ impl Nodes for View<'_> {
     }
 
     fn set(&mut self, path: &str, node: Option<Node>) {
+        if !self.tx.seen.contains_key(path) && !self.tx.changes.contains_key(path) {
+            self.tx.order.push(path.to_string());
+        }
         if !self.tx.changes.contains_key(path) {
             let base = self.base.version(path).map(|v| v.0);
             self.tx
@@ -184,6 +193,22 @@ impl Transaction {
         for (p, n) in changes {
             tree.set(&p, n);
         }
-        Ok(out)
+        // One event per node, in the order the transaction first touched
+        // them; a non-exact event wins over an exact one.
+        let mut merged: Vec<Change> = Vec::new();
+        for ch in out {
+            match merged.iter_mut().find(|m| m.path == ch.path) {
+                Some(m) => m.exact &= ch.exact,
+                None => merged.push(ch),
+            }
+        }
+        let rank = |p: &Path| {
+            self.order
+                .iter()
+                .position(|o| o == p.as_str())
+                .unwrap_or(usize::MAX)
+        };
+        merged.sort_by_key(|c| rank(&c.path));
+        Ok(merged)
     }
 }
