@@ -468,11 +468,7 @@ impl Hypervisor {
             }
             Request::DomainPause { domid, paused } => {
                 require(dom0)?;
-                let d = self
-                    .domains
-                    .get_mut(&domid.0)
-                    .filter(|d| !d.dying)
-                    .ok_or(ESRCH)?;
+                let d = self.live_mut(domid)?;
                 if domid.0 == 0 {
                     return Err(EPERM);
                 }
@@ -508,11 +504,7 @@ impl Hypervisor {
             }
             Request::Hold { domid } => {
                 require(dom0)?;
-                let d = self
-                    .domains
-                    .get_mut(&domid.0)
-                    .filter(|d| !d.dying)
-                    .ok_or(ESRCH)?;
+                let d = self.live_mut(domid)?;
                 *d.holders.entry(c).or_insert(0) += 1;
                 ok(Reply::Ok)
             }
@@ -530,6 +522,19 @@ impl Hypervisor {
                 ok(Reply::Ok)
             }
         }
+    }
+
+    /// A domain that is alive (not dying), or `ESRCH`.
+    fn live(&self, domid: DomId) -> Result<&Domain, i32> {
+        self.domains.get(&domid.0).filter(|d| !d.dying).ok_or(ESRCH)
+    }
+
+    /// As [`live`](Self::live), to change it.
+    fn live_mut(&mut self, domid: DomId) -> Result<&mut Domain, i32> {
+        self.domains
+            .get_mut(&domid.0)
+            .filter(|d| !d.dying)
+            .ok_or(ESRCH)
     }
 
     fn attached_reply(&self, domid: DomId) -> Result<Reply, i32> {
@@ -702,11 +707,7 @@ impl Hypervisor {
     }
 
     fn alloc_pages(&mut self, me: DomId, count: u64) -> Result<Pfn, i32> {
-        let d = self
-            .domains
-            .get_mut(&me.0)
-            .filter(|d| !d.dying)
-            .ok_or(ESRCH)?;
+        let d = self.live_mut(me)?;
         let count = usize::try_from(count).map_err(|_| EINVAL)?;
         if count == 0 {
             return Err(EINVAL);
@@ -729,7 +730,7 @@ impl Hypervisor {
         } else {
             (1u64 << bits) / 4096
         };
-        let d = self.domains.get(&me.0).filter(|d| !d.dying).ok_or(ESRCH)?;
+        let d = self.live(me)?;
         let end = pfn
             .0
             .checked_add(count)
@@ -775,11 +776,7 @@ impl Hypervisor {
         owner: Option<u64>,
         binding: Binding,
     ) -> Result<(u32, RawFd), i32> {
-        let d = self
-            .domains
-            .get_mut(&me.0)
-            .filter(|d| !d.dying)
-            .ok_or(ESRCH)?;
+        let d = self.live_mut(me)?;
         if me.0 != 0 && d.ports.len() >= GUEST_PORTS {
             return Err(ENOSPC);
         }
@@ -821,11 +818,7 @@ impl Hypervisor {
         } else {
             remote
         };
-        let r = self
-            .domains
-            .get(&remote.0)
-            .filter(|d| !d.dying)
-            .ok_or(ESRCH)?;
+        let r = self.live(remote)?;
         match r.ports.get(&remote_port.0) {
             Some(PortState {
                 binding: Binding::Unbound { remote: allowed },
