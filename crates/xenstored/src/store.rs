@@ -2,11 +2,12 @@
 //! operations of `xenstore.txt` on it, written once over [`Nodes`] so that
 //! they run the same on the committed tree and inside a transaction.
 //!
-//! Every node carries two generations: `gen` changes with its value,
-//! permissions or existence, `cgen` with its set of children. A
-//! transaction remembers the generations of what it looked at and conflicts
-//! only if one of those changed (so transactions on disjoint subtrees both
-//! commit, even when both add children to a common parent).
+//! Every node carries a generation, `gen`, that changes with its value,
+//! permissions, existence or set of children (the children are part of the
+//! node, as in C xenstored), and `cgen`, that changes with its children
+//! alone (`DIRECTORY_PART`'s count). A transaction remembers the
+//! generations of what it touched and conflicts only if one of those
+//! changed, so transactions below different existing parents both commit.
 
 use std::collections::HashMap;
 
@@ -106,9 +107,29 @@ fn check(caller: &Caller, node: &Node, want: Access) -> Result<(), XsError> {
     }
 }
 
+/// The error for a node that does not exist, as C xenstored's
+/// `errno_from_parents` gives it: `EACCES` if the caller may not read the
+/// nearest ancestor that exists, else `ENOENT`. Looking up the ancestors is
+/// itself a read (a transaction conflicts if they change).
+fn missing(n: &mut impl Nodes, caller: &Caller, path: &Path) -> XsError {
+    let mut p = path.parent();
+    while let Some(at) = p {
+        if let Some(node) = n.get(at.as_str()) {
+            return match check(caller, &node, Access::Read) {
+                Ok(()) => XsError::NoEnt,
+                Err(e) => e,
+            };
+        }
+        p = at.parent();
+    }
+    XsError::NoEnt
+}
+
 /// `XS_READ`.
 pub fn read(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<u8>, XsError> {
-    let node = n.get(path.as_str()).ok_or(XsError::NoEnt)?;
+    let Some(node) = n.get(path.as_str()) else {
+        return Err(missing(n, caller, path));
+    };
     check(caller, &node, Access::Read)?;
     Ok(node.value)
 }
@@ -119,14 +140,18 @@ pub fn directory(
     caller: &Caller,
     path: &Path,
 ) -> Result<(Vec<String>, u64), XsError> {
-    let node = n.list(path.as_str()).ok_or(XsError::NoEnt)?;
+    let Some(node) = n.list(path.as_str()) else {
+        return Err(missing(n, caller, path));
+    };
     check(caller, &node, Access::Read)?;
     Ok((node.children.into_iter().collect(), node.cgen))
 }
 
 /// `XS_GET_PERMS`.
 pub fn get_perms(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Perms, XsError> {
-    let node = n.get(path.as_str()).ok_or(XsError::NoEnt)?;
+    let Some(node) = n.get(path.as_str()) else {
+        return Err(missing(n, caller, path));
+    };
     check(caller, &node, Access::Read)?;
     Ok(node.perms)
 }
@@ -252,8 +277,11 @@ fn remove_subtree(n: &mut impl Nodes, path: &Path, out: &mut Vec<Change>) {
 pub fn rm(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Change>, XsError> {
     let parent = path.parent().ok_or(XsError::Inval)?;
     let Some(node) = n.get(path.as_str()) else {
+        // Fine if the parent exists (and, as C xenstored looks, readable).
+        let e = missing(n, caller, path);
         return match n.get(parent.as_str()) {
-            Some(_) => Ok(Vec::new()),
+            Some(_) if e == XsError::NoEnt => Ok(Vec::new()),
+            Some(_) => Err(e),
             None => Err(XsError::NoEnt),
         };
     };
@@ -281,7 +309,9 @@ pub fn set_perms(
     path: &Path,
     perms: Perms,
 ) -> Result<Vec<Change>, XsError> {
-    let mut node = n.get(path.as_str()).ok_or(XsError::NoEnt)?;
+    let Some(mut node) = n.get(path.as_str()) else {
+        return Err(missing(n, caller, path));
+    };
     check(caller, &node, Access::Write)?;
     if !caller.privileged && perms.owner() != node.perms.owner() {
         return Err(XsError::Perm);

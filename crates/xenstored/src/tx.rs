@@ -1,11 +1,12 @@
-//! Transactions: a private view of the tree, the generations of every node
-//! the view looked at, and the log of operations to replay at commit.
+//! Transactions: a private copy of every node touched (taken at first
+//! touch, as C xenstored copies a node into the transaction when it is
+//! first read), the generation each had in the tree, and the log of
+//! operations to replay at commit.
 //!
-//! At commit, each node looked at must still have the generation it had
-//! (its children's generation for a listed node); otherwise `EAGAIN`. The
-//! log is then replayed on a scratch layer over the current tree, so that
-//! children added concurrently to a common parent are kept, and the
-//! scratch layer is applied at once: a commit applies whole or not at all.
+//! At commit, each node touched must still have the generation it had (a
+//! node's children count as part of it); otherwise `EAGAIN`. The log is then
+//! replayed on a scratch layer over the current tree and the layer applied
+//! at once: a commit applies whole or not at all.
 
 use std::collections::HashMap;
 
@@ -26,19 +27,14 @@ pub enum Op {
     SetPerms(Path, Perms),
 }
 
-/// What a transaction saw of a node: its generation, or that it was absent,
-/// and for a listed node its children's generation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Seen {
-    gen: Option<Option<u64>>,
-    cgen: Option<Option<u64>>,
-}
-
 /// An open transaction.
 #[derive(Default)]
 pub struct Transaction {
-    changes: HashMap<String, Option<Node>>,
-    seen: HashMap<String, Seen>,
+    /// The transaction's copies of the nodes it touched.
+    view: HashMap<String, Option<Node>>,
+    /// The generation each touched node had in the tree (`None`: absent);
+    /// a node's children count as part of it.
+    seen: HashMap<String, Option<u64>>,
     log: Vec<Op>,
     /// Paths in the order the transaction first touched them: the order in
     /// which its watch events fire at commit, as in C xenstored.
@@ -53,47 +49,30 @@ struct View<'a> {
 }
 
 impl Nodes for View<'_> {
+    /// The transaction's copy of a node: taken from the tree at first
+    /// touch (as C xenstored copies a node into the transaction when first
+    /// read), with its generation remembered for the commit.
     fn get(&mut self, path: &str) -> Option<Node> {
-        if let Some(n) = self.tx.changes.get(path) {
+        if let Some(n) = self.tx.view.get(path) {
             return n.clone();
         }
         let n = self.base.node(path);
-        if !self.tx.seen.contains_key(path) {
-            self.tx.order.push(path.to_string());
-        }
-        let seen = self.tx.seen.entry(path.to_string()).or_default();
-        seen.gen.get_or_insert(n.as_ref().map(|n| n.gen));
-        n
-    }
-
-    fn list(&mut self, path: &str) -> Option<Node> {
-        let n = self.get(path);
-        if !self.tx.changes.contains_key(path) {
-            let base = self.base.version(path).map(|v| v.1);
-            self.tx
-                .seen
-                .entry(path.to_string())
-                .or_default()
-                .cgen
-                .get_or_insert(base);
-        }
+        self.tx.order.push(path.to_string());
+        self.tx
+            .seen
+            .insert(path.to_string(), n.as_ref().map(|n| n.gen));
+        self.tx.view.insert(path.to_string(), n.clone());
         n
     }
 
     fn set(&mut self, path: &str, node: Option<Node>) {
-        if !self.tx.seen.contains_key(path) && !self.tx.changes.contains_key(path) {
+        if !self.tx.view.contains_key(path) {
             self.tx.order.push(path.to_string());
-        }
-        if !self.tx.changes.contains_key(path) {
-            let base = self.base.version(path).map(|v| v.0);
             self.tx
                 .seen
-                .entry(path.to_string())
-                .or_default()
-                .gen
-                .get_or_insert(base);
+                .insert(path.to_string(), self.base.version(path).map(|v| v.0));
         }
-        self.tx.changes.insert(path.to_string(), node);
+        self.tx.view.insert(path.to_string(), node);
     }
 
     fn next_gen(&mut self) -> u64 {
@@ -174,10 +153,7 @@ impl Transaction {
     /// otherwise applies its operations and returns their changes.
     pub fn commit(self, tree: &mut Tree, caller: &Caller) -> Result<Vec<Change>, XsError> {
         for (path, seen) in &self.seen {
-            let now = tree.version(path);
-            if seen.gen.is_some_and(|g| g != now.map(|v| v.0))
-                || seen.cgen.is_some_and(|g| g != now.map(|v| v.1))
-            {
+            if *seen != tree.version(path).map(|v| v.0) {
                 return Err(XsError::Again);
             }
         }
