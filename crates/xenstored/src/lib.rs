@@ -7,8 +7,9 @@
 //! `@introduceDomain`/`@releaseDomain`), SET_TARGET, quotas and
 //! GET/SET_QUOTA, features, watch depth, and the state file for restart.
 
+pub mod fuzz;
 pub mod server;
 pub mod store;
 pub mod tx;
 
-pub use server::Daemon;
+pub use server::{Core, Daemon};

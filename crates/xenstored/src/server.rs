@@ -36,7 +36,6 @@ struct Watch {
 }
 
 struct Conn {
-    stream: UnixStream,
     caller: Caller,
     decoder: Decoder,
     out: Vec<u8>,
@@ -45,16 +44,24 @@ struct Conn {
     dead: bool,
 }
 
-/// xenstored.
-pub struct Daemon {
+/// The daemon without its transport: the tree and the connections, fed
+/// bytes and drained of bytes. The socket server ([`Daemon`]) and the fuzz
+/// target drive it the same way.
+pub struct Core {
     tree: Tree,
-    listener: UnixListener,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     next_tx: u32,
-    socket: PathBuf,
     /// Permissions of `@introduceDomain` and `@releaseDomain`.
     special_perms: HashMap<String, Perms>,
+}
+
+/// xenstored on its unix socket.
+pub struct Daemon {
+    core: Core,
+    listener: UnixListener,
+    streams: HashMap<u64, UnixStream>,
+    socket: PathBuf,
 }
 
 fn ok() -> Vec<u8> {
@@ -77,13 +84,10 @@ impl Daemon {
         let listener = UnixListener::bind(socket)?;
         listener.set_nonblocking(true)?;
         Ok(Daemon {
-            tree: Tree::new(),
+            core: Core::new(),
             listener,
-            conns: HashMap::new(),
-            next_conn: 1,
-            next_tx: 1,
+            streams: HashMap::new(),
             socket: socket.to_path_buf(),
-            special_perms: HashMap::new(),
         })
     }
 
@@ -102,20 +106,19 @@ impl Daemon {
 
     /// Waits up to `timeout_ms` for work and does it.
     pub fn turn(&mut self, timeout_ms: i32) -> io::Result<()> {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
         let mut fds = vec![libc::pollfd {
             fd: self.listener.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
         for id in &ids {
-            let c = &self.conns[id];
             let mut events = libc::POLLIN;
-            if !c.out.is_empty() {
+            if self.core.output(*id).is_some_and(|o| !o.is_empty()) {
                 events |= libc::POLLOUT;
             }
             fds.push(libc::pollfd {
-                fd: c.stream.as_raw_fd(),
+                fd: self.streams[id].as_raw_fd(),
                 events,
                 revents: 0,
             });
@@ -139,11 +142,15 @@ impl Daemon {
             if rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 self.read_from(*id);
             }
-            if rev & libc::POLLOUT != 0 {
-                self.flush(*id);
+            // Replies and events to this or any connection.
+            self.flush(*id);
+        }
+        for id in ids {
+            if self.core.is_dead(id) {
+                self.core.disconnect(id);
+                self.streams.remove(&id);
             }
         }
-        self.conns.retain(|_, c| !c.dead);
         Ok(())
     }
 
@@ -152,52 +159,125 @@ impl Daemon {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let id = self.next_conn;
-            self.next_conn += 1;
-            self.conns.insert(
-                id,
-                Conn {
-                    stream,
-                    caller: Caller::DOM0,
-                    decoder: Decoder::new(),
-                    out: Vec::new(),
-                    watches: Vec::new(),
-                    txs: HashMap::new(),
-                    dead: false,
-                },
-            );
+            // Socket clients are dom0, as in C xenstored.
+            let id = self.core.connect(Caller::DOM0);
+            self.streams.insert(id, stream);
         }
     }
 
     fn read_from(&mut self, id: u64) {
         let mut buf = [0u8; 16384];
-        let msgs = {
-            let Some(c) = self.conns.get_mut(&id) else {
-                return;
-            };
-            match c.stream.read(&mut buf) {
-                Ok(0) => {
-                    c.dead = true;
-                    return;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        match stream.read(&mut buf) {
+            Ok(0) => self.core.hang_up(id),
+            Ok(n) => self.core.input(id, &buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.core.hang_up(id),
+        }
+    }
+
+    fn flush(&mut self, id: u64) {
+        let (Some(stream), Some(out)) = (self.streams.get_mut(&id), self.core.output(id)) else {
+            return;
+        };
+        while !out.is_empty() {
+            match stream.write(out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out.drain(..n);
                 }
-                Ok(n) => match c.decoder.feed(&buf[..n]) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        c.dead = true;
-                        return;
-                    }
-                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    c.dead = true;
-                    return;
-                }
+                Err(_) => break,
+            }
+        }
+        if !out.is_empty() {
+            self.core.hang_up(id);
+        }
+    }
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Core::new()
+    }
+}
+
+impl Core {
+    /// A fresh tree and no connections.
+    pub fn new() -> Core {
+        Core {
+            tree: Tree::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            next_tx: 1,
+            special_perms: HashMap::new(),
+        }
+    }
+
+    /// A new connection of `caller`; its id.
+    pub fn connect(&mut self, caller: Caller) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                caller,
+                decoder: Decoder::new(),
+                out: Vec::new(),
+                watches: Vec::new(),
+                txs: HashMap::new(),
+                dead: false,
+            },
+        );
+        id
+    }
+
+    /// Forgets a connection: its watches and open transactions go with it.
+    pub fn disconnect(&mut self, id: u64) {
+        self.conns.remove(&id);
+    }
+
+    /// Marks a connection to be dropped.
+    pub fn hang_up(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.dead = true;
+        }
+    }
+
+    /// Whether the connection must be dropped (it broke the framing, let
+    /// its output grow past `MAX_OUTPUT`, or hung up).
+    pub fn is_dead(&self, id: u64) -> bool {
+        self.conns.get(&id).is_none_or(|c| c.dead)
+    }
+
+    /// Bytes a connection sent: every whole request in them is answered.
+    pub fn input(&mut self, id: u64, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        let msgs = match c.decoder.feed(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                c.dead = true;
+                return;
             }
         };
         for m in msgs {
+            if self.is_dead(id) {
+                return;
+            }
             self.handle(id, &m);
         }
-        self.flush(id);
+    }
+
+    /// The bytes waiting to be sent to a connection (drain what was sent).
+    pub fn output(&mut self, id: u64) -> Option<&mut Vec<u8>> {
+        self.conns.get_mut(&id).map(|c| &mut c.out)
     }
 
     fn send(&mut self, id: u64, m: Message) {
@@ -207,28 +287,6 @@ impl Daemon {
         match m.encode() {
             Ok(bytes) if c.out.len() + bytes.len() <= MAX_OUTPUT => c.out.extend(bytes),
             _ => c.dead = true,
-        }
-    }
-
-    fn flush(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        while !c.out.is_empty() {
-            match c.stream.write(&c.out) {
-                Ok(0) => {
-                    c.dead = true;
-                    return;
-                }
-                Ok(n) => {
-                    c.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    c.dead = true;
-                    return;
-                }
-            }
         }
     }
 

@@ -1,0 +1,3 @@
+//! Fuzz target: `xenstored::fuzz::requests`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xenstored::fuzz::requests(data));
