@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod bench_xs;
 mod xs_cli;
 
 use std::ffi::OsString;
@@ -26,6 +27,8 @@ commands:
                        $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket)
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
+  bench xenstore --socket NAME=PATH [--socket NAME=PATH ...] [--quick]
+                       the same workloads on each xenstored, as ratios to the first
   bench sim [--rounds N | --quick]
                        measure the simulated hypervisor against its physical limits
   version              print the version";
@@ -146,10 +149,51 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     d.run(|| false).map_err(|e| format!("xenstored: {e}"))
 }
 
+fn bench_xenstore(args: &[String]) -> Result<(), String> {
+    let mut sockets = Vec::new();
+    let mut quick = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => {
+                let v = value(&mut it, a)?;
+                let (name, path) = v.split_once('=').unwrap_or((v.as_str(), v.as_str()));
+                sockets.push((name.to_string(), PathBuf::from(path)));
+            }
+            "--quick" => quick = true,
+            _ => return Err(format!("bench xenstore: unknown option {a}")),
+        }
+    }
+    if sockets.is_empty() {
+        return Err("bench xenstore: name at least one --socket NAME=PATH".into());
+    }
+    let rows = bench_xs::run(&sockets, quick)?;
+    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+    println!(
+        "{:<44} {}",
+        "benchmark",
+        names.iter().map(|n| format!("{n:>14}")).collect::<String>()
+    );
+    for r in &rows {
+        let vals: String = r.values.iter().map(|v| format!("{v:>14.1}")).collect();
+        let base = r.values[0];
+        let ratios: Vec<String> = r
+            .values
+            .iter()
+            .zip(&names)
+            .skip(1)
+            .map(|(v, n)| format!("{n}/{}: {:.2}", names[0], v / base))
+            .collect();
+        println!("{:<44} {vals}  {}  ({})", r.name, ratios.join("  "), r.unit);
+    }
+    Ok(())
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("sim") => {}
-        _ => return Err(format!("bench: which? (sim)\n\n{USAGE}")),
+        Some("xenstore") => return bench_xenstore(&args[1..]),
+        _ => return Err(format!("bench: which? (sim, xenstore)\n\n{USAGE}")),
     }
     let mut rounds = 1;
     let mut it = args[1..].iter();

@@ -270,3 +270,22 @@ fn xenstore_watch_sees_our_daemon_as_it_sees_c_xenstored() {
     }
     assert_eq!(outputs[0], outputs[1], "C then ours");
 }
+
+#[test]
+fn bench_xenstore_prints_every_row_for_each_daemon() {
+    let peer = start_c_xenstored("bench");
+    let ours = start_our_xenstored("bench");
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0kit"))
+        .args(["bench", "xenstore", "--quick", "--socket"])
+        .arg(format!("C={}", peer.socket.display()))
+        .arg("--socket")
+        .arg(format!("ours={}", ours.socket.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for row in ["pipelined", "transactions", "fan-out", "DIRECTORY_PART"] {
+        let line = text.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("{row}: {text}"));
+        assert!(line.contains("ours/C:") && !line.contains("NaN"), "{line}");
+    }
+}

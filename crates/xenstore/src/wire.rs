@@ -148,6 +148,14 @@ impl Message {
         Message::new(ty, req_id, tx_id, payload)
     }
 
+    /// The message with `value` appended to its payload (a `WRITE`'s value
+    /// after its path).
+    #[must_use]
+    pub fn with_value(mut self, value: &[u8]) -> Message {
+        self.payload.extend_from_slice(value);
+        self
+    }
+
     /// Header and payload, ready to send.
     pub fn encode(&self) -> Result<Vec<u8>, TooLong> {
         if self.payload.len() > XENSTORE_PAYLOAD_MAX {

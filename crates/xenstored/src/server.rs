@@ -331,22 +331,22 @@ impl Core {
             }
             MsgType::Directory | MsgType::DirectoryPart => {
                 let p = path_arg(0, false)?;
+                // Outside a transaction, list straight from the tree: no
+                // copy of a node that may have thousands of children.
+                if tx == 0 {
+                    if let Some(node) = self.tree.node_ref(p.as_str()) {
+                        if !caller.access(&node.perms).can_read() {
+                            return Err(XsError::Acces);
+                        }
+                        return listing(m.ty, &node.children, node.cgen, parts.get(1))
+                            .map(Outcome::reply);
+                    }
+                }
                 let (names, cgen) = self.in_tx(id, tx, |t, tree| match t {
                     Some(t) => t.directory(tree, &caller, &p),
                     None => store::directory(tree, &caller, &p),
                 })?;
-                let mut list = Vec::new();
-                for n in &names {
-                    list.extend_from_slice(n.as_bytes());
-                    list.push(0);
-                }
-                if m.ty == MsgType::Directory {
-                    if list.len() > abi::xs_wire::XENSTORE_PAYLOAD_MAX {
-                        return Err(XsError::TooBig);
-                    }
-                    return Ok(Outcome::reply(list));
-                }
-                Ok(Outcome::reply(directory_part(&list, cgen, parts.get(1))?))
+                listing(m.ty, &names, cgen, parts.get(1)).map(Outcome::reply)
             }
             MsgType::GetPerms => {
                 let p = path_arg(0, false)?;
@@ -600,23 +600,52 @@ fn parse_domid(arg: Option<&&[u8]>) -> Result<u16, XsError> {
     Ok(n as u16)
 }
 
-/// `XS_DIRECTORY_PART`: the generation, then the children's names from byte
-/// `offset` of the whole list, as many as fit; an empty name ends the list.
-fn directory_part(list: &[u8], cgen: u64, offset: Option<&&[u8]>) -> Result<Vec<u8>, XsError> {
+/// The reply to `XS_DIRECTORY` (every name, or `E2BIG` past the payload
+/// limit) or `XS_DIRECTORY_PART`: the generation, then the names from byte
+/// `offset` of the whole nul-separated list, as many pieces as fit; an
+/// empty name ends the list.
+fn listing(
+    ty: MsgType,
+    names: &[String],
+    cgen: u64,
+    offset: Option<&&[u8]>,
+) -> Result<Vec<u8>, XsError> {
+    if ty == MsgType::Directory {
+        let total: usize = names.iter().map(|n| n.len() + 1).sum();
+        if total > abi::xs_wire::XENSTORE_PAYLOAD_MAX {
+            return Err(XsError::TooBig);
+        }
+        let mut out = Vec::with_capacity(total);
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        return Ok(out);
+    }
     let off: usize = std::str::from_utf8(offset.ok_or(XsError::Inval)?)
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or(XsError::Inval)?;
     let mut out = with_nul(&cgen.to_string());
     let room = abi::xs_wire::XENSTORE_PAYLOAD_MAX - out.len() - 1;
-    let rest = list.get(off..).unwrap_or(&[]);
     let mut used = 0;
-    for name in rest.split_inclusive(|&b| b == 0) {
-        if used + name.len() > room {
+    let mut pos = 0;
+    for n in names {
+        let (start, end) = (pos, pos + n.len() + 1);
+        pos = end;
+        if end <= off {
+            continue;
+        }
+        // The piece from `off` on (a whole name, or the rest of one that
+        // `off` cuts, as C xenstored's byte offset does).
+        let skip = off.saturating_sub(start);
+        let piece_len = n.len() + 1 - skip;
+        if used + piece_len > room {
             break;
         }
-        out.extend_from_slice(name);
-        used += name.len();
+        out.extend_from_slice(&n.as_bytes()[skip.min(n.len())..]);
+        out.push(0);
+        used += piece_len;
     }
     out.push(0);
     Ok(out)

@@ -365,6 +365,11 @@ impl Tree {
         self.nodes.is_empty()
     }
 
+    /// The node at `path`, borrowed.
+    pub fn node_ref(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
     /// A copy of the node at `path`.
     pub fn node(&self, path: &str) -> Option<Node> {
         self.nodes.get(path).cloned()

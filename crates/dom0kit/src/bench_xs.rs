@@ -1,0 +1,293 @@
+//! `dom0kit bench xenstore --socket NAME=PATH ...`: the same workloads
+//! against each daemon in one run, as ratios to the first one named.
+//!
+//! * pipelined mixed ops: one connection keeps 64 requests in flight,
+//!   alternating writes and reads of 256 keys;
+//! * transactions: start, write, commit, one after another;
+//! * watch fan-out: 1000 connections watch one node; one write, until all
+//!   1000 events have arrived;
+//! * directory of 10,000 children, listed whole with `DIRECTORY_PART`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use xenstore::client::{Client, Tx};
+use xenstore::wire::{split_strings, Decoder, Message, MsgType};
+
+/// One row: what, and a number per daemon.
+pub(crate) struct Row {
+    pub(crate) name: &'static str,
+    pub(crate) unit: &'static str,
+    pub(crate) values: Vec<f64>,
+}
+
+fn io<T>(r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+fn xs<T>(r: xenstore::client::Result<T>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+fn send(s: &mut UnixStream, m: &Message) -> Result<(), String> {
+    let bytes = m.encode().map_err(|e| e.to_string())?;
+    io(s.write_all(&bytes))
+}
+
+fn pipelined(path: &std::path::Path, ops: u32) -> Result<f64, String> {
+    let mut s = io(UnixStream::connect(path))?;
+    let mut d = Decoder::new();
+    let request = |i: u32| {
+        let key = format!("/bench/pipe/k{}", i % 256);
+        if i % 2 == 0 {
+            Message::with_strings(MsgType::Write, i, 0, &[key.as_bytes()])
+                .with_value(format!("value {i}").as_bytes())
+        } else {
+            Message::with_strings(MsgType::Read, i, 0, &[key.as_bytes()])
+        }
+    };
+    // Write every key first so that reads find them.
+    for k in 0..256u32 {
+        let key = format!("/bench/pipe/k{k}");
+        send(
+            &mut s,
+            &Message::with_strings(MsgType::Write, k, 0, &[key.as_bytes()]).with_value(b"v"),
+        )?;
+    }
+    let mut done = 0;
+    let mut buf = vec![0u8; 65536];
+    while done < 256 {
+        let n = io(s.read(&mut buf))?;
+        done += d.feed(&buf[..n]).map_err(|e| e.to_string())?.len();
+    }
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < 64.min(ops) {
+        send(&mut s, &request(sent))?;
+        sent += 1;
+    }
+    let mut got = 0;
+    while got < ops {
+        let n = io(s.read(&mut buf))?;
+        if n == 0 {
+            return Err("daemon hung up".into());
+        }
+        for m in d.feed(&buf[..n]).map_err(|e| e.to_string())? {
+            if m.ty == MsgType::Error {
+                return Err(format!(
+                    "error reply {}",
+                    String::from_utf8_lossy(&m.payload)
+                ));
+            }
+            got += 1;
+            if sent < ops {
+                send(&mut s, &request(sent))?;
+                sent += 1;
+            }
+        }
+    }
+    Ok(f64::from(ops) / t.elapsed().as_secs_f64())
+}
+
+fn transactions(path: &std::path::Path, n: u32) -> Result<f64, String> {
+    let mut c = xs(Client::connect(path))?;
+    let t = Instant::now();
+    for i in 0..n {
+        let tx = xs(c.transaction_start())?;
+        xs(c.write(tx, &format!("/bench/tx/k{}", i % 64), b"v"))?;
+        xs(c.transaction_end(tx, true))?;
+    }
+    Ok(f64::from(n) / t.elapsed().as_secs_f64())
+}
+
+fn fan_out(path: &std::path::Path, watchers: usize, rounds: u32) -> Result<f64, String> {
+    let mut w = xs(Client::connect(path))?;
+    xs(w.write(Tx::NONE, "/bench/fan", b"0"))?;
+    let mut conns = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let mut s = io(UnixStream::connect(path))?;
+        send(
+            &mut s,
+            &Message::with_strings(
+                MsgType::Watch,
+                1,
+                0,
+                &[b"/bench/fan", format!("t{i}").as_bytes()],
+            ),
+        )?;
+        conns.push(s);
+    }
+    // Each watcher: the reply and the first event.
+    let mut decoders: Vec<Decoder> = (0..watchers).map(|_| Decoder::new()).collect();
+    let mut pending: Vec<usize> = vec![2; watchers];
+    drain(&mut conns, &mut decoders, &mut pending)?;
+    let t = Instant::now();
+    for r in 0..rounds {
+        xs(w.write(Tx::NONE, "/bench/fan", r.to_string().as_bytes()))?;
+        pending.iter_mut().for_each(|p| *p = 1);
+        drain(&mut conns, &mut decoders, &mut pending)?;
+    }
+    Ok(f64::from(rounds) / t.elapsed().as_secs_f64())
+}
+
+/// Reads until every connection has had its `pending` messages.
+fn drain(
+    conns: &mut [UnixStream],
+    decoders: &mut [Decoder],
+    pending: &mut [usize],
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 4096];
+    while pending.iter().any(|&p| p > 0) {
+        if Instant::now() > deadline {
+            return Err("watch events did not all arrive".into());
+        }
+        let mut fds: Vec<libc::pollfd> = conns
+            .iter()
+            .zip(pending.iter())
+            .filter(|(_, &p)| p > 0)
+            .map(|(c, _)| libc::pollfd {
+                fd: c.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfds.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let ready: HashMap<i32, bool> = fds.iter().map(|f| (f.fd, f.revents != 0)).collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            if pending[i] == 0 || !ready.get(&c.as_raw_fd()).copied().unwrap_or(false) {
+                continue;
+            }
+            let n = io(c.read(&mut buf))?;
+            if n == 0 {
+                return Err("daemon hung up on a watcher".into());
+            }
+            let got = decoders[i]
+                .feed(&buf[..n])
+                .map_err(|e| e.to_string())?
+                .len();
+            pending[i] = pending[i].saturating_sub(got);
+        }
+    }
+    Ok(())
+}
+
+fn directory(path: &std::path::Path, children: u32, rounds: u32) -> Result<f64, String> {
+    let mut s = io(UnixStream::connect(path))?;
+    let mut d = Decoder::new();
+    let mut buf = vec![0u8; 65536];
+    // Create the children, pipelined.
+    let mut sent = 0;
+    let mut got = 0;
+    while got < children {
+        while sent < children && sent - got < 64 {
+            let key = format!("/bench/dir/child-{sent:05}");
+            send(
+                &mut s,
+                &Message::with_strings(MsgType::Write, sent, 0, &[key.as_bytes()]).with_value(b""),
+            )?;
+            sent += 1;
+        }
+        let n = io(s.read(&mut buf))?;
+        got += d.feed(&buf[..n]).map_err(|e| e.to_string())?.len() as u32;
+    }
+    let mut c = xs(Client::connect(path))?;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let mut names = 0usize;
+        let mut offset = 0usize;
+        loop {
+            let reply = match c.request(
+                MsgType::DirectoryPart,
+                Tx::NONE,
+                [&b"/bench/dir\0"[..], offset.to_string().as_bytes(), b"\0"].concat(),
+            ) {
+                Ok(r) => r,
+                // No DIRECTORY_PART (oxenstored): one DIRECTORY, if the
+                // daemon sends replies that large.
+                Err(xenstore::client::ClientError::Xs(xenstore::XsError::NoSys)) if offset == 0 => {
+                    let all = xs(c.directory(Tx::NONE, "/bench/dir"))?;
+                    names = all.len();
+                    break;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let parts = split_strings(&reply);
+            let list: Vec<&[u8]> = parts
+                .iter()
+                .skip(1)
+                .copied()
+                .take_while(|p| !p.is_empty())
+                .collect();
+            if list.is_empty() {
+                break;
+            }
+            names += list.len();
+            offset += list.iter().map(|p| p.len() + 1).sum::<usize>();
+        }
+        if names != children as usize {
+            return Err(format!("listed {names} of {children} children"));
+        }
+    }
+    Ok(f64::from(rounds) / t.elapsed().as_secs_f64())
+}
+
+/// Runs every workload against each `(name, socket)`.
+pub(crate) fn run(
+    sockets: &[(String, std::path::PathBuf)],
+    quick: bool,
+) -> Result<Vec<Row>, String> {
+    let (ops, txs, fan_rounds, dir_rounds) = if quick {
+        (2_000, 200, 5, 2)
+    } else {
+        (200_000, 5_000, 50, 20)
+    };
+    let mut rows = vec![
+        Row {
+            name: "pipelined mixed read/write, 64 in flight",
+            unit: "ops/s",
+            values: Vec::new(),
+        },
+        Row {
+            name: "transactions (start, write, commit)",
+            unit: "tx/s",
+            values: Vec::new(),
+        },
+        Row {
+            name: "watch fan-out: one write, 1000 watchers",
+            unit: "writes/s",
+            values: Vec::new(),
+        },
+        Row {
+            name: "DIRECTORY_PART of 10,000 children",
+            unit: "listings/s",
+            values: Vec::new(),
+        },
+    ];
+    let mut notes = Vec::new();
+    for (name, path) in sockets {
+        let mut record = |row: usize, r: Result<f64, String>| match r {
+            Ok(v) => rows[row].values.push(v),
+            Err(e) => {
+                notes.push(format!("{name}, {}: {e}", rows[row].name));
+                rows[row].values.push(f64::NAN);
+            }
+        };
+        record(0, pipelined(path, ops));
+        record(1, transactions(path, txs));
+        record(2, fan_out(path, 1000, fan_rounds));
+        record(3, directory(path, 10_000, dir_rounds));
+    }
+    for n in &notes {
+        eprintln!("not measured: {n}");
+    }
+    Ok(rows)
+}
