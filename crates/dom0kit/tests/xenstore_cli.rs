@@ -283,9 +283,16 @@ fn bench_xenstore_prints_every_row_for_each_daemon() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for row in ["pipelined", "transactions", "fan-out", "DIRECTORY_PART"] {
-        let line = text.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("{row}: {text}"));
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("{row}: {text}"));
         assert!(line.contains("ours/C:") && !line.contains("NaN"), "{line}");
     }
 }
