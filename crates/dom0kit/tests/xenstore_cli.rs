@@ -296,3 +296,32 @@ fn bench_xenstore_prints_every_row_for_each_daemon() {
         assert!(line.contains("ours/C:") && !line.contains("NaN"), "{line}");
     }
 }
+
+#[test]
+fn pyxs_sees_our_daemon_as_it_sees_c_xenstored() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/pyxs_scenario.py");
+    let python = Path::new("/usr/bin/python3");
+    let session = |socket: &Path| {
+        let out = Command::new(python)
+            .arg(&script)
+            .arg(socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyxs on {}: {}",
+            socket.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let peer = start_c_xenstored("pyxs");
+    let ours = start_our_xenstored("pyxs");
+    let (theirs, mine) = (session(&peer.socket), session(&ours.socket));
+    assert_eq!(theirs, mine);
+    assert!(mine.contains("('conflicting commit', False)"), "{mine}");
+    assert!(
+        mine.contains("('event', Event(path=b'/py/w/x', token=b'tok'))"),
+        "{mine}"
+    );
+}
