@@ -22,9 +22,10 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
-  xenstored [--socket PATH]
+  xenstored [--socket PATH] [--state FILE [--restore]]
                        run our xenstore daemon in the foreground (socket: --socket,
-                       $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket)
+                       $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket);
+                       on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
   bench xenstore --socket NAME=PATH [--socket NAME=PATH ...] [--quick]
@@ -137,16 +138,56 @@ fn hv(args: &[String]) -> Result<(), String> {
 
 fn xenstored(args: &[String]) -> Result<(), String> {
     let mut socket = xenstore::client::default_socket();
+    let mut state: Option<PathBuf> = None;
+    let mut restore = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--socket" => socket = value(&mut it, a)?.into(),
+            "--state" => state = Some(value(&mut it, a)?.into()),
+            "--restore" => restore = true,
             _ => return Err(format!("xenstored: unknown option {a}\n\n{USAGE}")),
         }
     }
-    let mut d = xenstored::Daemon::bind(&socket).map_err(|e| format!("xenstored: {e}"))?;
+    let core = match (&state, restore) {
+        (Some(path), true) => {
+            xenstored::Core::restore(path).map_err(|e| format!("xenstored: {e}"))?
+        }
+        (None, true) => return Err("xenstored: --restore needs --state FILE".into()),
+        _ => xenstored::Core::new(),
+    };
+    let mut d =
+        xenstored::Daemon::bind_with(&socket, core).map_err(|e| format!("xenstored: {e}"))?;
+    stop_on_sigterm();
     println!("xenstored: serving on {}", socket.display());
-    d.run(|| false).map_err(|e| format!("xenstored: {e}"))
+    d.run(|| STOP.load(std::sync::atomic::Ordering::Relaxed))
+        .map_err(|e| format!("xenstored: {e}"))?;
+    if let Some(path) = state {
+        d.core()
+            .save(&path)
+            .map_err(|e| format!("xenstored: {e}"))?;
+        println!("xenstored: state saved to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Set by SIGTERM and SIGINT: the daemon saves its state and exits.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[allow(unsafe_code)]
+fn stop_on_sigterm() {
+    let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe; installing it has no other effect.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
 }
 
 fn bench_xenstore(args: &[String]) -> Result<(), String> {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{finish_within, start_c_xenstored, start_our_xenstored};
+use common::{finish_within, start_c_xenstored, start_our_xenstored, start_our_xenstored_with};
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -324,4 +324,57 @@ fn pyxs_sees_our_daemon_as_it_sees_c_xenstored() {
         mine.contains("('event', Event(path=b'/py/w/x', token=b'tok'))"),
         "{mine}"
     );
+}
+
+#[test]
+fn a_restarted_xenstored_continues_from_its_state_file() {
+    let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xs-restart.state");
+    let _ = std::fs::remove_file(&state);
+    let args = [std::ffi::OsStr::new("--state"), state.as_os_str()];
+    let mut first = start_our_xenstored_with("restart", &args);
+    let s = first.socket.clone();
+    assert_eq!(
+        run(
+            false,
+            "write",
+            &[
+                "/keep/a",
+                "1",
+                "/keep/b/c",
+                "x\\001y",
+                "/local/domain/3/name",
+                "g"
+            ],
+            &s
+        )
+        .2,
+        0
+    );
+    assert_eq!(run(false, "chmod", &["-r", "/keep", "r0"], &s).2, 0);
+    let before = run(false, "ls", &["-p", "/"], &s);
+    // SIGTERM: the state is written, the daemon exits cleanly.
+    assert!(Command::new("kill")
+        .arg(first.child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    assert!(first.child.wait().unwrap().success());
+    assert!(state.exists());
+    let restore = [
+        std::ffi::OsStr::new("--state"),
+        state.as_os_str(),
+        std::ffi::OsStr::new("--restore"),
+    ];
+    let second = start_our_xenstored_with("restart", &restore);
+    assert_eq!(run(false, "ls", &["-p", "/"], &second.socket), before);
+    // A damaged state file is refused, not half-loaded.
+    std::fs::write(&state, b"not a state file").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0kit"))
+        .args(["xenstored", "--socket"])
+        .arg(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xs-restart-bad.sock"))
+        .args(restore)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
 }

@@ -5,10 +5,11 @@
 //!
 //! Not built yet: domain connections over ring pages (INTRODUCE, RELEASE,
 //! `@introduceDomain`/`@releaseDomain`), SET_TARGET, quotas and
-//! GET/SET_QUOTA, features, watch depth, and the state file for restart.
+//! GET/SET_QUOTA, features, and watch depth.
 
 pub mod fuzz;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod tx;
 

@@ -75,8 +75,13 @@ fn with_nul(s: &str) -> Vec<u8> {
 }
 
 impl Daemon {
-    /// Listens on `socket` (replacing a stale one).
+    /// Listens on `socket` (replacing a stale one) with a fresh tree.
     pub fn bind(socket: &FsPath) -> io::Result<Daemon> {
+        Daemon::bind_with(socket, Core::new())
+    }
+
+    /// Listens on `socket` and serves `core` (a restored state).
+    pub fn bind_with(socket: &FsPath, core: Core) -> io::Result<Daemon> {
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -84,7 +89,7 @@ impl Daemon {
         let listener = UnixListener::bind(socket)?;
         listener.set_nonblocking(true)?;
         Ok(Daemon {
-            core: Core::new(),
+            core,
             listener,
             streams: HashMap::new(),
             socket: socket.to_path_buf(),
@@ -94,6 +99,11 @@ impl Daemon {
     /// The socket path.
     pub fn socket(&self) -> &FsPath {
         &self.socket
+    }
+
+    /// The daemon's state, for saving.
+    pub fn core(&self) -> &Core {
+        &self.core
     }
 
     /// Serves until `stop` returns true (checked at least every 100 ms).
@@ -214,6 +224,21 @@ impl Core {
             next_tx: 1,
             special_perms: HashMap::new(),
         }
+    }
+
+    /// A daemon continuing from a state file.
+    pub fn restore(path: &FsPath) -> Result<Core, crate::state::StateError> {
+        let (tree, special_perms) = crate::state::load(path)?;
+        Ok(Core {
+            tree,
+            special_perms,
+            ..Core::new()
+        })
+    }
+
+    /// Writes the state file.
+    pub fn save(&self, path: &FsPath) -> Result<(), crate::state::StateError> {
+        crate::state::save(path, &self.tree, &self.special_perms)
     }
 
     /// A new connection of `caller`; its id.

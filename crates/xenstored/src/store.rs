@@ -365,6 +365,75 @@ impl Tree {
         self.nodes.is_empty()
     }
 
+    /// The generation counter.
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+
+    /// Every node, parents before children, children in their order.
+    pub fn export(&self) -> Vec<(String, Node)> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let mut stack = vec!["/".to_string()];
+        while let Some(p) = stack.pop() {
+            let Some(n) = self.nodes.get(&p) else {
+                continue;
+            };
+            for c in n.children.iter().rev() {
+                stack.push(if p == "/" {
+                    format!("/{c}")
+                } else {
+                    format!("{p}/{c}")
+                });
+            }
+            out.push((p, n.clone()));
+        }
+        out
+    }
+
+    /// A tree of `nodes` (as [`export`](Self::export) gives them), if they
+    /// form one: valid paths, a root, every node listed by its parent and
+    /// every child present.
+    pub fn import(nodes: Vec<(String, Node)>, gen: u64) -> Result<Tree, &'static str> {
+        let mut map = HashMap::with_capacity(nodes.len());
+        for (p, n) in nodes {
+            if !crate::state::valid_path(&p) {
+                return Err("bad node path");
+            }
+            if map.insert(p, n).is_some() {
+                return Err("node listed twice");
+            }
+        }
+        if !map.contains_key("/") {
+            return Err("no root");
+        }
+        for (p, n) in &map {
+            for c in &n.children {
+                let child = if p == "/" {
+                    format!("/{c}")
+                } else {
+                    format!("{p}/{c}")
+                };
+                if !map.contains_key(&child) {
+                    return Err("a child is missing");
+                }
+            }
+            if p != "/" {
+                let (parent, name) = match p.rsplit_once('/') {
+                    Some(("", name)) => ("/", name),
+                    Some((parent, name)) => (parent, name),
+                    None => return Err("bad node path"),
+                };
+                if !map
+                    .get(parent)
+                    .is_some_and(|pn| pn.children.iter().any(|c| c == name))
+                {
+                    return Err("a node its parent does not list");
+                }
+            }
+        }
+        Ok(Tree { nodes: map, gen })
+    }
+
     /// The node at `path`, borrowed.
     pub fn node_ref(&self, path: &str) -> Option<&Node> {
         self.nodes.get(path)

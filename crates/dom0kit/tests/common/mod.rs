@@ -69,7 +69,7 @@ pub fn finish_within(mut child: Child, secs: u64) -> String {
 
 /// Our daemon, started as `dom0kit xenstored`.
 pub struct Ours {
-    child: Child,
+    pub child: Child,
     pub socket: PathBuf,
 }
 
@@ -81,12 +81,22 @@ impl Drop for Ours {
 }
 
 pub fn start_our_xenstored(name: &str) -> Ours {
+    start_our_xenstored_with(name, &[])
+}
+
+/// Ours with extra arguments (`--state FILE`, `--restore`); the run
+/// directory is kept between starts of the same name.
+pub fn start_our_xenstored_with(name: &str, extra: &[&std::ffi::OsStr]) -> Ours {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("xs-ours-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
+    if extra.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let socket = dir.join("socket");
+    let _ = std::fs::remove_file(&socket);
     let child = Command::new(env!("CARGO_BIN_EXE_dom0kit"))
         .args(["xenstored", "--socket"])
         .arg(&socket)
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -1,0 +1,275 @@
+//! The state file: everything a restarted xenstored needs to continue where
+//! the last one stopped (`dom0kit xenstored --state FILE --restore`). It is
+//! written on request and on SIGTERM, atomically (a temporary file renamed
+//! over the old one), and checked whole before it is used: a truncated or
+//! inconsistent file is refused, never half-loaded.
+//!
+//! Holds the tree (values, permissions, children in order, generations) and
+//! the permissions of the special nodes. Socket connections, with their
+//! watches and transactions, end with the process, as with C xenstored;
+//! domain connections will be added with the ring transport.
+
+use std::collections::HashMap;
+use std::path::Path as FsPath;
+
+use xenstore::{Access, Path, Perm, Perms};
+
+use crate::store::{Node, Tree};
+
+const MAGIC: &[u8; 16] = b"dom0kit-xs-state";
+const VERSION: u32 = 1;
+
+/// A state file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing it failed.
+    #[error("state file")]
+    Io(#[from] std::io::Error),
+    /// It is not a state file of this version, or it is cut short or
+    /// inconsistent.
+    #[error("state file is damaged: {0}")]
+    Damaged(&'static str),
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn perms(&mut self, p: &Perms) {
+        self.u32(p.entries().len() as u32);
+        for e in p.entries() {
+            self.u16(e.domid);
+            self.u8(match e.access {
+                Access::None => 0,
+                Access::Read => 1,
+                Access::Write => 2,
+                Access::Both => 3,
+            });
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        if self.0.len() < n {
+            return Err(StateError::Damaged("cut short"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StateError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, StateError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, StateError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, StateError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, StateError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], StateError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn text(&mut self) -> Result<String, StateError> {
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| StateError::Damaged("name is not text"))
+    }
+    fn perms(&mut self) -> Result<Perms, StateError> {
+        let n = self.u32()? as usize;
+        if n > self.0.len() / 3 {
+            return Err(StateError::Damaged("cut short"));
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let domid = self.u16()?;
+            let access = match self.u8()? {
+                0 => Access::None,
+                1 => Access::Read,
+                2 => Access::Write,
+                3 => Access::Both,
+                _ => return Err(StateError::Damaged("bad access")),
+            };
+            entries.push(Perm { domid, access });
+        }
+        Perms::new(entries).map_err(|_| StateError::Damaged("node without permissions"))
+    }
+}
+
+/// The bytes of a state file for `tree` and the special nodes' permissions.
+pub fn encode(tree: &Tree, special: &HashMap<String, Perms>) -> Vec<u8> {
+    let mut w = Writer(MAGIC.to_vec());
+    w.u32(VERSION);
+    w.u64(tree.generation());
+    let nodes = tree.export();
+    w.u64(nodes.len() as u64);
+    for (path, n) in nodes {
+        w.bytes(path.as_bytes());
+        w.bytes(&n.value);
+        w.perms(&n.perms);
+        w.u32(n.children.len() as u32);
+        for c in &n.children {
+            w.bytes(c.as_bytes());
+        }
+        w.u64(n.gen);
+        w.u64(n.cgen);
+    }
+    let mut special: Vec<_> = special.iter().collect();
+    special.sort_by(|a, b| a.0.cmp(b.0));
+    w.u32(special.len() as u32);
+    for (name, p) in special {
+        w.bytes(name.as_bytes());
+        w.perms(p);
+    }
+    w.0
+}
+
+/// The tree and special permissions of a state file's bytes.
+pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError> {
+    let mut r = Reader(bytes);
+    if r.take(MAGIC.len())? != MAGIC || r.u32()? != VERSION {
+        return Err(StateError::Damaged("not a dom0kit xenstored state file"));
+    }
+    let gen = r.u64()?;
+    let count = r.u64()?;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let path = r.text()?;
+        let value = r.bytes()?.to_vec();
+        let perms = r.perms()?;
+        let nchildren = r.u32()? as usize;
+        if nchildren > r.0.len() / 4 {
+            return Err(StateError::Damaged("cut short"));
+        }
+        let mut children = Vec::with_capacity(nchildren);
+        for _ in 0..nchildren {
+            children.push(r.text()?);
+        }
+        let (node_gen, cgen) = (r.u64()?, r.u64()?);
+        nodes.push((
+            path,
+            Node {
+                value,
+                perms,
+                children,
+                gen: node_gen,
+                cgen,
+            },
+        ));
+    }
+    let mut special = HashMap::new();
+    for _ in 0..r.u32()? {
+        let name = r.text()?;
+        if !matches!(name.as_str(), "@introduceDomain" | "@releaseDomain") {
+            return Err(StateError::Damaged("unknown special node"));
+        }
+        special.insert(name, r.perms()?);
+    }
+    if !r.0.is_empty() {
+        return Err(StateError::Damaged("trailing bytes"));
+    }
+    let tree = Tree::import(nodes, gen).map_err(StateError::Damaged)?;
+    Ok((tree, special))
+}
+
+/// Writes the state file atomically.
+pub fn save(
+    path: &FsPath,
+    tree: &Tree,
+    special: &HashMap<String, Perms>,
+) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, encode(tree, special))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads a state file.
+pub fn load(path: &FsPath) -> Result<(Tree, HashMap<String, Perms>), StateError> {
+    decode(&std::fs::read(path)?)
+}
+
+/// Checks that `path` is a valid node path (for import).
+pub(crate) fn valid_path(p: &str) -> bool {
+    p == "/" || Path::absolute(p.to_string()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, Caller};
+
+    fn sample() -> Tree {
+        let mut t = Tree::new();
+        let c = Caller::DOM0;
+        for (p, v) in [
+            ("/a/b", &b"1"[..]),
+            ("/a/c", b"bin\0ary"),
+            ("/local/domain/3/name", b"guest"),
+        ] {
+            store::write(&mut t, &c, &Path::absolute(p.into()).unwrap(), v).unwrap();
+        }
+        let perms = Perms::parse([&b"n3"[..], b"r0"]).unwrap();
+        store::set_perms(
+            &mut t,
+            &c,
+            &Path::absolute("/local/domain/3".into()).unwrap(),
+            perms,
+        )
+        .unwrap();
+        t
+    }
+
+    #[test]
+    fn a_tree_survives_the_round_trip() {
+        let t = sample();
+        let mut special = HashMap::new();
+        special.insert(
+            "@releaseDomain".to_string(),
+            Perms::parse([&b"r0"[..]]).unwrap(),
+        );
+        let (back, sp) = decode(&encode(&t, &special)).unwrap();
+        assert_eq!(back.export(), t.export());
+        assert_eq!(back.generation(), t.generation());
+        assert_eq!(sp, special);
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_whole() {
+        let bytes = encode(&sample(), &HashMap::new());
+        for cut in [0, 10, 16, 20, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(decode(&extra).is_err());
+        let mut bad = bytes;
+        bad[0] ^= 1;
+        assert!(decode(&bad).is_err());
+    }
+}
