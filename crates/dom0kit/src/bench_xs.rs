@@ -3,10 +3,12 @@
 //!
 //! * pipelined mixed ops: one connection keeps 64 requests in flight,
 //!   alternating writes and reads of 256 keys;
-//! * transactions: start, write, commit, one after another;
+//! * transactions: start, write, commit, one after another, from one client
+//!   (bound by the round trips' wake-ups) and from 16 clients at once;
 //! * watch fan-out: 1000 connections watch one node; one write, until all
 //!   1000 events have arrived;
-//! * directory of 10,000 children, listed whole with `DIRECTORY_PART`.
+//! * directory of 10,000 children, listed whole with `DIRECTORY_PART`, by
+//!   one client and by 16 at once.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,8 +16,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use xenstore::client::{Client, Tx};
+use xenstore::client::{Client, ClientError, Tx};
 use xenstore::wire::{split_strings, Decoder, Message, MsgType};
+use xenstore::XsError;
 
 /// One row: what, and a number per daemon.
 pub(crate) struct Row {
@@ -92,15 +95,36 @@ fn pipelined(path: &std::path::Path, ops: u32) -> Result<f64, String> {
     Ok(f64::from(ops) / t.elapsed().as_secs_f64())
 }
 
-fn transactions(path: &std::path::Path, n: u32) -> Result<f64, String> {
-    let mut c = xs(Client::connect(path))?;
+/// `n` transactions per client, `clients` clients at once, each on its own
+/// keys (so none conflicts); transactions per second in all.
+fn transactions(path: &std::path::Path, n: u32, clients: u32) -> Result<f64, String> {
     let t = Instant::now();
-    for i in 0..n {
-        let tx = xs(c.transaction_start())?;
-        xs(c.write(tx, &format!("/bench/tx/k{}", i % 64), b"v"))?;
-        xs(c.transaction_end(tx, true))?;
+    let workers: Vec<_> = (0..clients)
+        .map(|w| {
+            let path = path.to_path_buf();
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = xs(Client::connect(&path))?;
+                let mut done = 0;
+                while done < n {
+                    let tx = xs(c.transaction_start())?;
+                    xs(c.write(tx, &format!("/bench/tx/w{w}/k{}", done % 64), b"v"))?;
+                    match c.transaction_end(tx, true) {
+                        Ok(()) => done += 1,
+                        // Clients retry a conflict, as xenstore-utils do
+                        // (the first writes create siblings under one parent).
+                        Err(ClientError::Xs(XsError::Again)) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| "a client thread panicked".to_string())??;
     }
-    Ok(f64::from(n) / t.elapsed().as_secs_f64())
+    Ok(f64::from(n * clients) / t.elapsed().as_secs_f64())
 }
 
 fn fan_out(path: &std::path::Path, watchers: usize, rounds: u32) -> Result<f64, String> {
@@ -180,7 +204,30 @@ fn drain(
     Ok(())
 }
 
-fn directory(path: &std::path::Path, children: u32, rounds: u32) -> Result<f64, String> {
+/// Lists the children `rounds` times from each of `clients` clients at once.
+fn directory(
+    path: &std::path::Path,
+    children: u32,
+    rounds: u32,
+    clients: u32,
+) -> Result<f64, String> {
+    setup_children(path, children)?;
+    let t = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let path = path.to_path_buf();
+            std::thread::spawn(move || list_children(&path, children, rounds))
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| "a client thread panicked".to_string())??;
+    }
+    Ok(f64::from(rounds * clients) / t.elapsed().as_secs_f64())
+}
+
+/// Creates `/bench/dir/child-NNNNN`, pipelined (again: it is idempotent).
+fn setup_children(path: &std::path::Path, children: u32) -> Result<(), String> {
     let mut s = io(UnixStream::connect(path))?;
     let mut d = Decoder::new();
     let mut buf = vec![0u8; 65536];
@@ -199,8 +246,11 @@ fn directory(path: &std::path::Path, children: u32, rounds: u32) -> Result<f64, 
         let n = io(s.read(&mut buf))?;
         got += d.feed(&buf[..n]).map_err(|e| e.to_string())?.len() as u32;
     }
+    Ok(())
+}
+
+fn list_children(path: &std::path::Path, children: u32, rounds: u32) -> Result<(), String> {
     let mut c = xs(Client::connect(path))?;
-    let t = Instant::now();
     for _ in 0..rounds {
         let mut names = 0usize;
         let mut offset = 0usize;
@@ -237,7 +287,7 @@ fn directory(path: &std::path::Path, children: u32, rounds: u32) -> Result<f64, 
             return Err(format!("listed {names} of {children} children"));
         }
     }
-    Ok(f64::from(rounds) / t.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// Runs every workload against each `(name, socket)`.
@@ -257,7 +307,12 @@ pub(crate) fn run(
             values: Vec::new(),
         },
         Row {
-            name: "transactions (start, write, commit)",
+            name: "transactions (start, write, commit), 1 client",
+            unit: "tx/s",
+            values: Vec::new(),
+        },
+        Row {
+            name: "transactions, 16 clients at once",
             unit: "tx/s",
             values: Vec::new(),
         },
@@ -267,7 +322,12 @@ pub(crate) fn run(
             values: Vec::new(),
         },
         Row {
-            name: "DIRECTORY_PART of 10,000 children",
+            name: "DIRECTORY_PART of 10,000 children, 1 client",
+            unit: "listings/s",
+            values: Vec::new(),
+        },
+        Row {
+            name: "DIRECTORY_PART of 10,000 children, 16 clients",
             unit: "listings/s",
             values: Vec::new(),
         },
@@ -282,9 +342,11 @@ pub(crate) fn run(
             }
         };
         record(0, pipelined(path, ops));
-        record(1, transactions(path, txs));
-        record(2, fan_out(path, 1000, fan_rounds));
-        record(3, directory(path, 10_000, dir_rounds));
+        record(1, transactions(path, txs, 1));
+        record(2, transactions(path, txs / 4, 16));
+        record(3, fan_out(path, 1000, fan_rounds));
+        record(4, directory(path, 10_000, dir_rounds, 1));
+        record(5, directory(path, 10_000, dir_rounds / 2 + 1, 16));
     }
     for n in &notes {
         eprintln!("not measured: {n}");
