@@ -168,6 +168,13 @@ impl SimDomain {
         GrantTableView::new(self.inner.gnttab.slice())
     }
 
+    /// Hangs up on the hypervisor while keeping every mapping: what a
+    /// misbehaving guest process could do. For tests.
+    #[doc(hidden)]
+    pub fn hang_up_hv(&self) -> Result<()> {
+        Ok(sys::shutdown(lock(&self.inner.sock).as_raw_fd())?)
+    }
+
     /// Machine memory totals: (frames in all, frames owned by no domain).
     pub fn physinfo(&self) -> Result<(u64, u64)> {
         match self.call(&Request::Physinfo)?.0 {

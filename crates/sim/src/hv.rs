@@ -94,7 +94,9 @@ struct Domain {
     info: Mapping,
     token: Option<[u8; TOKEN_LEN]>,
     conn: Option<u64>,
-    pid: Option<i32>,
+    /// The guest's process, while it lives: its frames are not reused
+    /// before it has exited, whatever became of its connection.
+    process: Option<OwnedFd>,
     dying: bool,
     paused: bool,
     ports: BTreeMap<u32, PortState>,
@@ -148,6 +150,10 @@ const MAX_UNATTACHED: usize = 64;
 const REQUESTS_PER_WAKEUP: usize = 32;
 /// Event-channel ports a guest may have (dom0 may use them all).
 const GUEST_PORTS: usize = 1024;
+
+/// Epoll tokens with this bit are a guest process's pidfd (low 16 bits: its
+/// domid).
+const PROCESS: u64 = 1 << 63;
 
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
@@ -269,6 +275,7 @@ impl Hypervisor {
                         let _ = std::fs::remove_file(self.config.socket());
                         return Ok(());
                     }
+                    t if t & PROCESS != 0 => self.process_exited((t & 0xffff) as u16),
                     c => self.serve(c),
                 }
             }
@@ -460,8 +467,8 @@ impl Hypervisor {
                     return Err(EPERM);
                 }
                 let d = self.domains.get(&domid.0).ok_or(ESRCH)?;
-                if let Some(pid) = d.pid.filter(|_| !d.dying) {
-                    let _ = sys::kill(pid, libc::SIGKILL);
+                if let Some(p) = d.process.as_ref().filter(|_| !d.dying) {
+                    let _ = sys::pidfd_signal(p, libc::SIGKILL);
                 }
                 self.kill_domain(domid.0);
                 ok(Reply::Ok)
@@ -472,8 +479,8 @@ impl Hypervisor {
                 if domid.0 == 0 {
                     return Err(EPERM);
                 }
-                if let Some(pid) = d.pid {
-                    sys::kill(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT })
+                if let Some(p) = &d.process {
+                    sys::pidfd_signal(p, if paused { libc::SIGSTOP } else { libc::SIGCONT })
                         .map_err(|_| ESRCH)?;
                 }
                 d.paused = paused;
@@ -576,7 +583,14 @@ impl Hypervisor {
             .ok_or(EACCES)?;
         d.token = None;
         d.conn = Some(c);
-        d.pid = Some(pid);
+        // The process is this domain from now on; its exit is noticed
+        // through the pidfd, and signals go to it, never to a reused pid.
+        if let Ok(pidfd) = sys::pidfd_open(pid) {
+            let _ = self
+                .epoll
+                .add(pidfd.as_raw_fd(), PROCESS | u64::from(d.domid.0));
+            d.process = Some(pidfd);
+        }
         let domid = d.domid;
         if let Some(conn) = self.conns.get_mut(&c) {
             conn.domid = Some(domid);
@@ -694,7 +708,7 @@ impl Hypervisor {
                 info: info_map,
                 token: (domid.0 != 0).then_some(token),
                 conn: None,
-                pid: None,
+                process: None,
                 dying: false,
                 paused: false,
                 ports: BTreeMap::new(),
@@ -990,11 +1004,23 @@ impl Hypervisor {
         self.maybe_reap(domid);
     }
 
+    /// A guest's process exited: its domain dies (if its connection had
+    /// not already said so) and its frames may now go.
+    fn process_exited(&mut self, domid: u16) {
+        if let Some(d) = self.domains.get_mut(&domid) {
+            if let Some(p) = d.process.take() {
+                self.epoll.remove(p.as_raw_fd());
+            }
+        }
+        self.kill_domain(domid);
+        self.maybe_reap(domid);
+    }
+
     fn maybe_reap(&mut self, domid: u16) {
         let reap = self
             .domains
             .get(&domid)
-            .is_some_and(|d| d.dying && d.holders.is_empty());
+            .is_some_and(|d| d.dying && d.holders.is_empty() && d.process.is_none());
         if !reap {
             return;
         }

@@ -6,7 +6,8 @@
 //! `alloc N`, `write PFN OFF HEX`, `read PFN OFF LEN`, `p2m PFN`,
 //! `exchange PFN COUNT BITS`, `unbound DOMID`, `bind DOMID PORT`,
 //! `notify PORT`, `wait PORT MS`, `close PORT`, `echo PORT N`,
-//! `rawecho FD_IN FD_OUT N`, `exit`. Answers start with `ok`, or `err`.
+//! `rawecho FD_IN FD_OUT N`, `hangup` (close the hv socket, keep the
+//! mappings), `exit`. Answers start with `ok`, or `err`.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -123,6 +124,7 @@ fn command(dom: &mut Option<SimDomain>, line: &str) -> Result<String, String> {
             .notify(Port(num(w.next())?))
             .map(|()| "ok".into())
             .map_err(e),
+        "hangup" => d.hang_up_hv().map(|()| "ok".into()).map_err(e),
         "close" => d
             .close(Port(num(w.next())?))
             .map(|()| "ok".into())

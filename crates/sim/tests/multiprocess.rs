@@ -407,3 +407,30 @@ fn idle_connections_are_capped_oldest_first_and_guests_still_attach() {
     let mut g = host.guest(16);
     assert_eq!(g.cmd("alloc 1"), "0", "a guest still attaches");
 }
+
+#[test]
+fn a_guest_that_hangs_up_keeps_its_frames_until_its_process_exits() {
+    let host = Host::new();
+    let (_, free_before) = host.dom0.physinfo().unwrap();
+    let mut g = host.guest(64);
+    g.cmd("write 3 0 aa");
+    g.cmd("hangup");
+    eventually("the domain to die", || {
+        host.dom0
+            .list_domains()
+            .unwrap()
+            .iter()
+            .any(|d| d.domid.0 == g.domid && d.dying)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (_, free_zombie) = host.dom0.physinfo().unwrap();
+    assert!(
+        free_zombie < free_before,
+        "the process still maps its memory"
+    );
+    assert_eq!(g.cmd("read 3 0 1"), "aa", "and still uses it");
+    g.kill();
+    eventually("frames to return", || {
+        host.dom0.physinfo().unwrap().1 == free_before
+    });
+}
