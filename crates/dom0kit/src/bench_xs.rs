@@ -64,6 +64,9 @@ fn pipelined(path: &std::path::Path, ops: u32) -> Result<f64, String> {
     let mut buf = vec![0u8; 65536];
     while done < 256 {
         let n = io(s.read(&mut buf))?;
+        if n == 0 {
+            return Err("daemon hung up".into());
+        }
         done += d.feed(&buf[..n]).map_err(|e| e.to_string())?.len();
     }
     let t = Instant::now();
@@ -244,6 +247,9 @@ fn setup_children(path: &std::path::Path, children: u32) -> Result<(), String> {
             sent += 1;
         }
         let n = io(s.read(&mut buf))?;
+        if n == 0 {
+            return Err("daemon hung up".into());
+        }
         got += d.feed(&buf[..n]).map_err(|e| e.to_string())?.len() as u32;
     }
     Ok(())

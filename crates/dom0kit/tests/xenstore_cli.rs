@@ -378,3 +378,45 @@ fn a_restarted_xenstored_continues_from_its_state_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
 }
+
+#[test]
+fn large_directories_list_and_remove_as_on_c_xenstored() {
+    let peer = start_c_xenstored("big");
+    let ours = start_our_xenstored("big");
+    let mut args = Vec::new();
+    for i in 0..3000 {
+        args.push(format!("/big/child-with-a-long-name-{i:05}"));
+        args.push(String::new());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for s in [&peer.socket, &ours.socket] {
+        assert_eq!(run(false, "write", &args, s).2, 0);
+    }
+    // Over 4096 bytes of names: libxenstore reads it with DIRECTORY_PART.
+    let theirs = run(false, "list", &["/big"], &peer.socket);
+    assert_eq!(theirs.0.lines().count(), 3000, "{}", theirs.1);
+    assert_eq!(
+        run(false, "list", &["/big"], &ours.socket),
+        theirs,
+        "Debian's tool on ours"
+    );
+    assert_eq!(
+        run(true, "list", &["/big"], &ours.socket),
+        theirs,
+        "our tool on ours"
+    );
+    assert_eq!(
+        run(true, "list", &["/big"], &peer.socket),
+        theirs,
+        "our tool on C"
+    );
+    // xenstore-rm removes the directory inside a transaction.
+    let t = std::time::Instant::now();
+    assert_eq!(run(false, "rm", &["/big"], &ours.socket).2, 0);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "rm took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(run(false, "exists", &["/big"], &ours.socket).2, 1);
+}

@@ -187,10 +187,54 @@ impl Client {
             .map(drop)
     }
 
-    /// `XS_DIRECTORY`: the children's names.
+    /// `XS_DIRECTORY`: the children's names. A list too long for one reply
+    /// (`E2BIG`) is read in parts with `XS_DIRECTORY_PART`, starting over
+    /// if the node changes meanwhile, as libxenstore does.
     pub fn directory(&mut self, tx: Tx, path: &str) -> Result<Vec<String>> {
-        let r = self.request(MsgType::Directory, tx, nul_terminated(&[path.as_bytes()]))?;
-        split_strings(&r).into_iter().map(text).collect()
+        match self.request(MsgType::Directory, tx, nul_terminated(&[path.as_bytes()])) {
+            Ok(r) => split_strings(&r).into_iter().map(text).collect(),
+            Err(ClientError::Xs(XsError::TooBig)) => self.directory_in_parts(tx, path),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn directory_in_parts(&mut self, tx: Tx, path: &str) -> Result<Vec<String>> {
+        // Bounded: a node that keeps changing is read at most this often.
+        'again: for _ in 0..16 {
+            let mut names = Vec::new();
+            let mut offset = 0usize;
+            let mut gen: Option<Vec<u8>> = None;
+            loop {
+                let payload = nul_terminated(&[path.as_bytes(), offset.to_string().as_bytes()]);
+                let r = self.request(MsgType::DirectoryPart, tx, payload)?;
+                let (g, list) = match r.iter().position(|&b| b == 0) {
+                    Some(i) => (r[..i].to_vec(), &r[i + 1..]),
+                    None => return Err(ClientError::Protocol("bad DIRECTORY_PART reply")),
+                };
+                if gen.as_ref().is_some_and(|old| *old != g) {
+                    continue 'again;
+                }
+                gen = Some(g);
+                // The list ends with an empty name (two nuls in a row).
+                let done = list.is_empty() || list.ends_with(b"\0\0") || list == b"\0";
+                let body = list.strip_suffix(b"\0").unwrap_or(list);
+                let body = if done {
+                    body.strip_suffix(b"\0").unwrap_or(body)
+                } else {
+                    body
+                };
+                if !body.is_empty() {
+                    for n in body.split(|&b| b == 0) {
+                        offset += n.len() + 1;
+                        names.push(text(n)?);
+                    }
+                }
+                if done {
+                    return Ok(names);
+                }
+            }
+        }
+        Err(XsError::Again.into())
     }
 
     /// `XS_GET_PERMS`.

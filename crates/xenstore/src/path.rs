@@ -2,9 +2,8 @@
 //! caller's home (`device` from domain 3 means the same), or special
 //! (`@introduceDomain`, `@releaseDomain`), with Xen's rules: characters
 //! `[A-Za-z0-9_@/-]`, no empty component, no trailing slash but for the
-//! root, at most `XENSTORE_ABS_PATH_MAX` bytes, and within a domain's home
-//! at most `XENSTORE_REL_PATH_MAX` bytes below it (C xenstored's default
-//! path-length quota).
+//! root, at most `XENSTORE_ABS_PATH_MAX` bytes. The daemon's path-length
+//! quota for domains ([`Path::within_domain_quota`]) is applied by it.
 
 use abi::xs_wire::{XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX};
 
@@ -61,12 +60,20 @@ impl Path {
         if full.contains("//") || (full.len() > 1 && full.ends_with('/')) {
             return Err(XsError::Inval);
         }
-        if let Some(below) = below_home(&full) {
-            if below.len() > XENSTORE_REL_PATH_MAX {
-                return Err(XsError::Inval);
-            }
-        }
         Ok(Path(full))
+    }
+
+    /// The length C xenstored's path-length quota counts for an
+    /// unprivileged domain: the part below `/local/domain/<id>/` if the path
+    /// has one, else the whole path (limit `XENSTORE_REL_PATH_MAX`).
+    pub fn quota_len(&self) -> usize {
+        below_home(&self.0).map_or(self.0.len(), str::len)
+    }
+
+    /// Whether an unprivileged domain may use the path (its quota length
+    /// is within `XENSTORE_REL_PATH_MAX`).
+    pub fn within_domain_quota(&self) -> bool {
+        self.quota_len() <= XENSTORE_REL_PATH_MAX
     }
 
     /// The path as text.
@@ -191,10 +198,16 @@ mod tests {
         assert!(p(&long).is_ok());
         assert!(p(&format!("{long}b")).is_err());
         let home = format!("/local/domain/3/{}", "b".repeat(XENSTORE_REL_PATH_MAX));
-        assert!(p(&home).is_ok());
+        assert!(p(&home).unwrap().within_domain_quota());
+        let over = p(&format!("{home}c")).unwrap();
         assert!(
-            p(&format!("{home}c")).is_err(),
+            !over.within_domain_quota(),
             "over the relative limit below a home"
+        );
+        let outside = p(&format!("/x/{}", "c".repeat(XENSTORE_REL_PATH_MAX))).unwrap();
+        assert!(
+            !outside.within_domain_quota(),
+            "outside a home the whole path counts"
         );
     }
 

@@ -6,7 +6,7 @@
 
 use xenstore::wire::Decoder;
 
-use crate::server::{Core, MAX_OUTPUT};
+use crate::server::{Core, MAX_OUTPUT_PRIVILEGED};
 use crate::store::Caller;
 
 /// Feeds `data` to a daemon: each piece is `[who, len, bytes...]`.
@@ -31,7 +31,10 @@ pub fn requests(data: &[u8]) {
         };
         core.input(id, piece);
         if let Some(out) = core.output(id) {
-            assert!(out.len() <= MAX_OUTPUT, "output grew past its bound");
+            assert!(
+                out.len() <= MAX_OUTPUT_PRIVILEGED,
+                "output grew past its bound"
+            );
             let bytes = std::mem::take(out);
             assert!(
                 d.feed(&bytes).is_ok(),

@@ -19,16 +19,20 @@ use xenstore::{Path, Perms, XsError};
 use crate::store::{self, Caller, Change, Tree};
 use crate::tx::{Op, Transaction};
 
-/// Bytes of replies and events a connection may have waiting.
+/// Bytes of replies and events an unprivileged connection may have waiting.
 pub const MAX_OUTPUT: usize = 4 << 20;
+/// The same for a privileged one.
+pub const MAX_OUTPUT_PRIVILEGED: usize = 64 << 20;
+/// A connection with this much output waiting is not read from until it
+/// drains: a client that pipelines requests without reading its replies
+/// slows down instead of being dropped.
+pub const READ_PAUSE: usize = 64 << 10;
 /// Transactions one connection may have open (C xenstored's default).
 pub const MAX_TRANSACTIONS: usize = 10;
 /// Watches one connection may have (C xenstored's default is 128).
 pub const MAX_WATCHES: usize = 128;
 
 struct Watch {
-    /// As the client gave it (relative or absolute).
-    given: String,
     token: String,
     path: Path,
     /// The base to strip for a relative watch.
@@ -123,8 +127,13 @@ impl Daemon {
             revents: 0,
         }];
         for id in &ids {
-            let mut events = libc::POLLIN;
-            if self.core.output(*id).is_some_and(|o| !o.is_empty()) {
+            let waiting = self.core.output(*id).map_or(0, |o| o.len());
+            let mut events = if waiting < READ_PAUSE {
+                libc::POLLIN
+            } else {
+                0
+            };
+            if waiting > 0 {
                 events |= libc::POLLOUT;
             }
             fds.push(libc::pollfd {
@@ -309,9 +318,32 @@ impl Core {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        match m.encode() {
-            Ok(bytes) if c.out.len() + bytes.len() <= MAX_OUTPUT => c.out.extend(bytes),
-            _ => c.dead = true,
+        // A reply too long for the protocol is an E2BIG error instead.
+        let bytes = match m.encode() {
+            Ok(b) => b,
+            Err(_) => match Message::new(
+                MsgType::Error,
+                m.req_id,
+                m.tx_id,
+                with_nul(XsError::TooBig.name()),
+            )
+            .encode()
+            {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+        };
+        // Privileged clients (dom0's tools and backends) may fall behind
+        // further before they are dropped than domains may.
+        let limit = if c.caller.privileged {
+            MAX_OUTPUT_PRIVILEGED
+        } else {
+            MAX_OUTPUT
+        };
+        if c.out.len() + bytes.len() <= limit {
+            c.out.extend(bytes);
+        } else {
+            c.dead = true;
         }
     }
 
@@ -343,7 +375,12 @@ impl Core {
         let caller = self.conns.get(&id).ok_or(XsError::Inval)?.caller;
         let parts = split_strings(&m.payload);
         let path_arg = |i: usize, special: bool| -> Result<Path, XsError> {
-            Path::parse(parts.get(i).ok_or(XsError::Inval)?, caller.domid, special)
+            let p = Path::parse(parts.get(i).ok_or(XsError::Inval)?, caller.domid, special)?;
+            // C xenstored's path-length quota; dom0 is not limited.
+            if !caller.privileged && !p.within_domain_quota() {
+                return Err(XsError::Inval);
+            }
+            Ok(p)
         };
         let tx = m.tx_id;
         match m.ty {
@@ -388,6 +425,18 @@ impl Core {
                     return Err(XsError::Inval);
                 }
                 let perms = Perms::parse(parts.iter().skip(1).copied())?;
+                // As for a node: only their owner (dom0 by default) may.
+                let current = self
+                    .special_perms
+                    .get(p.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| Perms::owned_by(0));
+                let owner = current.owner();
+                let owns =
+                    caller.privileged || owner == caller.domid || Some(owner) == caller.target;
+                if !owns || !caller.access(&current).can_write() {
+                    return Err(XsError::Acces);
+                }
                 self.special_perms.insert(p.as_str().to_string(), perms);
                 Ok(Outcome::reply(ok()))
             }
@@ -410,6 +459,9 @@ impl Core {
                     let tree = &self.tree;
                     let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
                     let t = c.txs.get_mut(&tx).ok_or(XsError::NoEnt)?;
+                    if t.full(&caller) {
+                        return Err(XsError::NoSpc);
+                    }
                     t.modify(tree, &caller, op)?;
                     return Ok(Outcome::reply(ok()));
                 }
@@ -434,10 +486,7 @@ impl Core {
                 let relative_to = (!given.starts_with('/') && !given.starts_with('@'))
                     .then(|| domain_path(caller.domid));
                 let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
-                if c.watches
-                    .iter()
-                    .any(|w| w.given == given && w.token == token)
-                {
+                if c.watches.iter().any(|w| w.path == path && w.token == token) {
                     return Err(XsError::Exist);
                 }
                 if c.watches.len() >= MAX_WATCHES {
@@ -450,7 +499,6 @@ impl Core {
                     &[given.as_bytes(), token.as_bytes()],
                 );
                 c.watches.push(Watch {
-                    given,
                     token,
                     path,
                     relative_to,
@@ -462,14 +510,13 @@ impl Core {
                 })
             }
             MsgType::Unwatch => {
-                let given =
-                    String::from_utf8_lossy(parts.first().ok_or(XsError::Inval)?).into_owned();
+                // Matched by resolved path and token, as C xenstored does.
+                let path = path_arg(0, true)?;
                 let token =
                     String::from_utf8_lossy(parts.get(1).ok_or(XsError::Inval)?).into_owned();
                 let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
                 let before = c.watches.len();
-                c.watches
-                    .retain(|w| !(w.given == given && w.token == token));
+                c.watches.retain(|w| !(w.path == path && w.token == token));
                 if c.watches.len() == before {
                     return Err(XsError::NoEnt);
                 }
@@ -545,7 +592,11 @@ impl Core {
             return f(None, &mut self.tree);
         }
         let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
+        let caller = c.caller;
         let t = c.txs.get_mut(&tx).ok_or(XsError::NoEnt)?;
+        if t.full(&caller) {
+            return Err(XsError::NoSpc);
+        }
         f(Some(t), &mut self.tree)
     }
 
@@ -655,6 +706,7 @@ fn listing(
     let room = abi::xs_wire::XENSTORE_PAYLOAD_MAX - out.len() - 1;
     let mut used = 0;
     let mut pos = 0;
+    let mut complete = true;
     for n in names {
         let (start, end) = (pos, pos + n.len() + 1);
         pos = end;
@@ -666,12 +718,17 @@ fn listing(
         let skip = off.saturating_sub(start);
         let piece_len = n.len() + 1 - skip;
         if used + piece_len > room {
+            complete = false;
             break;
         }
         out.extend_from_slice(&n.as_bytes()[skip.min(n.len())..]);
         out.push(0);
         used += piece_len;
     }
-    out.push(0);
+    // The empty name that ends the list comes only with its last part:
+    // libxenstore stops reading at it.
+    if complete {
+        out.push(0);
+    }
     Ok(out)
 }

@@ -171,6 +171,19 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError
             children.push(r.text()?);
         }
         let (node_gen, cgen) = (r.u64()?, r.u64()?);
+        // What the daemon could never have stored: refused, so that a
+        // restored daemon never sends a reply over the protocol's limit.
+        if value.len() > abi::xs_wire::XENSTORE_PAYLOAD_MAX
+            || perms.to_payload().len() > abi::xs_wire::XENSTORE_PAYLOAD_MAX
+        {
+            return Err(StateError::Damaged("node too large"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &children {
+            if c.is_empty() || c.contains('/') || !names.insert(c.as_str()) {
+                return Err(StateError::Damaged("bad child name"));
+            }
+        }
         nodes.push((
             path,
             Node {
@@ -193,7 +206,14 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError
     if !r.0.is_empty() {
         return Err(StateError::Damaged("trailing bytes"));
     }
-    let tree = Tree::import(nodes, gen).map_err(StateError::Damaged)?;
+    // The counter must stay ahead of every generation handed out, or a
+    // transaction could miss a change.
+    let newest = nodes
+        .iter()
+        .map(|(_, n)| n.gen.max(n.cgen))
+        .max()
+        .unwrap_or(0);
+    let tree = Tree::import(nodes, gen.max(newest)).map_err(StateError::Damaged)?;
     Ok((tree, special))
 }
 
@@ -203,9 +223,17 @@ pub fn save(
     tree: &Tree,
     special: &HashMap<String, Perms>,
 ) -> Result<(), StateError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, encode(tree, special))?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&encode(tree, special))?;
+    // On disk before it replaces the old file, and the rename on disk
+    // too: after a crash there is the old state or the new, never neither.
+    f.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 
@@ -257,6 +285,37 @@ mod tests {
         assert_eq!(back.export(), t.export());
         assert_eq!(back.generation(), t.generation());
         assert_eq!(sp, special);
+    }
+
+    #[test]
+    fn duplicate_children_and_a_stale_counter_are_caught() {
+        let root = |children: Vec<&str>| Node {
+            value: Vec::new(),
+            perms: Perms::owned_by(0),
+            children: children.into_iter().map(String::from).collect(),
+            gen: 9,
+            cgen: 9,
+        };
+        let leaf = Node {
+            children: Vec::new(),
+            ..root(vec![])
+        };
+        let dup = Tree::import(
+            vec![
+                ("/".into(), root(vec!["a", "a"])),
+                ("/a".into(), leaf.clone()),
+            ],
+            1,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode(&encode(&dup, &HashMap::new())),
+            Err(StateError::Damaged(_))
+        ));
+        // A counter behind the nodes' generations is moved ahead of them.
+        let ok = Tree::import(vec![("/".into(), root(vec!["a"])), ("/a".into(), leaf)], 1).unwrap();
+        let (back, _) = decode(&encode(&ok, &HashMap::new())).unwrap();
+        assert!(back.generation() >= 9);
     }
 
     #[test]

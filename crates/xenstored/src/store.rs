@@ -312,6 +312,12 @@ pub fn set_perms(
     let Some(mut node) = n.get(path.as_str()) else {
         return Err(missing(n, caller, path));
     };
+    // Permissions belong to the owner: write access is not enough
+    // (xenstore.txt; C xenstored asks for write and owner).
+    let owner = node.perms.owner();
+    if !caller.privileged && owner != caller.domid && Some(owner) != caller.target {
+        return Err(XsError::Acces);
+    }
     check(caller, &node, Access::Write)?;
     if !caller.privileged && perms.owner() != node.perms.owner() {
         return Err(XsError::Perm);

@@ -14,6 +14,12 @@ use xenstore::{Path, Perms, XsError};
 
 use crate::store::{self, Caller, Change, Node, Nodes, Tree};
 
+/// Nodes an unprivileged caller's transaction may touch (C xenstored's
+/// transaction-nodes quota is the same idea; dom0 is not limited).
+pub const MAX_NODES: usize = 1024;
+/// Modifying operations an unprivileged caller's transaction may log.
+pub const MAX_OPS: usize = 1024;
+
 /// One operation of a transaction, replayed at commit.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -114,7 +120,12 @@ fn apply(n: &mut impl Nodes, caller: &Caller, op: &Op) -> Result<Vec<Change>, Xs
 impl Transaction {
     /// A new transaction.
     pub fn new() -> Transaction {
-        Transaction::default()
+        // Generations inside a transaction come from their own range, so
+        // that none equals one of the tree's.
+        Transaction {
+            local_gen: 1 << 63,
+            ..Transaction::default()
+        }
     }
 
     /// `XS_READ` in the transaction.
@@ -144,9 +155,18 @@ impl Transaction {
 
     /// A modifying operation: applied to the view now, replayed at commit.
     pub fn modify(&mut self, base: &Tree, caller: &Caller, op: Op) -> Result<(), XsError> {
+        if !caller.privileged && self.log.len() >= MAX_OPS {
+            return Err(XsError::NoSpc);
+        }
         apply(&mut View { base, tx: self }, caller, &op)?;
         self.log.push(op);
         Ok(())
+    }
+
+    /// Whether an unprivileged caller's transaction has touched all the
+    /// nodes it may (`ENOSPC` from then on, like C's transaction-nodes).
+    pub fn full(&self, caller: &Caller) -> bool {
+        !caller.privileged && self.view.len() >= MAX_NODES
     }
 
     /// Commits: `EAGAIN` if anything the transaction looked at changed;
@@ -170,21 +190,26 @@ impl Transaction {
             tree.set(&p, n);
         }
         // One event per node, in the order the transaction first touched
-        // them; a non-exact event wins over an exact one.
+        // them; a non-exact event wins over an exact one. Linear in the
+        // changes (a transaction may remove a large subtree).
+        let rank: HashMap<&str, usize> = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_str(), i))
+            .collect();
+        let mut index: HashMap<Path, usize> = HashMap::new();
         let mut merged: Vec<Change> = Vec::new();
         for ch in out {
-            match merged.iter_mut().find(|m| m.path == ch.path) {
-                Some(m) => m.exact &= ch.exact,
-                None => merged.push(ch),
+            match index.get(&ch.path) {
+                Some(&i) => merged[i].exact &= ch.exact,
+                None => {
+                    index.insert(ch.path.clone(), merged.len());
+                    merged.push(ch);
+                }
             }
         }
-        let rank = |p: &Path| {
-            self.order
-                .iter()
-                .position(|o| o == p.as_str())
-                .unwrap_or(usize::MAX)
-        };
-        merged.sort_by_key(|c| rank(&c.path));
+        merged.sort_by_cached_key(|c| rank.get(c.path.as_str()).copied().unwrap_or(usize::MAX));
         Ok(merged)
     }
 }

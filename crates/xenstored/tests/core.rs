@@ -1,0 +1,281 @@
+//! The daemon's core with unprivileged (domain) connections, driven by
+//! bytes: permissions, quotas and limits that only domains meet.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use xenstore::wire::{Decoder, Message, MsgType};
+use xenstored::store::Caller;
+use xenstored::Core;
+
+struct Conn {
+    id: u64,
+    decoder: Decoder,
+    next: u32,
+}
+
+fn conn(core: &mut Core, caller: Caller) -> Conn {
+    Conn {
+        id: core.connect(caller),
+        decoder: Decoder::new(),
+        next: 1,
+    }
+}
+
+/// Sends one request; returns the reply as (type, payload), skipping events.
+fn ask(
+    core: &mut Core,
+    c: &mut Conn,
+    ty: MsgType,
+    tx: u32,
+    parts: &[&[u8]],
+    value: Option<&[u8]>,
+) -> (MsgType, Vec<u8>) {
+    c.next += 1;
+    let mut m = Message::with_strings(ty, c.next, tx, parts);
+    if let Some(v) = value {
+        m = m.with_value(v);
+    }
+    core.input(c.id, &m.encode().unwrap());
+    let out = std::mem::take(core.output(c.id).unwrap());
+    let msgs = c.decoder.feed(&out).unwrap();
+    let r = msgs
+        .into_iter()
+        .find(|m| m.req_id == c.next)
+        .expect("a reply");
+    (r.ty, r.payload)
+}
+
+fn err(name: &str) -> (MsgType, Vec<u8>) {
+    (MsgType::Error, format!("{name}\0").into_bytes())
+}
+
+fn ok() -> (MsgType, Vec<u8>) {
+    (MsgType::Write, b"OK\0".to_vec())
+}
+
+const DOM5: Caller = Caller {
+    domid: 5,
+    privileged: false,
+    target: None,
+};
+const DOM7: Caller = Caller {
+    domid: 7,
+    privileged: false,
+    target: None,
+};
+
+#[test]
+fn only_the_owner_changes_permissions() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    let (mut d5, mut d7) = (conn(&mut core, DOM5), conn(&mut core, DOM7));
+    assert_eq!(
+        ask(
+            &mut core,
+            &mut d0,
+            MsgType::Write,
+            0,
+            &[b"/shared"],
+            Some(b"x")
+        ),
+        ok()
+    );
+    let r = ask(
+        &mut core,
+        &mut d0,
+        MsgType::SetPerms,
+        0,
+        &[b"/shared", b"n5", b"b7"],
+        None,
+    );
+    assert_eq!(r.0, MsgType::SetPerms);
+    // Domain 7 may write the node but not hand it to a third domain.
+    assert_eq!(
+        ask(
+            &mut core,
+            &mut d7,
+            MsgType::Write,
+            0,
+            &[b"/shared"],
+            Some(b"y")
+        ),
+        ok()
+    );
+    let r = ask(
+        &mut core,
+        &mut d7,
+        MsgType::SetPerms,
+        0,
+        &[b"/shared", b"n5", b"b7", b"r9"],
+        None,
+    );
+    assert_eq!(r, err("EACCES"));
+    // The owner may.
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::SetPerms,
+        0,
+        &[b"/shared", b"n5", b"r7"],
+        None,
+    );
+    assert_eq!(r.0, MsgType::SetPerms);
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::SetPerms,
+        0,
+        &[b"@releaseDomain", b"r5"],
+        None,
+    );
+    assert_eq!(r, err("EACCES"), "the special nodes belong to dom0");
+}
+
+#[test]
+fn domains_meet_the_path_length_quota_and_dom0_does_not() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    let mut d5 = conn(&mut core, DOM5);
+    let long = format!("/local/domain/5/{}", "a".repeat(2049));
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::Write,
+        0,
+        &[long.as_bytes()],
+        Some(b"v"),
+    );
+    assert_eq!(r, err("EINVAL"));
+    let r = ask(
+        &mut core,
+        &mut d0,
+        MsgType::Write,
+        0,
+        &[long.as_bytes()],
+        Some(b"v"),
+    );
+    assert_eq!(r, ok());
+}
+
+#[test]
+fn a_domains_transaction_is_bounded() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    assert_eq!(
+        ask(
+            &mut core,
+            &mut d0,
+            MsgType::Write,
+            0,
+            &[b"/local/domain/5"],
+            Some(b"")
+        ),
+        ok()
+    );
+    ask(
+        &mut core,
+        &mut d0,
+        MsgType::SetPerms,
+        0,
+        &[b"/local/domain/5", b"n5"],
+        None,
+    );
+    let mut d5 = conn(&mut core, DOM5);
+    let (_, id) = ask(
+        &mut core,
+        &mut d5,
+        MsgType::TransactionStart,
+        0,
+        &[b""],
+        None,
+    );
+    let tx: u32 = String::from_utf8_lossy(id.strip_suffix(b"\0").unwrap())
+        .parse()
+        .unwrap();
+    let mut refused = None;
+    for i in 0..5000 {
+        let key = format!("k{i}");
+        let r = ask(
+            &mut core,
+            &mut d5,
+            MsgType::Write,
+            tx,
+            &[key.as_bytes()],
+            Some(b"v"),
+        );
+        if r != ok() {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (at, r) = refused.expect("the transaction was cut off");
+    assert_eq!(r, err("ENOSPC"));
+    assert!(at <= 1024, "cut off after {at} writes");
+}
+
+#[test]
+fn unwatch_matches_the_resolved_path() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    assert_eq!(
+        ask(&mut core, &mut d0, MsgType::Watch, 0, &[b"foo", b"t"], None).0,
+        MsgType::Watch
+    );
+    let r = ask(
+        &mut core,
+        &mut d0,
+        MsgType::Unwatch,
+        0,
+        &[b"/local/domain/0/foo", b"t"],
+        None,
+    );
+    assert_eq!(r.0, MsgType::Unwatch);
+    let r = ask(&mut core, &mut d0, MsgType::Watch, 0, &[b"/x", b"t"], None);
+    assert_eq!(r.0, MsgType::Watch);
+    let r = ask(&mut core, &mut d0, MsgType::Watch, 0, &[b"/x", b"t"], None);
+    assert_eq!(r, err("EEXIST"), "the same watch twice");
+}
+
+#[test]
+fn directory_part_ends_the_list_only_in_its_last_part() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    for i in 0..2000 {
+        let key = format!("/big/child-{i:05}");
+        ask(
+            &mut core,
+            &mut d0,
+            MsgType::Write,
+            0,
+            &[key.as_bytes()],
+            Some(b""),
+        );
+    }
+    let r = ask(&mut core, &mut d0, MsgType::Directory, 0, &[b"/big"], None);
+    assert_eq!(r, err("E2BIG"));
+    let (mut offset, mut names, mut parts) = (0usize, 0usize, 0);
+    loop {
+        let (ty, p) = ask(
+            &mut core,
+            &mut d0,
+            MsgType::DirectoryPart,
+            0,
+            &[b"/big", offset.to_string().as_bytes()],
+            None,
+        );
+        assert_eq!(ty, MsgType::DirectoryPart);
+        parts += 1;
+        let last = p.ends_with(b"\0\0");
+        let body = &p[p.iter().position(|&b| b == 0).unwrap() + 1..];
+        for n in body.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            names += 1;
+            offset += n.len() + 1;
+        }
+        if last {
+            break;
+        }
+        assert!(parts < 100);
+    }
+    assert_eq!(names, 2000);
+    assert!(parts > 1, "the listing took several parts");
+}
