@@ -133,7 +133,7 @@ pub fn encode(tree: &Tree, special: &HashMap<String, Perms>) -> Vec<u8> {
         w.bytes(&n.value);
         w.perms(&n.perms);
         w.u32(n.children.len() as u32);
-        for c in &n.children {
+        for c in n.children.iter() {
             w.bytes(c.as_bytes());
         }
         w.u64(n.gen);
@@ -189,7 +189,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError
             Node {
                 value,
                 perms,
-                children,
+                children: children.into(),
                 gen: node_gen,
                 cgen,
             },
@@ -292,12 +292,12 @@ mod tests {
         let root = |children: Vec<&str>| Node {
             value: Vec::new(),
             perms: Perms::owned_by(0),
-            children: children.into_iter().map(String::from).collect(),
+            children: std::sync::Arc::new(children.into_iter().map(String::from).collect()),
             gen: 9,
             cgen: 9,
         };
         let leaf = Node {
-            children: Vec::new(),
+            children: Default::default(),
             ..root(vec![])
         };
         let dup = Tree::import(

@@ -10,6 +10,7 @@
 //! changed, so transactions below different existing parents both commit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use xenstore::{Access, Path, Perms, XsError};
 
@@ -21,8 +22,9 @@ pub struct Node {
     /// Its permissions.
     pub perms: Perms,
     /// Names of its children, oldest first (C xenstored lists them in the
-    /// order they were created).
-    pub children: Vec<String>,
+    /// order they were created). Shared, so that copying a node (every
+    /// lookup does) does not copy thousands of names.
+    pub children: Arc<Vec<String>>,
     /// Generation of its value, permissions and existence.
     pub gen: u64,
     /// Generation of its set of children.
@@ -88,6 +90,17 @@ pub trait Nodes {
     }
     /// Sets (`Some`) or removes (`None`) the node at `path`.
     fn set(&mut self, path: &str, node: Option<Node>);
+    /// Changes the children of the node at `path` in place and gives it
+    /// generation `gen` (no-op if it does not exist). The default copies
+    /// the node; the tree does it in place.
+    fn edit_children(&mut self, path: &str, gen: u64, f: &mut dyn FnMut(&mut Vec<String>)) {
+        if let Some(mut node) = self.get(path) {
+            f(Arc::make_mut(&mut node.children));
+            node.gen = gen;
+            node.cgen = gen;
+            self.set(path, Some(node));
+        }
+    }
     /// A new generation number.
     fn next_gen(&mut self) -> u64;
 }
@@ -144,7 +157,7 @@ pub fn directory(
         return Err(missing(n, caller, path));
     };
     check(caller, &node, Access::Read)?;
-    Ok((node.children.into_iter().collect(), node.cgen))
+    Ok((node.children.to_vec(), node.cgen))
 }
 
 /// `XS_GET_PERMS`.
@@ -167,7 +180,7 @@ fn create(
     value: Vec<u8>,
 ) -> Result<Perms, XsError> {
     let parent = path.parent().ok_or(XsError::Inval)?;
-    let mut pnode = match n.get(parent.as_str()) {
+    let pnode = match n.get(parent.as_str()) {
         Some(p) => {
             check(caller, &p, Access::Write)?;
             p
@@ -189,17 +202,17 @@ fn create(
         Some(Node {
             value,
             perms: perms.clone(),
-            children: Vec::new(),
+            children: Arc::default(),
             gen,
             cgen: gen,
         }),
     );
-    pnode.children.push(path.name().to_string());
     // The children are part of the parent, as in C xenstored: a
     // transaction that looked at the parent conflicts with a new child.
-    pnode.cgen = n.next_gen();
-    pnode.gen = pnode.cgen;
-    n.set(parent.as_str(), Some(pnode));
+    let gen = n.next_gen();
+    n.edit_children(parent.as_str(), gen, &mut |c| {
+        c.push(path.name().to_string())
+    });
     Ok(perms)
 }
 
@@ -258,7 +271,7 @@ fn remove_subtree(n: &mut impl Nodes, path: &Path, out: &mut Vec<Change>) {
     let Some(node) = n.get(path.as_str()) else {
         return;
     };
-    for c in &node.children {
+    for c in node.children.iter() {
         let Ok(child) = path.join(c) else { continue };
         if let Some(cn) = n.get(child.as_str()) {
             remove_subtree(n, &child, out);
@@ -288,12 +301,10 @@ pub fn rm(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Vec<Change
     check(caller, &node, Access::Write)?;
     let mut out = Vec::new();
     remove_subtree(n, path, &mut out);
-    if let Some(mut p) = n.get(parent.as_str()) {
-        p.children.retain(|c| c != path.name());
-        p.cgen = n.next_gen();
-        p.gen = p.cgen;
-        n.set(parent.as_str(), Some(p));
-    }
+    let gen = n.next_gen();
+    n.edit_children(parent.as_str(), gen, &mut |c| {
+        c.retain(|c| c != path.name())
+    });
     out.push(Change {
         path: path.clone(),
         exact: false,
@@ -349,7 +360,7 @@ impl Tree {
         let root = Node {
             value: Vec::new(),
             perms: Perms::owned_by(0),
-            children: Vec::new(),
+            children: Arc::default(),
             gen: 0,
             cgen: 0,
         };
@@ -413,7 +424,7 @@ impl Tree {
             return Err("no root");
         }
         for (p, n) in &map {
-            for c in &n.children {
+            for c in n.children.iter() {
                 let child = if p == "/" {
                     format!("/{c}")
                 } else {
@@ -465,6 +476,14 @@ impl Default for Tree {
 impl Nodes for Tree {
     fn get(&mut self, path: &str) -> Option<Node> {
         self.nodes.get(path).cloned()
+    }
+    fn edit_children(&mut self, path: &str, gen: u64, f: &mut dyn FnMut(&mut Vec<String>)) {
+        if let Some(node) = self.nodes.get_mut(path) {
+            // Unique unless a transaction holds a copy: then copied once.
+            f(Arc::make_mut(&mut node.children));
+            node.gen = gen;
+            node.cgen = gen;
+        }
     }
     fn set(&mut self, path: &str, node: Option<Node>) {
         match node {

@@ -55,6 +55,19 @@ struct View<'a> {
 }
 
 impl Nodes for View<'_> {
+    fn edit_children(&mut self, path: &str, gen: u64, f: &mut dyn FnMut(&mut Vec<String>)) {
+        // In the transaction's own copy (taken now if it is the first
+        // touch), so that adding many children copies the list only once.
+        if self.get(path).is_none() {
+            return;
+        }
+        if let Some(Some(node)) = self.tx.view.get_mut(path) {
+            f(std::sync::Arc::make_mut(&mut node.children));
+            node.gen = gen;
+            node.cgen = gen;
+        }
+    }
+
     /// The transaction's copy of a node: taken from the tree at first
     /// touch (as C xenstored copies a node into the transaction when first
     /// read), with its generation remembered for the commit.
@@ -94,6 +107,18 @@ struct Scratch<'a> {
 }
 
 impl Nodes for Scratch<'_> {
+    fn edit_children(&mut self, path: &str, gen: u64, f: &mut dyn FnMut(&mut Vec<String>)) {
+        if !self.changes.contains_key(path) {
+            let n = self.tree.node(path);
+            self.changes.insert(path.to_string(), n);
+        }
+        if let Some(Some(node)) = self.changes.get_mut(path) {
+            f(std::sync::Arc::make_mut(&mut node.children));
+            node.gen = gen;
+            node.cgen = gen;
+        }
+    }
+
     fn get(&mut self, path: &str) -> Option<Node> {
         match self.changes.get(path) {
             Some(n) => n.clone(),
