@@ -383,6 +383,14 @@ impl Core {
             Ok(p)
         };
         let tx = m.tx_id;
+        // C xenstored's permissions quota comes before anything else is
+        // looked at, for the special nodes too.
+        if m.ty == MsgType::SetPerms
+            && !caller.privileged
+            && parts.len().saturating_sub(1) > store::NODE_PERMS_QUOTA
+        {
+            return Err(XsError::NoSpc);
+        }
         match m.ty {
             MsgType::Read => {
                 let p = path_arg(0, false)?;
@@ -575,8 +583,8 @@ impl Core {
                 Some(b"help") => Ok(Outcome::reply(with_nul("check\nhelp\n"))),
                 _ => Err(XsError::Inval),
             },
-            // Domain connections (INTRODUCE and the rest) and quotas are not
-            // built yet; unknown types are refused the same way.
+            // Domain connections (INTRODUCE and the rest) and GET/SET_QUOTA
+            // are not built yet; unknown types are refused the same way.
             _ => Err(XsError::NoSys),
         }
     }

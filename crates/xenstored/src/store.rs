@@ -169,50 +169,89 @@ pub fn get_perms(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Per
     Ok(node.perms)
 }
 
+/// The most an unprivileged caller may make a node hold (C xenstored's
+/// node-size quota, `-S`/`quota-node-size`, default 2048); over it,
+/// `ENOSPC`. dom0 is not limited.
+pub const NODE_SIZE_QUOTA: usize = 2048;
+/// The most permission entries (owner included) an unprivileged caller may
+/// set on a node (C's `quota-permissions`, default 5); over it, `ENOSPC`.
+pub const NODE_PERMS_QUOTA: usize = 5;
+
+/// A node's size as C xenstored counts it against [`NODE_SIZE_QUOTA`]: its
+/// record header (24 bytes), 8 bytes per permission entry, the value and
+/// the children's names, each with its NUL. The children count: a node
+/// with many children is a big node.
+fn node_size(value: usize, perms: &Perms, children: &[String]) -> usize {
+    24 + 8 * perms.entries().len() + value + children.iter().map(|c| c.len() + 1).sum::<usize>()
+}
+
+fn within_quota(caller: &Caller, size: usize) -> Result<(), XsError> {
+    if !caller.privileged && size > NODE_SIZE_QUOTA {
+        return Err(XsError::NoSpc);
+    }
+    Ok(())
+}
+
 /// Creates `path` and any missing parents with empty values; returns the new
 /// node's permissions. New nodes take their parent's permissions; an
 /// unprivileged caller owns what it creates. As in C xenstored, only the
-/// node asked for fires watches, not the parents made on the way.
+/// node asked for fires watches, not the parents made on the way. All or
+/// nothing: access and quotas are checked before anything is made.
 fn create(
     n: &mut impl Nodes,
     caller: &Caller,
     path: &Path,
     value: Vec<u8>,
 ) -> Result<Perms, XsError> {
-    let parent = path.parent().ok_or(XsError::Inval)?;
-    let pnode = match n.get(parent.as_str()) {
-        Some(p) => {
-            check(caller, &p, Access::Write)?;
-            p
-        }
-        None => {
-            create(n, caller, &parent, Vec::new())?;
-            n.get(parent.as_str()).ok_or(XsError::NoEnt)?
+    // The nodes to make, deepest first, and the nearest one that exists.
+    let mut make = vec![path.clone()];
+    let top = loop {
+        let at = make.last().and_then(Path::parent).ok_or(XsError::Inval)?;
+        match n.get(at.as_str()) {
+            Some(node) => break node,
+            None => make.push(at),
         }
     };
-    let mut perms = pnode.perms.clone();
+    check(caller, &top, Access::Write)?;
+    let mut perms = top.perms.clone();
     if !caller.privileged {
         let mut entries = perms.entries().to_vec();
         entries[0].domid = caller.domid;
         perms = Perms::new(entries)?;
+        // The node that exists gains a child; each new parent holds one.
+        let below = |i: usize| make[i].name().len() + 1;
+        within_quota(
+            caller,
+            node_size(top.value.len(), &top.perms, &top.children) + below(make.len() - 1),
+        )?;
+        within_quota(caller, node_size(value.len(), &perms, &[]))?;
+        for i in 1..make.len() {
+            within_quota(caller, node_size(0, &perms, &[]) + below(i - 1))?;
+        }
     }
-    let gen = n.next_gen();
-    n.set(
-        path.as_str(),
-        Some(Node {
-            value,
-            perms: perms.clone(),
-            children: Arc::default(),
-            gen,
-            cgen: gen,
-        }),
-    );
-    // The children are part of the parent, as in C xenstored: a
-    // transaction that looked at the parent conflicts with a new child.
-    let gen = n.next_gen();
-    n.edit_children(parent.as_str(), gen, &mut |c| {
-        c.push(path.name().to_string())
-    });
+    let mut value = Some(value);
+    for (i, p) in make.iter().enumerate().rev() {
+        let gen = n.next_gen();
+        n.set(
+            p.as_str(),
+            Some(Node {
+                value: if i == 0 {
+                    value.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                perms: perms.clone(),
+                children: Arc::default(),
+                gen,
+                cgen: gen,
+            }),
+        );
+        // The children are part of the parent, as in C xenstored: a
+        // transaction that looked at the parent conflicts with a new child.
+        let parent = p.parent().ok_or(XsError::Inval)?;
+        let gen = n.next_gen();
+        n.edit_children(parent.as_str(), gen, &mut |c| c.push(p.name().to_string()));
+    }
     Ok(perms)
 }
 
@@ -227,6 +266,7 @@ pub fn write(
     match n.get(path.as_str()) {
         Some(mut node) => {
             check(caller, &node, Access::Write)?;
+            within_quota(caller, node_size(value.len(), &node.perms, &node.children))?;
             node.value = value.to_vec();
             node.gen = n.next_gen();
             out.push(Change {
@@ -333,6 +373,7 @@ pub fn set_perms(
     if !caller.privileged && perms.owner() != node.perms.owner() {
         return Err(XsError::Perm);
     }
+    within_quota(caller, node_size(node.value.len(), &perms, &node.children))?;
     node.perms = perms.clone();
     node.gen = n.next_gen();
     n.set(path.as_str(), Some(node));

@@ -194,7 +194,8 @@ fn a_domains_transaction_is_bounded() {
         .unwrap();
     let mut refused = None;
     for i in 0..5000 {
-        let key = format!("k{i}");
+        // Spread over directories, so that no node meets the size quota.
+        let key = format!("d{}/k{}", i / 64, i % 64);
         let r = ask(
             &mut core,
             &mut d5,
@@ -278,4 +279,120 @@ fn directory_part_ends_the_list_only_in_its_last_part() {
     }
     assert_eq!(names, 2000);
     assert!(parts > 1, "the listing took several parts");
+}
+
+/// dom0 makes `/local/domain/5` and gives it to dom5.
+fn domain_home(core: &mut Core) -> Conn {
+    let mut d0 = conn(core, Caller::DOM0);
+    let home: &[u8] = b"/local/domain/5";
+    assert_eq!(
+        ask(core, &mut d0, MsgType::Write, 0, &[home], Some(b"")),
+        ok()
+    );
+    let r = ask(core, &mut d0, MsgType::SetPerms, 0, &[home, b"n5"], None);
+    assert_eq!(r, (MsgType::SetPerms, b"OK\0".to_vec()));
+    d0
+}
+
+#[test]
+fn a_domains_nodes_meet_the_node_size_quota_and_dom0s_do_not() {
+    let mut core = Core::new();
+    let mut d0 = domain_home(&mut core);
+    let mut d5 = conn(&mut core, DOM5);
+    let write = |core: &mut Core, c: &mut Conn, path: &str, v: &[u8]| {
+        ask(core, c, MsgType::Write, 0, &[path.as_bytes()], Some(v))
+    };
+    // 24 bytes of header and 8 for the one permission entry: 2016 bytes of
+    // value fit in 2048, one more does not.
+    let x = "/local/domain/5/x";
+    assert_eq!(write(&mut core, &mut d5, x, &[b'v'; 2016]), ok());
+    assert_eq!(write(&mut core, &mut d5, x, &[b'v'; 2017]), err("ENOSPC"));
+    assert_eq!(write(&mut core, &mut d0, x, &[b'v'; 4000]), ok());
+    // Creating is all or nothing: a refused leaf leaves no parents behind.
+    let deep = "/local/domain/5/a/b/c";
+    assert_eq!(
+        write(&mut core, &mut d5, deep, &[b'v'; 3000]),
+        err("ENOSPC")
+    );
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::Read,
+        0,
+        &[b"/local/domain/5/a"],
+        None,
+    );
+    assert_eq!(r, err("ENOENT"));
+    // The children's names count: a directory fills up.
+    let mut refused = None;
+    for i in 0..1000 {
+        let r = write(
+            &mut core,
+            &mut d5,
+            &format!("/local/domain/5/d/{i:08}"),
+            b"",
+        );
+        if r != ok() {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (at, r) = refused.expect("the directory filled up");
+    assert_eq!(r, err("ENOSPC"));
+    // (2048 - 32) / 9 names of 8 bytes and their NULs.
+    assert_eq!(at, 224);
+    // Removing a child of a full directory still works, and frees room.
+    let rm = |core: &mut Core, c: &mut Conn, path: &str| {
+        ask(core, c, MsgType::Rm, 0, &[path.as_bytes()], None)
+    };
+    let r = rm(&mut core, &mut d5, "/local/domain/5/d/00000000");
+    assert_eq!(r, (MsgType::Rm, b"OK\0".to_vec()));
+    assert_eq!(write(&mut core, &mut d5, "/local/domain/5/d/y", b""), ok());
+    // dom0 fills it further; then dom5 may still write the values in it.
+    assert_eq!(
+        write(&mut core, &mut d0, "/local/domain/5/d/z0000000", b""),
+        ok()
+    );
+    assert_eq!(write(&mut core, &mut d5, "/local/domain/5/d/y", b"1"), ok());
+    // The quota holds inside a transaction as well.
+    let (_, id) = ask(
+        &mut core,
+        &mut d5,
+        MsgType::TransactionStart,
+        0,
+        &[b""],
+        None,
+    );
+    let tx: u32 = String::from_utf8_lossy(id.strip_suffix(b"\0").unwrap())
+        .parse()
+        .unwrap();
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::Write,
+        tx,
+        &[x.as_bytes()],
+        Some(&[b'v'; 2017]),
+    );
+    assert_eq!(r, err("ENOSPC"));
+}
+
+#[test]
+fn a_domain_sets_at_most_five_permission_entries() {
+    let mut core = Core::new();
+    let mut d0 = domain_home(&mut core);
+    let mut d5 = conn(&mut core, DOM5);
+    let home: &[u8] = b"/local/domain/5";
+    let five: [&[u8]; 6] = [home, b"n5", b"r1", b"r2", b"r3", b"r4"];
+    let r = ask(&mut core, &mut d5, MsgType::SetPerms, 0, &five, None);
+    assert_eq!(r, (MsgType::SetPerms, b"OK\0".to_vec()));
+    let six: [&[u8]; 7] = [home, b"n5", b"r1", b"r2", b"r3", b"r4", b"r6"];
+    let r = ask(&mut core, &mut d5, MsgType::SetPerms, 0, &six, None);
+    assert_eq!(r, err("ENOSPC"));
+    // For the special nodes too, before their own permissions are looked at.
+    let special: [&[u8]; 7] = [b"@releaseDomain", b"n5", b"r1", b"r2", b"r3", b"r4", b"r6"];
+    let r = ask(&mut core, &mut d5, MsgType::SetPerms, 0, &special, None);
+    assert_eq!(r, err("ENOSPC"));
+    let r = ask(&mut core, &mut d0, MsgType::SetPerms, 0, &six, None);
+    assert_eq!(r, (MsgType::SetPerms, b"OK\0".to_vec()));
 }
