@@ -383,12 +383,16 @@ impl Core {
             Ok(p)
         };
         let tx = m.tx_id;
-        // C xenstored's permissions quota comes before anything else is
-        // looked at, for the special nodes too.
+        // C xenstored's permissions quota comes before anything but the
+        // transaction is looked at, for the special nodes too.
         if m.ty == MsgType::SetPerms
             && !caller.privileged
             && parts.len().saturating_sub(1) > store::NODE_PERMS_QUOTA
         {
+            let open = |c: &Conn| c.txs.contains_key(&tx);
+            if tx != 0 && !self.conns.get(&id).is_some_and(open) {
+                return Err(XsError::NoEnt);
+            }
             return Err(XsError::NoSpc);
         }
         match m.ty {

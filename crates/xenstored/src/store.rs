@@ -169,9 +169,9 @@ pub fn get_perms(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Per
     Ok(node.perms)
 }
 
-/// The most an unprivileged caller may make a node hold (C xenstored's
-/// node-size quota, `-S`/`quota-node-size`, default 2048); over it,
-/// `ENOSPC`. dom0 is not limited.
+/// The size an unprivileged caller's node must stay below (C xenstored's
+/// node-size quota, `-S`, default 2048; C 4.17 refuses a node of exactly
+/// this size, with `ENOSPC`). dom0 is not limited.
 pub const NODE_SIZE_QUOTA: usize = 2048;
 /// The most permission entries (owner included) an unprivileged caller may
 /// set on a node (C's `quota-permissions`, default 5); over it, `ENOSPC`.
@@ -186,7 +186,7 @@ fn node_size(value: usize, perms: &Perms, children: &[String]) -> usize {
 }
 
 fn within_quota(caller: &Caller, size: usize) -> Result<(), XsError> {
-    if !caller.privileged && size > NODE_SIZE_QUOTA {
+    if !caller.privileged && size >= NODE_SIZE_QUOTA {
         return Err(XsError::NoSpc);
     }
     Ok(())
