@@ -185,8 +185,10 @@ fn node_size(value: usize, perms: &Perms, children: &[String]) -> usize {
     24 + 8 * perms.entries().len() + value + children.iter().map(|c| c.len() + 1).sum::<usize>()
 }
 
-fn within_quota(caller: &Caller, size: usize) -> Result<(), XsError> {
-    if !caller.privileged && size >= NODE_SIZE_QUOTA {
+/// `ENOSPC` if an unprivileged caller's node would be `size()` bytes or
+/// more; the size (a walk over the children) is computed only for them.
+fn within_quota(caller: &Caller, size: impl FnOnce() -> usize) -> Result<(), XsError> {
+    if !caller.privileged && size() >= NODE_SIZE_QUOTA {
         return Err(XsError::NoSpc);
     }
     Ok(())
@@ -220,13 +222,12 @@ fn create(
         perms = Perms::new(entries)?;
         // The node that exists gains a child; each new parent holds one.
         let below = |i: usize| make[i].name().len() + 1;
-        within_quota(
-            caller,
-            node_size(top.value.len(), &top.perms, &top.children) + below(make.len() - 1),
-        )?;
-        within_quota(caller, node_size(value.len(), &perms, &[]))?;
+        within_quota(caller, || {
+            node_size(top.value.len(), &top.perms, &top.children) + below(make.len() - 1)
+        })?;
+        within_quota(caller, || node_size(value.len(), &perms, &[]))?;
         for i in 1..make.len() {
-            within_quota(caller, node_size(0, &perms, &[]) + below(i - 1))?;
+            within_quota(caller, || node_size(0, &perms, &[]) + below(i - 1))?;
         }
     }
     let mut value = Some(value);
@@ -266,7 +267,9 @@ pub fn write(
     match n.get(path.as_str()) {
         Some(mut node) => {
             check(caller, &node, Access::Write)?;
-            within_quota(caller, node_size(value.len(), &node.perms, &node.children))?;
+            within_quota(caller, || {
+                node_size(value.len(), &node.perms, &node.children)
+            })?;
             node.value = value.to_vec();
             node.gen = n.next_gen();
             out.push(Change {
@@ -373,7 +376,9 @@ pub fn set_perms(
     if !caller.privileged && perms.owner() != node.perms.owner() {
         return Err(XsError::Perm);
     }
-    within_quota(caller, node_size(node.value.len(), &perms, &node.children))?;
+    within_quota(caller, || {
+        node_size(node.value.len(), &perms, &node.children)
+    })?;
     node.perms = perms.clone();
     node.gen = n.next_gen();
     n.set(path.as_str(), Some(node));
