@@ -160,38 +160,9 @@ fn domains_meet_the_path_length_quota_and_dom0_does_not() {
 #[test]
 fn a_domains_transaction_is_bounded() {
     let mut core = Core::new();
-    let mut d0 = conn(&mut core, Caller::DOM0);
-    assert_eq!(
-        ask(
-            &mut core,
-            &mut d0,
-            MsgType::Write,
-            0,
-            &[b"/local/domain/5"],
-            Some(b"")
-        ),
-        ok()
-    );
-    ask(
-        &mut core,
-        &mut d0,
-        MsgType::SetPerms,
-        0,
-        &[b"/local/domain/5", b"n5"],
-        None,
-    );
+    domain_home(&mut core);
     let mut d5 = conn(&mut core, DOM5);
-    let (_, id) = ask(
-        &mut core,
-        &mut d5,
-        MsgType::TransactionStart,
-        0,
-        &[b""],
-        None,
-    );
-    let tx: u32 = String::from_utf8_lossy(id.strip_suffix(b"\0").unwrap())
-        .parse()
-        .unwrap();
+    let tx = start_transaction(&mut core, &mut d5);
     let mut refused = None;
     for i in 0..5000 {
         // Spread over directories, so that no node meets the size quota.
@@ -281,6 +252,15 @@ fn directory_part_ends_the_list_only_in_its_last_part() {
     }
     assert_eq!(names, 2000);
     assert!(parts > 1, "the listing took several parts");
+}
+
+/// Starts a transaction on `c`; returns its id.
+fn start_transaction(core: &mut Core, c: &mut Conn) -> u32 {
+    let (ty, id) = ask(core, c, MsgType::TransactionStart, 0, &[b""], None);
+    assert_eq!(ty, MsgType::TransactionStart);
+    String::from_utf8_lossy(id.strip_suffix(b"\0").unwrap())
+        .parse()
+        .unwrap()
 }
 
 /// dom0 makes `/local/domain/5` and gives it to dom5.
@@ -376,17 +356,7 @@ fn a_domains_nodes_meet_the_node_size_quota_and_dom0s_do_not() {
     assert_eq!(r, (MsgType::Rm, b"OK\0".to_vec()));
     assert_eq!(write(&mut core, &mut d5, &format!("{d}/y"), b""), ok());
     // The quota holds inside a transaction as well.
-    let (_, id) = ask(
-        &mut core,
-        &mut d5,
-        MsgType::TransactionStart,
-        0,
-        &[b""],
-        None,
-    );
-    let tx: u32 = String::from_utf8_lossy(id.strip_suffix(b"\0").unwrap())
-        .parse()
-        .unwrap();
+    let tx = start_transaction(&mut core, &mut d5);
     let r = ask(
         &mut core,
         &mut d5,
