@@ -22,9 +22,11 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
-  xenstored [--socket PATH] [--state FILE [--restore]]
+  xenstored [--socket PATH] [--hv HV_SOCKET] [--state FILE [--restore]]
                        run our xenstore daemon in the foreground (socket: --socket,
                        $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket);
+                       with --hv it attaches to the simulated hypervisor as dom0 and
+                       serves domains introduced to it on their ring pages;
                        on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
@@ -140,10 +142,12 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     let mut socket = xenstore::client::default_socket();
     let mut state: Option<PathBuf> = None;
     let mut restore = false;
+    let mut hv: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--socket" => socket = value(&mut it, a)?.into(),
+            "--hv" => hv = Some(value(&mut it, a)?.into()),
             "--state" => state = Some(value(&mut it, a)?.into()),
             "--restore" => restore = true,
             _ => return Err(format!("xenstored: unknown option {a}\n\n{USAGE}")),
@@ -155,6 +159,16 @@ fn xenstored(args: &[String]) -> Result<(), String> {
         }
         (None, true) => return Err("xenstored: --restore needs --state FILE".into()),
         _ => xenstored::Core::new(),
+    };
+    let core = match hv {
+        Some(hv) => {
+            let dom0 = sim::SimDomain::attach_dom0(&hv)
+                .map_err(|e| format!("xenstored: hv {}: {e}", hv.display()))?;
+            let hv = xenstored::domain::PlatformHv::new(dom0)
+                .map_err(|e| format!("xenstored: VIRQ_DOM_EXC: {e}"))?;
+            core.with_hypervisor(Box::new(hv))
+        }
+        None => core,
     };
     let mut d =
         xenstored::Daemon::bind_with(&socket, core).map_err(|e| format!("xenstored: {e}"))?;

@@ -158,6 +158,11 @@ pub trait EventChannels {
 
     /// Clears `port`'s pending event; returns whether one was pending.
     fn ack(&self, port: Port) -> Result<bool>;
+
+    /// Blocks until `port` has an event pending or `timeout_ms` passes
+    /// (negative: no limit), as a blocking `read` of `/dev/xen/evtchn`
+    /// does; clears the event and returns whether one came.
+    fn wait(&self, port: Port, timeout_ms: i32) -> Result<bool>;
 }
 
 /// What a domain is to be created with.

@@ -662,6 +662,16 @@ impl EventChannels for SimDomain {
         let p = ports.get(&port.0).ok_or(Error::BadPort(port))?;
         Ok(sys::eventfd_clear(p.recv.as_raw_fd())?)
     }
+
+    fn wait(&self, port: Port, timeout_ms: i32) -> Result<bool> {
+        // Our own descriptor: the port may be closed meanwhile, and the
+        // lock must not be held while we block.
+        let fd = self.pollable(port)?;
+        if !sys::wait_readable(fd.as_raw_fd(), timeout_ms)? {
+            return Ok(false);
+        }
+        Ok(sys::eventfd_clear(fd.as_raw_fd())?)
+    }
 }
 
 impl DomainControl for SimDomain {

@@ -1,6 +1,8 @@
 //! A blocking xenstore client over the daemon's unix socket, as
 //! libxenstore's `xs_open(XS_OPEN_SOCKETONLY)` finds it: `$XENSTORED_PATH`,
-//! else `$XENSTORED_RUNDIR/socket`, else `/var/run/xenstored/socket`.
+//! else `$XENSTORED_RUNDIR/socket`, else `/var/run/xenstored/socket`; or
+//! over any other byte stream, such as a domain's ring page
+//! ([`crate::ring::RingStream`]).
 //!
 //! Replies are matched to requests by `req_id`; watch events that arrive
 //! meanwhile are queued (at most [`MAX_QUEUED_EVENTS`]) for
@@ -63,9 +65,9 @@ pub fn default_socket() -> PathBuf {
     PathBuf::from(rundir).join("socket")
 }
 
-/// A connection to xenstored.
-pub struct Client {
-    stream: UnixStream,
+/// A connection to xenstored over the byte stream `S`.
+pub struct Client<S = UnixStream> {
+    stream: S,
     decoder: Decoder,
     /// Messages read but not yet looked at.
     pending: VecDeque<Message>,
@@ -86,21 +88,38 @@ fn text(b: &[u8]) -> Result<String> {
     String::from_utf8(b.to_vec()).map_err(|_| ClientError::Protocol("reply is not text"))
 }
 
-impl Client {
+impl Client<UnixStream> {
     /// Connects to the socket at `path`.
     pub fn connect(path: &std::path::Path) -> Result<Client> {
-        Ok(Client {
-            stream: UnixStream::connect(path)?,
-            decoder: Decoder::new(),
-            pending: VecDeque::new(),
-            next_req: 1,
-            events: VecDeque::new(),
-        })
+        Ok(Client::over(UnixStream::connect(path)?))
     }
 
     /// Connects to [`default_socket`].
     pub fn open() -> Result<Client> {
         Client::connect(&default_socket())
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client speaking over `stream` (a domain's ring, for one).
+    pub fn over(stream: S) -> Client<S> {
+        Client {
+            stream,
+            decoder: Decoder::new(),
+            pending: VecDeque::new(),
+            next_req: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The stream underneath.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// The stream underneath, to change its settings.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
     }
 
     /// The next whole message from the daemon, in order.

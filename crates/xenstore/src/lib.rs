@@ -14,6 +14,7 @@ pub mod escape;
 pub mod fuzz;
 pub mod path;
 pub mod perms;
+pub mod ring;
 pub mod wire;
 
 pub use client::{Client, ClientError, Tx, WatchEvent};

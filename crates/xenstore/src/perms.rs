@@ -118,6 +118,18 @@ impl Perms {
         &self.0
     }
 
+    /// These permissions once `domid` is gone, as C xenstored's
+    /// `remove_domid_from_perm`: dom0 owns what it owned, and its other
+    /// entries go.
+    pub fn without(&self, domid: u16) -> Perms {
+        let mut owner = self.0[0];
+        if owner.domid == domid {
+            owner.domid = 0;
+        }
+        let others = self.0[1..].iter().filter(|e| e.domid != domid).copied();
+        Perms(std::iter::once(owner).chain(others).collect())
+    }
+
     /// What `domid` may do by these entries alone (no dom0 or target
     /// privileges): the owner may do everything, a listed domain what its
     /// entry says, anyone else what the first entry says.

@@ -1,21 +1,28 @@
-//! The daemon over its unix socket: one thread, `poll` over the listener
-//! and the connections, requests answered in order, watch events queued to
-//! the watchers. Socket clients are dom0 (privileged), as in C xenstored.
+//! The daemon over its unix socket and the domains' ring pages: one
+//! thread, `poll` over the listener, the connections, the domains' event
+//! channels and `VIRQ_DOM_EXC`; requests answered in order, watch events
+//! queued to the watchers. Socket clients are dom0 (privileged), as in C
+//! xenstored; a domain introduced with `XS_INTRODUCE` is itself.
 //!
 //! Each connection's output is bounded (`MAX_OUTPUT`): a client that does
 //! not read its replies and events is dropped, and the daemon's memory with
 //! it. A client that breaks the framing is dropped at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::Ordering;
 
 use xenstore::path::domain_path;
 use xenstore::wire::{split_strings, Decoder, Message, MsgType};
 use xenstore::{Path, Perms, XsError};
 
+use abi::xs_wire::{self, offsets};
+use ring::{ByteConsumer, ByteProducer, ByteRingLayout};
+
+use crate::domain::{DomainRing, Hypervisor};
 use crate::store::{self, Caller, Change, Tree};
 use crate::tx::{Op, Transaction};
 
@@ -31,6 +38,12 @@ pub const READ_PAUSE: usize = 64 << 10;
 pub const MAX_TRANSACTIONS: usize = 10;
 /// Watches one connection may have (C xenstored's default is 128).
 pub const MAX_WATCHES: usize = 128;
+/// Ring round trips one domain gets per turn before the others are served.
+const RING_ROUNDS: usize = 64;
+/// `DOMID_SELF`: `IS_DOMAIN_INTRODUCED` of it is always true.
+const DOMID_SELF: u16 = 0x7ff0;
+/// Domain ids from here on are reserved (`DOMID_FIRST_RESERVED`).
+const DOMID_FIRST_RESERVED: u16 = 0x7ff0;
 
 struct Watch {
     token: String,
@@ -46,6 +59,30 @@ struct Conn {
     watches: Vec<Watch>,
     txs: HashMap<u32, Transaction>,
     dead: bool,
+    /// A domain's ring page and port (none for a socket client).
+    ring: Option<Box<dyn DomainRing>>,
+    /// A domain connection that broke its ring or the framing: kept (the
+    /// domain stays introduced until it is released or dies, as in C
+    /// xenstored's `ignore_connection`) but no longer served.
+    ignored: bool,
+    /// What to tell the domain in the page's `error` word when it is.
+    fail: u32,
+}
+
+impl Conn {
+    fn new(caller: Caller, ring: Option<Box<dyn DomainRing>>) -> Conn {
+        Conn {
+            caller,
+            decoder: Decoder::new(),
+            out: Vec::new(),
+            watches: Vec::new(),
+            txs: HashMap::new(),
+            dead: false,
+            ring,
+            ignored: false,
+            fail: xs_wire::XENSTORE_ERROR_PROTO,
+        }
+    }
 }
 
 /// The daemon without its transport: the tree and the connections, fed
@@ -58,6 +95,12 @@ pub struct Core {
     next_tx: u32,
     /// Permissions of `@introduceDomain` and `@releaseDomain`.
     special_perms: HashMap<String, Perms>,
+    /// Maps domains' pages and tells their deaths (none: socket only).
+    hv: Option<Box<dyn Hypervisor>>,
+    /// Introduced domains and their connections.
+    domains: BTreeMap<u16, u64>,
+    /// A domain was cut short by [`RING_ROUNDS`]: serve again at once.
+    busy: bool,
 }
 
 /// xenstored on its unix socket.
@@ -121,11 +164,25 @@ impl Daemon {
     /// Waits up to `timeout_ms` for work and does it.
     pub fn turn(&mut self, timeout_ms: i32) -> io::Result<()> {
         let ids: Vec<u64> = self.streams.keys().copied().collect();
+        let rings = self.core.ring_fds();
         let mut fds = vec![libc::pollfd {
             fd: self.listener.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
+        fds.push(libc::pollfd {
+            fd: self.core.death_fd().unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for &(_, fd) in &rings {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let first_stream = fds.len();
         for id in &ids {
             let waiting = self.core.output(*id).map_or(0, |o| o.len());
             let mut events = if waiting < READ_PAUSE {
@@ -142,6 +199,7 @@ impl Daemon {
                 revents: 0,
             });
         }
+        let timeout_ms = if self.core.busy { 0 } else { timeout_ms };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         #[allow(unsafe_code)]
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -156,19 +214,28 @@ impl Daemon {
         if fds[0].revents != 0 {
             self.accept();
         }
+        if fds[1].revents != 0 {
+            self.core.check_domains();
+        }
         for (i, id) in ids.iter().enumerate() {
-            let rev = fds[i + 1].revents;
+            let rev = fds[first_stream + i].revents;
             if rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 self.read_from(*id);
             }
-            // Replies and events to this or any connection.
+        }
+        let ready: Vec<u64> = rings
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fds[2 + i].revents != 0)
+            .map(|(_, &(id, _))| id)
+            .collect();
+        self.core.service_domains(&ready);
+        // Replies and events to every socket connection.
+        for id in &ids {
             self.flush(*id);
         }
-        for id in ids {
-            if self.core.is_dead(id) {
-                self.core.disconnect(id);
-                self.streams.remove(&id);
-            }
+        for id in self.core.reap() {
+            self.streams.remove(&id);
         }
         Ok(())
     }
@@ -232,7 +299,17 @@ impl Core {
             next_conn: 1,
             next_tx: 1,
             special_perms: HashMap::new(),
+            hv: None,
+            domains: BTreeMap::new(),
+            busy: false,
         }
+    }
+
+    /// Serves domains too: `hv` maps their pages at `XS_INTRODUCE` and
+    /// tells their deaths.
+    pub fn with_hypervisor(mut self, hv: Box<dyn Hypervisor>) -> Core {
+        self.hv = Some(hv);
+        self
     }
 
     /// A daemon continuing from a state file.
@@ -254,23 +331,280 @@ impl Core {
     pub fn connect(&mut self, caller: Caller) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(
-            id,
-            Conn {
-                caller,
-                decoder: Decoder::new(),
-                out: Vec::new(),
-                watches: Vec::new(),
-                txs: HashMap::new(),
-                dead: false,
-            },
-        );
+        self.conns.insert(id, Conn::new(caller, None));
         id
     }
 
-    /// Forgets a connection: its watches and open transactions go with it.
+    /// Forgets a socket connection: its watches and open transactions go
+    /// with it. (A domain's goes when the domain is released.)
     pub fn disconnect(&mut self, id: u64) {
+        if self.conns.get(&id).is_some_and(|c| c.ring.is_none()) {
+            self.conns.remove(&id);
+        }
+    }
+
+    /// Handles connections that must go: socket ones are forgotten (their
+    /// ids are returned, for their streams to be closed), a domain's is
+    /// ignored from now on, its page's `error` word saying why.
+    pub fn reap(&mut self) -> Vec<u64> {
+        let dead: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.dead)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut gone = Vec::new();
+        for id in dead {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            match &c.ring {
+                None => {
+                    self.conns.remove(&id);
+                    gone.push(id);
+                }
+                Some(ring) => {
+                    let _ = ring
+                        .memory()
+                        .store_u32(offsets::ERROR, c.fail, Ordering::Release);
+                    ring.notify();
+                    c.dead = false;
+                    c.ignored = true;
+                    c.watches.clear();
+                    c.txs.clear();
+                    c.out = Vec::new();
+                    c.decoder = Decoder::new();
+                }
+            }
+        }
+        gone
+    }
+
+    /// Introduced domains.
+    pub fn domains(&self) -> Vec<u16> {
+        self.domains.keys().copied().collect()
+    }
+
+    /// The connection of an introduced domain.
+    pub fn domain_conn(&self, domid: u16) -> Option<u64> {
+        self.domains.get(&domid).copied()
+    }
+
+    fn death_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.hv.as_ref().and_then(|h| h.death_fd())
+    }
+
+    /// The event-channel descriptors of the domains being served.
+    fn ring_fds(&self) -> Vec<(u64, std::os::fd::RawFd)> {
+        self.domains
+            .values()
+            .filter_map(|id| {
+                let c = self.conns.get(id)?;
+                let ring = c.ring.as_ref()?;
+                (!c.ignored).then(|| (*id, ring.fd()))
+            })
+            .collect()
+    }
+
+    /// `VIRQ_DOM_EXC` fired: releases every introduced domain that died.
+    pub fn check_domains(&mut self) {
+        let known = self.domains();
+        let Some(hv) = self.hv.as_mut() else {
+            return;
+        };
+        for d in hv.dead(&known) {
+            self.release_domain(d);
+        }
+    }
+
+    /// Moves bytes between the daemon and the domains' rings: `ready`
+    /// domains signalled us (their requests are read), and every domain
+    /// with output waiting gets as much as its ring takes.
+    pub fn service_domains(&mut self, ready: &[u64]) {
+        self.busy = false;
+        for id in ready {
+            if let Some(r) = self.conns.get(id).and_then(|c| c.ring.as_ref()) {
+                r.ack();
+            }
+        }
+        let ids: Vec<u64> = self.domains.values().copied().collect();
+        for id in ids {
+            let signalled = ready.contains(&id);
+            let has_output = self.conns.get(&id).is_some_and(|c| !c.out.is_empty());
+            if signalled || has_output {
+                self.service_ring(id);
+            }
+        }
+    }
+
+    /// Serves one domain's ring until nothing moves (or [`RING_ROUNDS`]).
+    fn service_ring(&mut self, id: u64) {
+        let mut moved = false;
+        let mut buf = [0u8; xs_wire::XENSTORE_RING_SIZE];
+        for round in 0.. {
+            if round == RING_ROUNDS {
+                self.busy = true;
+                break;
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let (Some(ring), false, false) = (&c.ring, c.ignored, c.dead) else {
+                break;
+            };
+            let mem = ring.memory();
+            let mut progressed = false;
+            // Replies first: they make room for the domain's next requests.
+            if !c.out.is_empty() {
+                match ByteProducer::new(mem, ByteRingLayout::XENSTORE_RSP)
+                    .and_then(|p| p.write(&c.out))
+                {
+                    Ok(n) => {
+                        c.out.drain(..n);
+                        progressed |= n > 0;
+                    }
+                    Err(_) => {
+                        c.fail = xs_wire::XENSTORE_ERROR_RINGIDX;
+                        c.dead = true;
+                        break;
+                    }
+                }
+            }
+            let mut got = 0;
+            if c.out.len() < READ_PAUSE {
+                match ByteConsumer::new(mem, ByteRingLayout::XENSTORE_REQ)
+                    .and_then(|r| r.read(&mut buf))
+                {
+                    Ok(n) => got = n,
+                    Err(_) => {
+                        c.fail = xs_wire::XENSTORE_ERROR_RINGIDX;
+                        c.dead = true;
+                        break;
+                    }
+                }
+            }
+            if got > 0 {
+                progressed = true;
+                self.input(id, &buf[..got]);
+            }
+            moved |= progressed;
+            if !progressed {
+                break;
+            }
+        }
+        if moved {
+            if let Some(r) = self.conns.get(&id).and_then(|c| c.ring.as_ref()) {
+                r.notify();
+            }
+        }
+    }
+
+    /// Forgets domain `domid`'s connection (on `XS_RELEASE` or its death),
+    /// as C xenstored's `destroy_domain`: the nodes it owns are removed,
+    /// it leaves the special nodes' permissions, and `@releaseDomain`
+    /// fires.
+    fn release_domain(&mut self, domid: u16) {
+        let Some(id) = self.domains.remove(&domid) else {
+            return;
+        };
+        // Unmaps the page and closes the port.
         self.conns.remove(&id);
+        for p in self.tree.owned_by(domid) {
+            if let Ok(changes) = store::rm(&mut self.tree, &Caller::DOM0, &p) {
+                for ch in &changes {
+                    self.fire(ch);
+                }
+            }
+        }
+        for perms in self.special_perms.values_mut() {
+            *perms = perms.without(domid);
+        }
+        self.fire_special("@releaseDomain");
+    }
+
+    /// `XS_INTRODUCE` of `domid` with its page `gfn` and port `port`.
+    fn introduce(&mut self, domid: u16, gfn: u64, port: u32) -> Result<(), XsError> {
+        if domid == 0 || domid >= DOMID_FIRST_RESERVED {
+            return Err(XsError::Inval);
+        }
+        let hv = self.hv.as_mut().ok_or(XsError::NoSys)?;
+        let ring = hv.connect(domid, gfn, port)?;
+        // As C's domain_conn_reset: the ring starts empty, and a domain
+        // waiting for xenstored to come back is told it has.
+        let mem = ring.memory();
+        for off in [
+            offsets::REQ_CONS,
+            offsets::REQ_PROD,
+            offsets::RSP_CONS,
+            offsets::RSP_PROD,
+        ] {
+            mem.store_u32(off, 0, Ordering::Release)
+                .map_err(|_| XsError::Inval)?;
+        }
+        if mem.load_u32(offsets::CONNECTION, Ordering::Acquire) == Ok(xs_wire::XENSTORE_RECONNECT) {
+            let _ = mem.store_u32(
+                offsets::CONNECTION,
+                xs_wire::XENSTORE_CONNECTED,
+                Ordering::Release,
+            );
+            ring.notify();
+        }
+        let caller = Caller {
+            domid,
+            privileged: false,
+            target: None,
+        };
+        match self.domains.get(&domid) {
+            // Introduced again (C uses this to recreate the event channel):
+            // a fresh connection on the new ring, nothing fired.
+            Some(&id) => {
+                let target = self.conns.get(&id).and_then(|c| c.caller.target);
+                let mut conn = Conn::new(caller, Some(ring));
+                conn.caller.target = target;
+                self.conns.insert(id, conn);
+            }
+            None => {
+                let id = self.next_conn;
+                self.next_conn += 1;
+                self.conns.insert(id, Conn::new(caller, Some(ring)));
+                self.domains.insert(domid, id);
+                self.fire_special("@introduceDomain");
+            }
+        }
+        Ok(())
+    }
+
+    /// An introduced domain and its connection (`ENOENT` if it is not
+    /// introduced), as C's `onearg_domain`: domain 0 is `EINVAL` there.
+    fn introduced(&self, arg: Option<&&[u8]>, zero_ok: bool) -> Result<(u16, u64), XsError> {
+        let d = parse_domid(arg)?;
+        if d == 0 && !zero_ok {
+            return Err(XsError::Inval);
+        }
+        let id = self.domains.get(&d).copied().ok_or(XsError::NoEnt)?;
+        Ok((d, id))
+    }
+
+    /// Queues a special watch's event (`@introduceDomain`,
+    /// `@releaseDomain`) to every watcher of it that may read it.
+    fn fire_special(&mut self, name: &str) {
+        let perms = self
+            .special_perms
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Perms::owned_by(0));
+        let mut events = Vec::new();
+        for (&id, c) in &self.conns {
+            if c.ignored || !c.caller.access(&perms).can_read() {
+                continue;
+            }
+            for w in c.watches.iter().filter(|w| w.path.as_str() == name) {
+                events.push((id, watch_event(name, &w.token)));
+            }
+        }
+        for (id, e) in events {
+            self.send(id, e);
+        }
     }
 
     /// Marks a connection to be dropped.
@@ -291,7 +625,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.dead {
+        if c.dead || c.ignored {
             return;
         }
         let msgs = match c.decoder.feed(bytes) {
@@ -318,6 +652,9 @@ impl Core {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if c.ignored {
+            return;
+        }
         // A reply too long for the protocol is an E2BIG error instead.
         let bytes = match m.encode() {
             Ok(b) => b,
@@ -374,6 +711,20 @@ impl Core {
     fn dispatch(&mut self, id: u64, m: &Message) -> Result<Outcome, XsError> {
         let caller = self.conns.get(&id).ok_or(XsError::Inval)?.caller;
         let parts = split_strings(&m.payload);
+        // C xenstored's XS_FLAG_PRIV types, refused to domains first.
+        if !caller.privileged
+            && matches!(
+                m.ty,
+                MsgType::Control
+                    | MsgType::Introduce
+                    | MsgType::Release
+                    | MsgType::IsDomainIntroduced
+                    | MsgType::Resume
+                    | MsgType::SetTarget
+            )
+        {
+            return Err(XsError::Acces);
+        }
         let path_arg = |i: usize, special: bool| -> Result<Path, XsError> {
             let p = Path::parse(parts.get(i).ok_or(XsError::Inval)?, caller.domid, special)?;
             // C xenstored's path-length quota; dom0 is not limited.
@@ -504,12 +855,7 @@ impl Core {
                 if c.watches.len() >= MAX_WATCHES {
                     return Err(XsError::NoSpc);
                 }
-                let event = Message::with_strings(
-                    MsgType::WatchEvent,
-                    0,
-                    0,
-                    &[given.as_bytes(), token.as_bytes()],
-                );
+                let event = watch_event(&given, &token);
                 c.watches.push(Watch {
                     token,
                     path,
@@ -574,7 +920,44 @@ impl Core {
             }
             MsgType::IsDomainIntroduced => {
                 let d = parse_domid(parts.first())?;
-                Ok(Outcome::reply(with_nul(if d == 0 { "T" } else { "F" })))
+                let yes = d == 0 || d == DOMID_SELF || self.domains.contains_key(&d);
+                Ok(Outcome::reply(with_nul(if yes { "T" } else { "F" })))
+            }
+            MsgType::Introduce => {
+                if parts.len() < 3 {
+                    return Err(XsError::Inval);
+                }
+                let domid = parse_domid(parts.first())?;
+                let gfn = parse_number(parts[1]);
+                let port = parse_number(parts[2]);
+                // C: "Sanity check args": a port of 0 (or garbage) is refused.
+                let port = u32::try_from(port).map_err(|_| XsError::Inval)?;
+                if port == 0 {
+                    return Err(XsError::Inval);
+                }
+                self.introduce(domid, gfn, port)?;
+                Ok(Outcome::reply(ok()))
+            }
+            MsgType::Release => {
+                let (d, _) = self.introduced(parts.first(), false)?;
+                self.release_domain(d);
+                Ok(Outcome::reply(ok()))
+            }
+            MsgType::Resume => {
+                // Xen clears the domain's shutdown flag; ours has none.
+                self.introduced(parts.first(), false)?;
+                Ok(Outcome::reply(ok()))
+            }
+            MsgType::SetTarget => {
+                if parts.len() < 2 {
+                    return Err(XsError::Inval);
+                }
+                let (_, conn) = self.introduced(parts.first(), true)?;
+                let (target, _) = self.introduced(parts.get(1), true)?;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.caller.target = Some(target);
+                }
+                Ok(Outcome::reply(ok()))
             }
             MsgType::ResetWatches => {
                 let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
@@ -587,8 +970,8 @@ impl Core {
                 Some(b"help") => Ok(Outcome::reply(with_nul("check\nhelp\n"))),
                 _ => Err(XsError::Inval),
             },
-            // Domain connections (INTRODUCE and the rest) and GET/SET_QUOTA
-            // are not built yet; unknown types are refused the same way.
+            // GET/SET_FEATURE and GET/SET_QUOTA are not built yet; unknown
+            // types are refused the same way.
             _ => Err(XsError::NoSys),
         }
     }
@@ -641,21 +1024,23 @@ impl Core {
                         .unwrap_or(p),
                     None => p,
                 };
-                events.push((
-                    id,
-                    Message::with_strings(
-                        MsgType::WatchEvent,
-                        0,
-                        0,
-                        &[shown.as_bytes(), w.token.as_bytes()],
-                    ),
-                ));
+                events.push((id, watch_event(shown, &w.token)));
             }
         }
         for (id, e) in events {
             self.send(id, e);
         }
     }
+}
+
+/// A `WATCH_EVENT` of `path` for the watch with `token`.
+fn watch_event(path: &str, token: &str) -> Message {
+    Message::with_strings(
+        MsgType::WatchEvent,
+        0,
+        0,
+        &[path.as_bytes(), token.as_bytes()],
+    )
 }
 
 /// What a request produced: the reply's payload, the changes to fire
@@ -679,13 +1064,16 @@ impl Outcome {
 /// A domid argument, read as C xenstored reads it (`atoi`: leading digits,
 /// anything else is 0; "parsing errors ... generally go undetected").
 fn parse_domid(arg: Option<&&[u8]>) -> Result<u16, XsError> {
-    let arg = arg.ok_or(XsError::Inval)?;
-    let digits: Vec<u8> = arg.iter().copied().take_while(u8::is_ascii_digit).collect();
-    let n: u64 = std::str::from_utf8(&digits)
+    Ok(parse_number(arg.ok_or(XsError::Inval)?) as u16)
+}
+
+/// Leading decimal digits as a number (0 if there are none or too many).
+fn parse_number(arg: &[u8]) -> u64 {
+    let digits = arg.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&arg[..digits])
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok(n as u16)
+        .unwrap_or(0)
 }
 
 /// The reply to `XS_DIRECTORY` (every name, or `E2BIG` past the payload

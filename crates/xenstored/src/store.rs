@@ -433,6 +433,28 @@ impl Tree {
         self.gen
     }
 
+    /// The topmost nodes `domid` owns (none of them below another), in
+    /// tree order: what goes when the domain does.
+    pub fn owned_by(&self, domid: u16) -> Vec<Path> {
+        let mut out = Vec::new();
+        let mut stack = vec![Path::root()];
+        while let Some(p) = stack.pop() {
+            let Some(n) = self.nodes.get(p.as_str()) else {
+                continue;
+            };
+            if !p.is_root() && n.perms.owner() == domid {
+                out.push(p);
+                continue;
+            }
+            for c in n.children.iter().rev() {
+                if let Ok(child) = p.join(c) {
+                    stack.push(child);
+                }
+            }
+        }
+        out
+    }
+
     /// Every node, parents before children, children in their order.
     pub fn export(&self) -> Vec<(String, Node)> {
         let mut out = Vec::with_capacity(self.nodes.len());

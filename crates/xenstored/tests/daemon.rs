@@ -168,8 +168,14 @@ fn raw_request(s: &mut UnixStream, ty: u32, payload: &[u8]) -> Message {
 fn unknown_and_unbuilt_message_types_get_enosys() {
     let d = daemon();
     let mut s = UnixStream::connect(&d.socket).unwrap();
-    for ty in [20, 27, 0xffff, 8] {
-        let m = raw_request(&mut s, ty, b"");
+    // 8 is INTRODUCE, which needs a hypervisor to map the domain's page.
+    for (ty, payload) in [
+        (20, &b""[..]),
+        (27, b""),
+        (0xffff, b""),
+        (8, b"5\x001\x002\x00"),
+    ] {
+        let m = raw_request(&mut s, ty, payload);
         assert_eq!(m.ty, MsgType::Error, "type {ty}");
         assert_eq!(m.payload, b"ENOSYS\0");
         assert_eq!(m.req_id, 7);

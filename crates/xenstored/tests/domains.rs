@@ -1,0 +1,365 @@
+//! Domains on their ring pages, on the simulated hypervisor: a guest
+//! (attached to the sim as its own domain) speaks xenstore over a page of
+//! its memory once dom0 introduces it, and is released by `XS_RELEASE` or
+//! by its death (`VIRQ_DOM_EXC`). The guest runs in this process on its
+//! own hv connection, which is all the sim needs to tell it from dom0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use platform::{DomainConfig, DomainControl, EventChannels, OwnMemory};
+use sim::{HvConfig, HvHandle, SimDomain};
+use xenstore::client::{Client, ClientError, Tx};
+use xenstore::ring::RingStream;
+use xenstore::wire::MsgType;
+use xenstore::{Perms, XsError};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+struct Host {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket: PathBuf,
+    dom0: SimDomain,
+    // Dropped last: the daemon holds mappings through it.
+    _hv: HvHandle,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn host() -> Host {
+    let dir = std::env::temp_dir().join(format!(
+        "dom0kit-xsd-dom-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
+    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
+    let xsd_dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
+    let core = xenstored::Core::new().with_hypervisor(Box::new(
+        xenstored::domain::PlatformHv::new(xsd_dom0).unwrap(),
+    ));
+    let socket = dir.join("xenstored.sock");
+    let mut d = xenstored::Daemon::bind_with(&socket, core).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
+    Host {
+        stop,
+        thread: Some(thread),
+        socket,
+        dom0,
+        _hv: hv,
+    }
+}
+
+/// A guest domain, attached, with a ring page and an unbound port for dom0.
+struct Guest {
+    domid: u16,
+    dom: SimDomain,
+    pfn: u64,
+    port: u32,
+}
+
+fn guest(h: &Host) -> Guest {
+    let new = h
+        .dom0
+        .create_domain(&DomainConfig {
+            pages: 64,
+            grant_frames: 1,
+        })
+        .unwrap();
+    let dom = SimDomain::attach_guest(h._hv.socket(), &new.token).unwrap();
+    let pfn = dom.alloc_pages(1).unwrap();
+    let port = dom.alloc_unbound(abi::DomId(0)).unwrap();
+    Guest {
+        domid: new.domid.0,
+        dom,
+        pfn: pfn.0,
+        port: port.0,
+    }
+}
+
+fn ring_client(g: &Guest) -> Client<RingStream<SimDomain>> {
+    let mut s = RingStream::new(g.dom.clone(), abi::Pfn(g.pfn), abi::Port(g.port)).unwrap();
+    s.set_timeout(Some(Duration::from_secs(5)));
+    Client::over(s)
+}
+
+fn args(parts: &[&str]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in parts {
+        v.extend_from_slice(p.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+fn introduce(c: &mut Client, g: &Guest) -> Result<Vec<u8>, ClientError> {
+    let (d, f, p) = (g.domid.to_string(), g.pfn.to_string(), g.port.to_string());
+    c.request(MsgType::Introduce, Tx::NONE, args(&[&d, &f, &p]))
+}
+
+fn introduced(c: &mut Client, domid: u16) -> bool {
+    let r = c
+        .request(
+            MsgType::IsDomainIntroduced,
+            Tx::NONE,
+            args(&[&domid.to_string()]),
+        )
+        .unwrap();
+    r == b"T\0"
+}
+
+fn xs_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> XsError {
+    match r {
+        Err(ClientError::Xs(e)) => e,
+        other => panic!("expected an xenstore error, got {other:?}"),
+    }
+}
+
+/// The home of `g` as xl makes it: dom0 owns it, the guest may read it,
+/// and `data` below it is the guest's.
+fn make_home(c: &mut Client, g: &Guest) -> String {
+    let home = format!("/local/domain/{}", g.domid);
+    c.mkdir(Tx::NONE, &home).unwrap();
+    let perms = Perms::parse([b"n0".as_slice(), format!("r{}", g.domid).as_bytes()]).unwrap();
+    c.set_perms(Tx::NONE, &home, &perms).unwrap();
+    c.mkdir(Tx::NONE, &format!("{home}/data")).unwrap();
+    let perms = Perms::parse([format!("n{}", g.domid).as_bytes()]).unwrap();
+    c.set_perms(Tx::NONE, &format!("{home}/data"), &perms)
+        .unwrap();
+    home
+}
+
+/// Two guests, with homes, introduced; and a dom0 client.
+fn two_domains(h: &Host) -> (Client, Guest, Guest) {
+    let (g1, g2) = (guest(h), guest(h));
+    let mut c = Client::connect(&h.socket).unwrap();
+    for g in [&g1, &g2] {
+        make_home(&mut c, g);
+        introduce(&mut c, g).unwrap();
+    }
+    (c, g1, g2)
+}
+
+#[test]
+fn an_introduced_domain_speaks_xenstore_on_its_ring() {
+    let h = host();
+    let g = guest(&h);
+    let mut c = Client::connect(&h.socket).unwrap();
+    let home = make_home(&mut c, &g);
+    c.watch("@introduceDomain", "intro").unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@introduceDomain");
+    assert!(!introduced(&mut c, g.domid));
+    assert_eq!(introduce(&mut c, &g).unwrap(), b"OK\0");
+    assert_eq!(c.read_watch().unwrap().path, "@introduceDomain");
+    assert!(introduced(&mut c, g.domid));
+
+    let mut x = ring_client(&g);
+    // Relative paths are below the guest's home; its own nodes are its.
+    x.write(Tx::NONE, "data/name", b"guest").unwrap();
+    assert_eq!(
+        c.read(Tx::NONE, &format!("{home}/data/name")).unwrap(),
+        b"guest"
+    );
+    assert_eq!(x.get_perms(Tx::NONE, "data/name").unwrap().owner(), g.domid);
+    // dom0's nodes are not the guest's, nor are dom0's requests.
+    assert_eq!(xs_err(x.read(Tx::NONE, "/tool/xenstored")), XsError::Acces);
+    assert_eq!(xs_err(x.write(Tx::NONE, "/x", b"1")), XsError::Acces);
+    assert_eq!(xs_err(x.control(&[b"check"])), XsError::Acces);
+    let intro = args(&[&g.domid.to_string(), "1", "1"]);
+    assert_eq!(
+        xs_err(x.request(MsgType::Introduce, Tx::NONE, intro)),
+        XsError::Acces
+    );
+    assert_eq!(
+        xs_err(x.request(MsgType::IsDomainIntroduced, Tx::NONE, args(&["0"]))),
+        XsError::Acces
+    );
+    // Watches, relative and absolute, and transactions.
+    x.watch("data/name", "n").unwrap();
+    assert_eq!(x.read_watch().unwrap().path, "data/name");
+    c.write(Tx::NONE, &format!("{home}/data/name"), b"renamed")
+        .unwrap();
+    let e = x.read_watch().unwrap();
+    assert_eq!((e.path.as_str(), e.token.as_str()), ("data/name", "n"));
+    let t = x.transaction_start().unwrap();
+    x.write(t, "data/d/a", b"1").unwrap();
+    x.write(t, "data/d/b", b"2").unwrap();
+    x.transaction_end(t, true).unwrap();
+    assert_eq!(
+        c.directory(Tx::NONE, &format!("{home}/data/d")).unwrap(),
+        ["a", "b"]
+    );
+    // More than one ring's worth of requests and replies in flight.
+    let too_big = vec![b'v'; 3000];
+    assert_eq!(
+        xs_err(x.write(Tx::NONE, "data/big", &too_big)),
+        XsError::NoSpc
+    );
+    let big = vec![b'v'; 2000];
+    for i in 0..20 {
+        x.write(Tx::NONE, &format!("data/big/{i}"), &big).unwrap();
+        assert_eq!(x.read(Tx::NONE, &format!("data/big/{i}")).unwrap(), big);
+    }
+}
+
+#[test]
+fn release_removes_the_domain_and_what_it_owns() {
+    let h = host();
+    let g = guest(&h);
+    let mut c = Client::connect(&h.socket).unwrap();
+    let home = make_home(&mut c, &g);
+    introduce(&mut c, &g).unwrap();
+    let mut x = ring_client(&g);
+    x.write(Tx::NONE, "data/vbd/51712/state", b"1").unwrap();
+    c.write(Tx::NONE, &format!("{home}/memory"), b"262144")
+        .unwrap();
+    c.watch("@releaseDomain", "rel").unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+
+    assert_eq!(
+        xs_err(c.request(MsgType::Release, Tx::NONE, args(&["0"]))),
+        XsError::Inval
+    );
+    assert_eq!(
+        xs_err(c.request(MsgType::Release, Tx::NONE, args(&["77"]))),
+        XsError::NoEnt
+    );
+    let d = g.domid.to_string();
+    assert_eq!(
+        c.request(MsgType::Resume, Tx::NONE, args(&[&d])).unwrap(),
+        b"OK\0"
+    );
+    assert_eq!(
+        c.request(MsgType::Release, Tx::NONE, args(&[&d])).unwrap(),
+        b"OK\0"
+    );
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    assert!(!introduced(&mut c, g.domid));
+    // As C xenstored 4.17: the nodes the domain owned went with it; dom0's
+    // stay.
+    assert_eq!(
+        xs_err(c.read(Tx::NONE, &format!("{home}/data"))),
+        XsError::NoEnt
+    );
+    assert_eq!(
+        c.read(Tx::NONE, &format!("{home}/memory")).unwrap(),
+        b"262144"
+    );
+    assert_eq!(
+        xs_err(c.request(MsgType::Release, Tx::NONE, args(&[&d]))),
+        XsError::NoEnt
+    );
+    // The ring is no longer served.
+    x.stream_mut().set_timeout(Some(Duration::from_millis(300)));
+    assert!(matches!(
+        x.read(Tx::NONE, "data/name"),
+        Err(ClientError::Io(_))
+    ));
+}
+
+#[test]
+fn a_dead_domain_is_released() {
+    let h = host();
+    let (mut c, g1, g2) = two_domains(&h);
+    c.watch("@releaseDomain", "rel").unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    let mut x2 = ring_client(&g2);
+    x2.write(Tx::NONE, "data/alive", b"1").unwrap();
+    // g1's process is gone as far as the sim can tell.
+    g1.dom.hang_up_hv().unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    assert!(!introduced(&mut c, g1.domid));
+    assert!(introduced(&mut c, g2.domid));
+    assert_eq!(x2.read(Tx::NONE, "data/alive").unwrap(), b"1");
+}
+
+#[test]
+fn a_broken_ring_closes_that_domain_only() {
+    let h = host();
+    let (mut c, g1, g2) = two_domains(&h);
+    let mut x1 = ring_client(&g1);
+    let mut x2 = ring_client(&g2);
+    x1.write(Tx::NONE, "data/ok", b"1").unwrap();
+    // A request header claiming more than XENSTORE_PAYLOAD_MAX.
+    let mut hdr = Vec::new();
+    for w in [abi::xs_wire::XS_READ, 1, 0, 5000] {
+        hdr.extend_from_slice(&w.to_le_bytes());
+    }
+    let page = g1.dom.pages(abi::Pfn(g1.pfn), 1).unwrap();
+    let req = ring::ByteProducer::new(page, ring::ByteRingLayout::XENSTORE_REQ).unwrap();
+    assert_eq!(req.write(&hdr).unwrap(), hdr.len());
+    g1.dom.notify(abi::Port(g1.port)).unwrap();
+    // The daemon gives up on the ring and says so in its error word.
+    let err = x1.read(Tx::NONE, "data/ok").unwrap_err();
+    assert!(format!("{:?}", err).contains("error 3"), "{err:?}");
+    let page = g1.dom.pages(abi::Pfn(g1.pfn), 1).unwrap();
+    let word = page
+        .load_u32(abi::xs_wire::offsets::ERROR, Ordering::Acquire)
+        .unwrap();
+    assert_eq!(word, abi::xs_wire::XENSTORE_ERROR_PROTO);
+    // Still introduced until released (C xenstored's ignored connection).
+    assert!(introduced(&mut c, g1.domid));
+
+    // A producer index past the ring's size on the other domain.
+    let page = g2.dom.pages(abi::Pfn(g2.pfn), 1).unwrap();
+    x2.write(Tx::NONE, "data/ok", b"1").unwrap();
+    page.store_u32(abi::xs_wire::offsets::REQ_PROD, 5000, Ordering::Release)
+        .unwrap();
+    g2.dom.notify(abi::Port(g2.port)).unwrap();
+    // (Our own client sees the bad index too, before sending anything.)
+    assert!(x2.read(Tx::NONE, "data/ok").is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let error = || {
+        page.load_u32(abi::xs_wire::offsets::ERROR, Ordering::Acquire)
+            .unwrap()
+    };
+    while error() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(error(), abi::xs_wire::XENSTORE_ERROR_RINGIDX);
+    // dom0 is served throughout.
+    c.write(Tx::NONE, "/still", b"here").unwrap();
+    assert_eq!(c.read(Tx::NONE, "/still").unwrap(), b"here");
+    let d = g1.domid.to_string();
+    c.request(MsgType::Release, Tx::NONE, args(&[&d])).unwrap();
+}
+
+#[test]
+fn set_target_gives_one_domain_the_rights_of_another() {
+    let h = host();
+    let (dm, g) = (guest(&h), guest(&h));
+    let mut c = Client::connect(&h.socket).unwrap();
+    let home = make_home(&mut c, &g);
+    make_home(&mut c, &dm);
+    introduce(&mut c, &dm).unwrap();
+    introduce(&mut c, &g).unwrap();
+    c.write(Tx::NONE, &format!("{home}/private"), b"s").unwrap();
+    let perms = Perms::parse([format!("n{}", g.domid).as_bytes()]).unwrap();
+    c.set_perms(Tx::NONE, &format!("{home}/private"), &perms)
+        .unwrap();
+    let mut x = ring_client(&dm);
+    let path = format!("{home}/private");
+    assert_eq!(xs_err(x.read(Tx::NONE, &path)), XsError::Acces);
+    let (a, b) = (dm.domid.to_string(), g.domid.to_string());
+    assert_eq!(
+        xs_err(c.request(MsgType::SetTarget, Tx::NONE, args(&[&a, "99"]))),
+        XsError::NoEnt
+    );
+    c.request(MsgType::SetTarget, Tx::NONE, args(&[&a, &b]))
+        .unwrap();
+    assert_eq!(x.read(Tx::NONE, &path).unwrap(), b"s");
+}
