@@ -4,10 +4,10 @@
 //! Specification: `docs/misc/xenstore.txt` and `xen/io/xs_wire.h`;
 //! behaviour matched against Debian's C xenstored.
 //!
-//! Not built yet: the per-domain node-count quota and GET/SET_QUOTA,
-//! features, watch depth, and domain connections in the state file.
-//! Built: the path-length, node-size, permission-entry, transaction and
-//! watch quotas for unprivileged callers.
+//! Not built yet: GET/SET_QUOTA, features, watch depth, and domain
+//! connections in the state file. Built: the path-length, node-size,
+//! permission-entry, node-count, transaction and watch quotas for
+//! unprivileged callers.
 
 pub mod domain;
 pub mod fuzz;

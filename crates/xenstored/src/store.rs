@@ -103,6 +103,12 @@ pub trait Nodes {
     }
     /// A new generation number.
     fn next_gen(&mut self) -> u64;
+    /// What the node-count quota compares with [`NODE_COUNT_QUOTA`] before
+    /// `domid` makes `k` new nodes (`None`: not checked here). The tree:
+    /// what the domain owns plus `k - 1` (C checks before each node it
+    /// makes); a transaction: what the domain owns outside it (C counts a
+    /// transaction's nodes at commit).
+    fn quota_nodes(&self, domid: u16, k: usize) -> Option<usize>;
 }
 
 fn check(caller: &Caller, node: &Node, want: Access) -> Result<(), XsError> {
@@ -173,6 +179,9 @@ pub fn get_perms(n: &mut impl Nodes, caller: &Caller, path: &Path) -> Result<Per
 /// node-size quota, `-S`, default 2048; C 4.17 refuses a node of exactly
 /// this size, with `ENOSPC`). dom0 is not limited.
 pub const NODE_SIZE_QUOTA: usize = 2048;
+/// Nodes an unprivileged domain may own (C's `quota-nb-entry-per-domain`,
+/// default 1000); making one more is `ENOSPC`.
+pub const NODE_COUNT_QUOTA: usize = 1000;
 /// The most permission entries (owner included) an unprivileged caller may
 /// set on a node (C's `quota-permissions`, default 5); over it, `ENOSPC`.
 pub const NODE_PERMS_QUOTA: usize = 5;
@@ -228,6 +237,11 @@ fn create(
         within_quota(caller, || node_size(value.len(), &perms, &[]))?;
         for i in 1..make.len() {
             within_quota(caller, || node_size(0, &perms, &[]) + below(i - 1))?;
+        }
+        if n.quota_nodes(caller.domid, make.len())
+            .is_some_and(|c| c >= NODE_COUNT_QUOTA)
+        {
+            return Err(XsError::NoSpc);
         }
     }
     let mut value = Some(value);
@@ -393,6 +407,8 @@ pub fn set_perms(
 pub struct Tree {
     nodes: HashMap<String, Node>,
     gen: u64,
+    /// Nodes each domain owns (for the node-count quota).
+    owned: HashMap<u16, usize>,
 }
 
 impl Tree {
@@ -402,6 +418,7 @@ impl Tree {
         let mut t = Tree {
             nodes: HashMap::new(),
             gen: 0,
+            owned: HashMap::from([(0, 1)]),
         };
         let root = Node {
             value: Vec::new(),
@@ -516,7 +533,32 @@ impl Tree {
                 }
             }
         }
-        Ok(Tree { nodes: map, gen })
+        let mut owned = HashMap::new();
+        for n in map.values() {
+            *owned.entry(n.perms.owner()).or_default() += 1;
+        }
+        Ok(Tree {
+            nodes: map,
+            gen,
+            owned,
+        })
+    }
+
+    /// Nodes `domid` owns.
+    pub fn owned_count(&self, domid: u16) -> usize {
+        self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, owner: u16, up: bool) {
+        let c = self.owned.entry(owner).or_default();
+        if up {
+            *c += 1;
+        } else {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.owned.remove(&owner);
+            }
+        }
     }
 
     /// The node at `path`, borrowed.
@@ -554,18 +596,23 @@ impl Nodes for Tree {
         }
     }
     fn set(&mut self, path: &str, node: Option<Node>) {
-        match node {
-            Some(n) => {
-                self.nodes.insert(path.to_string(), n);
-            }
-            None => {
-                self.nodes.remove(path);
-            }
+        if let Some(n) = &node {
+            self.count(n.perms.owner(), true);
+        }
+        let old = match node {
+            Some(n) => self.nodes.insert(path.to_string(), n),
+            None => self.nodes.remove(path),
+        };
+        if let Some(old) = old {
+            self.count(old.perms.owner(), false);
         }
     }
     fn next_gen(&mut self) -> u64 {
         self.gen += 1;
         self.gen
+    }
+    fn quota_nodes(&self, domid: u16, k: usize) -> Option<usize> {
+        Some(self.owned_count(domid) + k.saturating_sub(1))
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Transaction {
     /// which its watch events fire at commit, as in C xenstored.
     order: Vec<String>,
     local_gen: u64,
+    /// Whether the transaction made a node (C's `node_created`).
+    created: bool,
 }
 
 /// The tree as the transaction sees it.
@@ -85,6 +87,11 @@ impl Nodes for View<'_> {
     }
 
     fn set(&mut self, path: &str, node: Option<Node>) {
+        let existed = match self.tx.view.get(path) {
+            Some(n) => n.is_some(),
+            None => self.base.node_ref(path).is_some(),
+        };
+        self.tx.created |= !existed && node.is_some();
         if !self.tx.view.contains_key(path) {
             self.tx.order.push(path.to_string());
             self.tx
@@ -97,6 +104,10 @@ impl Nodes for View<'_> {
     fn next_gen(&mut self) -> u64 {
         self.tx.local_gen += 1;
         self.tx.local_gen
+    }
+
+    fn quota_nodes(&self, domid: u16, _k: usize) -> Option<usize> {
+        Some(self.base.owned_count(domid))
     }
 }
 
@@ -131,6 +142,10 @@ impl Nodes for Scratch<'_> {
     fn next_gen(&mut self) -> u64 {
         self.tree.next_gen()
     }
+    /// A commit's nodes are counted whole, before it is replayed.
+    fn quota_nodes(&self, _domid: u16, _k: usize) -> Option<usize> {
+        None
+    }
 }
 
 fn apply(n: &mut impl Nodes, caller: &Caller, op: &Op) -> Result<Vec<Change>, XsError> {
@@ -143,6 +158,35 @@ fn apply(n: &mut impl Nodes, caller: &Caller, op: &Op) -> Result<Vec<Change>, Xs
 }
 
 impl Transaction {
+    /// The node-count quota at commit, as C's `transaction_fix_domains`:
+    /// every unprivileged domain whose count the transaction changes
+    /// (owners of nodes it made, removed or gave away) must stay below
+    /// [`store::NODE_COUNT_QUOTA`]. Checked before the conflict check, as
+    /// in C.
+    fn check_node_counts(&self, tree: &Tree) -> Result<(), XsError> {
+        let mut delta: HashMap<u16, isize> = HashMap::new();
+        for (path, node) in &self.view {
+            let before = tree.node_ref(path).map(|n| n.perms.owner());
+            let after = node.as_ref().map(|n| n.perms.owner());
+            if before == after {
+                continue;
+            }
+            if let Some(d) = before {
+                *delta.entry(d).or_default() -= 1;
+            }
+            if let Some(d) = after {
+                *delta.entry(d).or_default() += 1;
+            }
+        }
+        for (domid, d) in delta {
+            let count = tree.owned_count(domid) as isize + d;
+            if domid != 0 && count >= store::NODE_COUNT_QUOTA as isize {
+                return Err(XsError::NoSpc);
+            }
+        }
+        Ok(())
+    }
+
     /// A new transaction.
     pub fn new() -> Transaction {
         // Generations inside a transaction come from their own range, so
@@ -197,6 +241,9 @@ impl Transaction {
     /// Commits: `EAGAIN` if anything the transaction looked at changed;
     /// otherwise applies its operations and returns their changes.
     pub fn commit(self, tree: &mut Tree, caller: &Caller) -> Result<Vec<Change>, XsError> {
+        if !caller.privileged && self.created {
+            self.check_node_counts(tree)?;
+        }
         for (path, seen) in &self.seen {
             if *seen != tree.version(path).map(|v| v.0) {
                 return Err(XsError::Again);

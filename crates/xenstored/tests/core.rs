@@ -390,3 +390,101 @@ fn a_domain_sets_at_most_five_permission_entries() {
     let r = ask(&mut core, &mut d0, MsgType::SetPerms, 0, &six, None);
     assert_eq!(r, (MsgType::SetPerms, b"OK\0".to_vec()));
 }
+
+#[test]
+fn a_domain_owns_at_most_1000_nodes() {
+    let mut core = Core::new();
+    let mut d0 = domain_home(&mut core);
+    let mut d5 = conn(&mut core, DOM5);
+    let write = |core: &mut Core, c: &mut Conn, tx: u32, path: &str| {
+        ask(core, c, MsgType::Write, tx, &[path.as_bytes()], Some(b"v"))
+    };
+    // Ten directories of up to 100 leaves (one directory of 1000 would
+    // meet the node-size quota first). The home counts as one.
+    let mut made = 0;
+    'fill: for i in 0..10 {
+        for j in 0..100 {
+            let r = write(&mut core, &mut d5, 0, &format!("/local/domain/5/d{i}/{j}"));
+            if r != ok() {
+                assert_eq!(r, err("ENOSPC"));
+                break 'fill;
+            }
+            made += 1;
+        }
+    }
+    // 1 home + 10 directories + 989 leaves = 1000.
+    assert_eq!(made, 989);
+    let rm = |core: &mut Core, c: &mut Conn, path: &str| {
+        ask(core, c, MsgType::Rm, 0, &[path.as_bytes()], None)
+    };
+    assert_eq!(
+        rm(&mut core, &mut d5, "/local/domain/5/d9/88").0,
+        MsgType::Rm
+    );
+    // At 999: one more node fits, two (a directory and its leaf) do not,
+    // and the refused write leaves nothing behind.
+    assert_eq!(
+        write(&mut core, &mut d5, 0, "/local/domain/5/e/0"),
+        err("ENOSPC")
+    );
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::Read,
+        0,
+        &[b"/local/domain/5/e"],
+        None,
+    );
+    assert_eq!(r, err("ENOENT"));
+    assert_eq!(write(&mut core, &mut d5, 0, "/local/domain/5/d9/88"), ok());
+    // In a transaction the nodes are counted at commit, as C's `>=`: at
+    // 999, a transaction that makes one fails.
+    assert_eq!(
+        rm(&mut core, &mut d5, "/local/domain/5/d9/88").0,
+        MsgType::Rm
+    );
+    let t = start_transaction(&mut core, &mut d5);
+    assert_eq!(write(&mut core, &mut d5, t, "/local/domain/5/d9/88"), ok());
+    let end = ask(
+        &mut core,
+        &mut d5,
+        MsgType::TransactionEnd,
+        t,
+        &[b"T"],
+        None,
+    );
+    assert_eq!(end, err("ENOSPC"));
+    // Writing existing nodes in one is fine.
+    let t = start_transaction(&mut core, &mut d5);
+    assert_eq!(write(&mut core, &mut d5, t, "/local/domain/5/d0/0"), ok());
+    let end = ask(
+        &mut core,
+        &mut d5,
+        MsgType::TransactionEnd,
+        t,
+        &[b"T"],
+        None,
+    );
+    assert_eq!(end, (MsgType::TransactionEnd, b"OK\0".to_vec()));
+    // dom0 is not limited, even below the domain's nodes (which the
+    // domain then owns).
+    assert_eq!(write(&mut core, &mut d0, 0, "/local/domain/5/d9/88"), ok());
+    assert_eq!(write(&mut core, &mut d0, 0, "/local/domain/5/d9/89"), ok());
+    assert_eq!(
+        write(&mut core, &mut d5, 0, "/local/domain/5/d9/90"),
+        err("ENOSPC")
+    );
+    // Another domain is not affected.
+    let mut d7 = conn(&mut core, DOM7);
+    let home7: &[u8] = b"/local/domain/7";
+    ask(&mut core, &mut d0, MsgType::Write, 0, &[home7], Some(b""));
+    ask(
+        &mut core,
+        &mut d0,
+        MsgType::SetPerms,
+        0,
+        &[home7, b"n7"],
+        None,
+    );
+    assert_eq!(write(&mut core, &mut d7, 0, "/local/domain/7/x"), ok());
+}
