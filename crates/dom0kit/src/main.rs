@@ -22,11 +22,13 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
-  xenstored [--socket PATH] [--hv HV_SOCKET] [--state FILE [--restore]]
+  xenstored [--socket PATH] [--hv HV_SOCKET] [--quota NAME=N ...] [--state FILE [--restore]]
                        run our xenstore daemon in the foreground (socket: --socket,
                        $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket);
                        with --hv it attaches to the simulated hypervisor as dom0 and
                        serves domains introduced to it on their ring pages;
+                       --quota sets a domain quota (nodes, watches, transactions,
+                       transaction-nodes, node-permissions, path-max, node-size; 0: off);
                        on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
@@ -143,11 +145,27 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     let mut state: Option<PathBuf> = None;
     let mut restore = false;
     let mut hv: Option<PathBuf> = None;
+    let mut quotas = xenstored::store::Quotas::DEFAULT;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--socket" => socket = value(&mut it, a)?.into(),
             "--hv" => hv = Some(value(&mut it, a)?.into()),
+            "--quota" => {
+                let q = value(&mut it, a)?;
+                let parsed = q
+                    .split_once('=')
+                    .and_then(|(name, n)| Some((name, n.parse::<usize>().ok()?)));
+                match parsed {
+                    Some((name, n)) if quotas.set(name, n) => {}
+                    _ => {
+                        return Err(format!(
+                            "xenstored: --quota {q}: expected NAME=NUMBER with NAME one of {}",
+                            xenstored::store::Quotas::NAMES.join(", ")
+                        ))
+                    }
+                }
+            }
             "--state" => state = Some(value(&mut it, a)?.into()),
             "--restore" => restore = true,
             _ => return Err(format!("xenstored: unknown option {a}\n\n{USAGE}")),
@@ -160,6 +178,7 @@ fn xenstored(args: &[String]) -> Result<(), String> {
         (None, true) => return Err("xenstored: --restore needs --state FILE".into()),
         _ => xenstored::Core::new(),
     };
+    let core = core.with_quotas(quotas);
     let core = match hv {
         Some(hv) => {
             let dom0 = sim::SimDomain::attach_dom0(&hv)

@@ -29,11 +29,7 @@ use crate::store::Caller;
 pub fn requests(data: &[u8]) {
     let mut core = Core::new();
     let dom0 = core.connect(Caller::DOM0);
-    let guest = core.connect(Caller {
-        domid: 5,
-        privileged: false,
-        target: None,
-    });
+    let guest = core.connect(Caller::domain(5));
     let mut decoders = [Decoder::new(), Decoder::new()];
     let mut rest = data;
     // Bounded: each piece consumes at least two bytes.

@@ -4,10 +4,10 @@
 //! Specification: `docs/misc/xenstore.txt` and `xen/io/xs_wire.h`;
 //! behaviour matched against Debian's C xenstored.
 //!
-//! Not built yet: GET/SET_QUOTA, features, watch depth, and domain
-//! connections in the state file. Built: the path-length, node-size,
-//! permission-entry, node-count, transaction and watch quotas for
-//! unprivileged callers.
+//! Not built yet: features, watch depth, the `outstanding` and `memory`
+//! quotas, and quotas and domain connections in the state file. Built:
+//! the path-length, node-size, permission-entry, node-count, transaction
+//! and watch quotas for unprivileged callers, and GET/SET_QUOTA.
 
 pub mod domain;
 pub mod fuzz;

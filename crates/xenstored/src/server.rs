@@ -34,10 +34,6 @@ pub const MAX_OUTPUT_PRIVILEGED: usize = 64 << 20;
 /// drains: a client that pipelines requests without reading its replies
 /// slows down instead of being dropped.
 pub const READ_PAUSE: usize = 64 << 10;
-/// Transactions one connection may have open (C xenstored's default).
-pub const MAX_TRANSACTIONS: usize = 10;
-/// Watches one connection may have (C xenstored's default is 128).
-pub const MAX_WATCHES: usize = 128;
 /// Ring round trips one domain gets per turn before the others are served.
 const RING_ROUNDS: usize = 64;
 /// `DOMID_SELF`: `IS_DOMAIN_INTRODUCED` of it is always true.
@@ -97,6 +93,8 @@ pub struct Core {
     special_perms: HashMap<String, Perms>,
     /// Maps domains' pages and tells their deaths (none: socket only).
     hv: Option<Box<dyn Hypervisor>>,
+    /// The quotas a newly introduced domain gets.
+    quotas: store::Quotas,
     /// Introduced domains and their connections.
     domains: BTreeMap<u16, u64>,
     /// A domain was cut short by [`RING_ROUNDS`]: serve again at once.
@@ -300,9 +298,73 @@ impl Core {
             next_tx: 1,
             special_perms: HashMap::new(),
             hv: None,
+            quotas: store::Quotas::DEFAULT,
             domains: BTreeMap::new(),
             busy: false,
         }
+    }
+
+    /// Starts with `quotas` for the domains instead of C's defaults.
+    pub fn with_quotas(mut self, quotas: store::Quotas) -> Core {
+        self.quotas = quotas;
+        self
+    }
+
+    /// `XS_GET_QUOTA [[domid|]name|]`, as `docs/misc/xenstore.txt`: no
+    /// argument lists the quotas' names; a name gives the global value
+    /// (what new domains get), a domid and a name that domain's.
+    fn get_quota(&self, parts: &[&[u8]]) -> Result<Vec<u8>, XsError> {
+        let text = match parts {
+            [] => store::Quotas::NAMES.join(" "),
+            [name] => self
+                .quotas
+                .get(quota_name(name)?)
+                .ok_or(XsError::Inval)?
+                .to_string(),
+            [domid, name] => {
+                let q = self.domain_quotas(domid)?;
+                q.get(quota_name(name)?).ok_or(XsError::Inval)?.to_string()
+            }
+            _ => return Err(XsError::Inval),
+        };
+        Ok(with_nul(&text))
+    }
+
+    /// `XS_SET_QUOTA [domid|]name|value|`: 0 (which would turn the check
+    /// off) is refused, as Xen's C xenstored refuses it.
+    fn set_quota(&mut self, parts: &[&[u8]]) -> Result<(), XsError> {
+        let (domid, name, value) = match parts {
+            [name, value] => (None, quota_name(name)?, value),
+            [domid, name, value] => (Some(*domid), quota_name(name)?, value),
+            _ => return Err(XsError::Inval),
+        };
+        let value = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .ok_or(XsError::Inval)?;
+        let quotas = match domid {
+            None => &mut self.quotas,
+            Some(d) => {
+                let d = parse_strict_domid(d)?;
+                let id = self.domains.get(&d).copied().ok_or(XsError::NoEnt)?;
+                &mut self.conns.get_mut(&id).ok_or(XsError::NoEnt)?.caller.quota
+            }
+        };
+        if !quotas.set(name, value) {
+            return Err(XsError::Inval);
+        }
+        Ok(())
+    }
+
+    /// An introduced domain's quotas (`ENOENT` if it is not introduced).
+    fn domain_quotas(&self, domid: &[u8]) -> Result<store::Quotas, XsError> {
+        let d = parse_strict_domid(domid)?;
+        let id = self.domains.get(&d).ok_or(XsError::NoEnt)?;
+        self.conns
+            .get(id)
+            .map(|c| c.caller.quota)
+            .ok_or(XsError::NoEnt)
     }
 
     /// Serves domains too: `hv` maps their pages at `XS_INTRODUCE` and
@@ -550,17 +612,16 @@ impl Core {
             ring.notify();
         }
         let caller = Caller {
-            domid,
-            privileged: false,
-            target: None,
+            quota: self.quotas,
+            ..Caller::domain(domid)
         };
         match self.domains.get(&domid) {
             // Introduced again (C uses this to recreate the event channel):
-            // a fresh connection on the new ring, nothing fired.
+            // a fresh connection on the new ring that keeps its target and
+            // quotas, nothing fired.
             Some(&id) => {
-                let target = self.conns.get(&id).and_then(|c| c.caller.target);
-                let mut conn = Conn::new(caller, Some(ring));
-                conn.caller.target = target;
+                let old = self.conns.get(&id).map(|c| c.caller);
+                let conn = Conn::new(old.unwrap_or(caller), Some(ring));
                 self.conns.insert(id, conn);
             }
             None => {
@@ -721,6 +782,8 @@ impl Core {
                     | MsgType::IsDomainIntroduced
                     | MsgType::Resume
                     | MsgType::SetTarget
+                    | MsgType::GetQuota
+                    | MsgType::SetQuota
             )
         {
             return Err(XsError::Acces);
@@ -728,7 +791,7 @@ impl Core {
         let path_arg = |i: usize, special: bool| -> Result<Path, XsError> {
             let p = Path::parse(parts.get(i).ok_or(XsError::Inval)?, caller.domid, special)?;
             // C xenstored's path-length quota; dom0 is not limited.
-            if !caller.privileged && !p.within_domain_quota() {
+            if !caller.privileged && p.quota_len() > caller.quota.path_max {
                 return Err(XsError::Inval);
             }
             Ok(p)
@@ -738,7 +801,7 @@ impl Core {
         // transaction is looked at, for the special nodes too.
         if m.ty == MsgType::SetPerms
             && !caller.privileged
-            && parts.len().saturating_sub(1) > store::NODE_PERMS_QUOTA
+            && parts.len().saturating_sub(1) > caller.quota.node_permissions
         {
             let open = |c: &Conn| c.txs.contains_key(&tx);
             if tx != 0 && !self.conns.get(&id).is_some_and(open) {
@@ -852,8 +915,10 @@ impl Core {
                 if c.watches.iter().any(|w| w.path == path && w.token == token) {
                     return Err(XsError::Exist);
                 }
-                if c.watches.len() >= MAX_WATCHES {
-                    return Err(XsError::NoSpc);
+                // As C 4.17: a domain with more watches than its quota
+                // gets E2BIG (so it may have one more); dom0 is not limited.
+                if !caller.privileged && c.watches.len() > caller.quota.watches {
+                    return Err(XsError::TooBig);
                 }
                 let event = watch_event(&given, &token);
                 c.watches.push(Watch {
@@ -885,7 +950,9 @@ impl Core {
                     return Err(XsError::Busy);
                 }
                 let c = self.conns.get_mut(&id).ok_or(XsError::Inval)?;
-                if c.txs.len() >= MAX_TRANSACTIONS {
+                // As C 4.17: ENOSPC once a domain has more open than its
+                // quota (so it may have one more); dom0 is not limited.
+                if !caller.privileged && c.txs.len() > caller.quota.transactions {
                     return Err(XsError::NoSpc);
                 }
                 let mut t = self.next_tx;
@@ -970,8 +1037,13 @@ impl Core {
                 Some(b"help") => Ok(Outcome::reply(with_nul("check\nhelp\n"))),
                 _ => Err(XsError::Inval),
             },
-            // GET/SET_FEATURE and GET/SET_QUOTA are not built yet; unknown
-            // types are refused the same way.
+            MsgType::GetQuota => self.get_quota(&parts).map(Outcome::reply),
+            MsgType::SetQuota => {
+                self.set_quota(&parts)?;
+                Ok(Outcome::reply(ok()))
+            }
+            // GET/SET_FEATURE are not built yet; unknown types are refused
+            // the same way.
             _ => Err(XsError::NoSys),
         }
     }
@@ -1065,6 +1137,20 @@ impl Outcome {
 /// anything else is 0; "parsing errors ... generally go undetected").
 fn parse_domid(arg: Option<&&[u8]>) -> Result<u16, XsError> {
     Ok(parse_number(arg.ok_or(XsError::Inval)?) as u16)
+}
+
+/// A quota name argument.
+fn quota_name(arg: &[u8]) -> Result<&str, XsError> {
+    std::str::from_utf8(arg).map_err(|_| XsError::Inval)
+}
+
+/// A domid given as a whole decimal number (`EINVAL` otherwise), as
+/// newer xenstoreds' `parse_domid` reads one.
+fn parse_strict_domid(arg: &[u8]) -> Result<u16, XsError> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(XsError::Inval)
 }
 
 /// Leading decimal digits as a number (0 if there are none or too many).

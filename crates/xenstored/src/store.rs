@@ -41,6 +41,89 @@ pub struct Caller {
     pub privileged: bool,
     /// The domain this one acts for (`SET_TARGET`), if any.
     pub target: Option<u16>,
+    /// The quotas it meets if unprivileged.
+    pub quota: Quotas,
+}
+
+/// The quotas an unprivileged domain meets, by the names of Xen's
+/// `GET_QUOTA`/`SET_QUOTA` (`docs/misc/xenstore.txt`), with C xenstored's
+/// defaults. Each is checked as C 4.17 checks it: see where it is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// `nodes`: nodes the domain may own.
+    pub nodes: usize,
+    /// `watches`: watches one connection may have.
+    pub watches: usize,
+    /// `transactions`: transactions one connection may have open.
+    pub transactions: usize,
+    /// `transaction-nodes`: nodes one transaction may touch.
+    pub transaction_nodes: usize,
+    /// `node-permissions`: permission entries one `SET_PERMS` may give.
+    pub node_permissions: usize,
+    /// `path-max`: path length, counted below the domain's home.
+    pub path_max: usize,
+    /// `node-size`: a node's size as C counts it (must stay below).
+    pub node_size: usize,
+}
+
+impl Quotas {
+    /// C xenstored's defaults.
+    pub const DEFAULT: Quotas = Quotas {
+        nodes: NODE_COUNT_QUOTA,
+        watches: 128,
+        transactions: 10,
+        transaction_nodes: 1024,
+        node_permissions: NODE_PERMS_QUOTA,
+        path_max: abi::xs_wire::XENSTORE_REL_PATH_MAX,
+        node_size: NODE_SIZE_QUOTA,
+    };
+
+    /// The names `GET_QUOTA` lists, in its order.
+    pub const NAMES: [&'static str; 7] = [
+        "nodes",
+        "watches",
+        "transactions",
+        "transaction-nodes",
+        "node-permissions",
+        "path-max",
+        "node-size",
+    ];
+
+    fn slot(&mut self, name: &str) -> Option<&mut usize> {
+        Some(match name {
+            "nodes" => &mut self.nodes,
+            "watches" => &mut self.watches,
+            "transactions" => &mut self.transactions,
+            "transaction-nodes" => &mut self.transaction_nodes,
+            "node-permissions" => &mut self.node_permissions,
+            "path-max" => &mut self.path_max,
+            "node-size" => &mut self.node_size,
+            _ => return None,
+        })
+    }
+
+    /// The quota `name`, if it is one (0: not checked).
+    pub fn get(&self, name: &str) -> Option<usize> {
+        let v = *self.clone().slot(name)?;
+        Some(if v == usize::MAX { 0 } else { v })
+    }
+
+    /// Sets the quota `name` (0: not checked); false if there is none.
+    pub fn set(&mut self, name: &str, value: usize) -> bool {
+        match self.slot(name) {
+            Some(s) => {
+                *s = if value == 0 { usize::MAX } else { value };
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas::DEFAULT
+    }
 }
 
 impl Caller {
@@ -49,7 +132,18 @@ impl Caller {
         domid: 0,
         privileged: true,
         target: None,
+        quota: Quotas::DEFAULT,
     };
+
+    /// An unprivileged domain with the default quotas.
+    pub const fn domain(domid: u16) -> Caller {
+        Caller {
+            domid,
+            privileged: false,
+            target: None,
+            quota: Quotas::DEFAULT,
+        }
+    }
 
     /// What the caller may do with a node of `perms` (C xenstored's
     /// `perm_for_conn`).
@@ -197,7 +291,7 @@ fn node_size(value: usize, perms: &Perms, children: &[String]) -> usize {
 /// `ENOSPC` if an unprivileged caller's node would be `size()` bytes or
 /// more; the size (a walk over the children) is computed only for them.
 fn within_quota(caller: &Caller, size: impl FnOnce() -> usize) -> Result<(), XsError> {
-    if !caller.privileged && size() >= NODE_SIZE_QUOTA {
+    if !caller.privileged && size() >= caller.quota.node_size {
         return Err(XsError::NoSpc);
     }
     Ok(())
@@ -239,7 +333,7 @@ fn create(
             within_quota(caller, || node_size(0, &perms, &[]) + below(i - 1))?;
         }
         if n.quota_nodes(caller.domid, make.len())
-            .is_some_and(|c| c >= NODE_COUNT_QUOTA)
+            .is_some_and(|c| c >= caller.quota.nodes)
         {
             return Err(XsError::NoSpc);
         }
@@ -655,11 +749,7 @@ mod tests {
     fn unprivileged_callers_follow_permissions_and_own_what_they_create() {
         let mut t = Tree::new();
         let dom0 = Caller::DOM0;
-        let d3 = Caller {
-            domid: 3,
-            privileged: false,
-            target: None,
-        };
+        let d3 = Caller::domain(3);
         write(&mut t, &dom0, &p("/local/domain/3"), b"").unwrap();
         assert_eq!(
             write(&mut t, &d3, &p("/local/domain/3/x"), b"1"),
@@ -686,9 +776,8 @@ mod tests {
     fn access_follows_c_xenstored() {
         let perms = Perms::parse([&b"r1"[..], b"w2", b"n3"]).unwrap();
         let c = |domid, target| Caller {
-            domid,
-            privileged: false,
             target,
+            ..Caller::domain(domid)
         };
         assert_eq!(c(1, None).access(&perms), Access::Both);
         assert_eq!(c(2, None).access(&perms), Access::Write);

@@ -14,9 +14,6 @@ use xenstore::{Path, Perms, XsError};
 
 use crate::store::{self, Caller, Change, Node, Nodes, Tree};
 
-/// Nodes an unprivileged caller's transaction may touch (C xenstored's
-/// transaction-nodes quota is the same idea; dom0 is not limited).
-pub const MAX_NODES: usize = 1024;
 /// Modifying operations an unprivileged caller's transaction may log.
 pub const MAX_OPS: usize = 1024;
 
@@ -161,9 +158,9 @@ impl Transaction {
     /// The node-count quota at commit, as C's `transaction_fix_domains`:
     /// every unprivileged domain whose count the transaction changes
     /// (owners of nodes it made, removed or gave away) must stay below
-    /// [`store::NODE_COUNT_QUOTA`]. Checked before the conflict check, as
+    /// its `nodes` quota. Checked before the conflict check, as
     /// in C.
-    fn check_node_counts(&self, tree: &Tree) -> Result<(), XsError> {
+    fn check_node_counts(&self, tree: &Tree, caller: &Caller) -> Result<(), XsError> {
         let mut delta: HashMap<u16, isize> = HashMap::new();
         for (path, node) in &self.view {
             let before = tree.node_ref(path).map(|n| n.perms.owner());
@@ -180,7 +177,10 @@ impl Transaction {
         }
         for (domid, d) in delta {
             let count = tree.owned_count(domid) as isize + d;
-            if domid != 0 && count >= store::NODE_COUNT_QUOTA as isize {
+            // The caller's quota stands for every domain's (the same unless
+            // SET_QUOTA set them apart).
+            let limit = isize::try_from(caller.quota.nodes).unwrap_or(isize::MAX);
+            if domid != 0 && count >= limit {
                 return Err(XsError::NoSpc);
             }
         }
@@ -235,14 +235,14 @@ impl Transaction {
     /// Whether an unprivileged caller's transaction has touched all the
     /// nodes it may (`ENOSPC` from then on, like C's transaction-nodes).
     pub fn full(&self, caller: &Caller) -> bool {
-        !caller.privileged && self.view.len() >= MAX_NODES
+        !caller.privileged && self.view.len() >= caller.quota.transaction_nodes
     }
 
     /// Commits: `EAGAIN` if anything the transaction looked at changed;
     /// otherwise applies its operations and returns their changes.
     pub fn commit(self, tree: &mut Tree, caller: &Caller) -> Result<Vec<Change>, XsError> {
         if !caller.privileged && self.created {
-            self.check_node_counts(tree)?;
+            self.check_node_counts(tree, caller)?;
         }
         for (path, seen) in &self.seen {
             if *seen != tree.version(path).map(|v| v.0) {

@@ -53,16 +53,8 @@ fn ok() -> (MsgType, Vec<u8>) {
     (MsgType::Write, b"OK\0".to_vec())
 }
 
-const DOM5: Caller = Caller {
-    domid: 5,
-    privileged: false,
-    target: None,
-};
-const DOM7: Caller = Caller {
-    domid: 7,
-    privileged: false,
-    target: None,
-};
+const DOM5: Caller = Caller::domain(5);
+const DOM7: Caller = Caller::domain(7);
 
 #[test]
 fn only_the_owner_changes_permissions() {
@@ -487,4 +479,98 @@ fn a_domain_owns_at_most_1000_nodes() {
         None,
     );
     assert_eq!(write(&mut core, &mut d7, 0, "/local/domain/7/x"), ok());
+}
+
+#[test]
+fn watch_and_transaction_quotas_are_c_4_17s_and_spare_dom0() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    let mut d5 = conn(&mut core, DOM5);
+    let watch = |core: &mut Core, c: &mut Conn, i: usize| {
+        let token = format!("t{i}");
+        ask(core, c, MsgType::Watch, 0, &[b"/w", token.as_bytes()], None)
+    };
+    // C checks "more than the quota" before adding: 129 watches fit.
+    for i in 0..129 {
+        assert_eq!(watch(&mut core, &mut d5, i).0, MsgType::Watch, "watch {i}");
+    }
+    assert_eq!(watch(&mut core, &mut d5, 129), err("E2BIG"));
+    for i in 0..300 {
+        assert_eq!(watch(&mut core, &mut d0, i).0, MsgType::Watch);
+    }
+    // The same for transactions: 11 open, the 12th refused.
+    for _ in 0..11 {
+        start_transaction(&mut core, &mut d5);
+    }
+    let r = ask(
+        &mut core,
+        &mut d5,
+        MsgType::TransactionStart,
+        0,
+        &[b""],
+        None,
+    );
+    assert_eq!(r, err("ENOSPC"));
+    for _ in 0..50 {
+        start_transaction(&mut core, &mut d0);
+    }
+}
+
+#[test]
+fn get_and_set_quota_are_dom0s() {
+    let mut core = Core::new();
+    let mut d0 = conn(&mut core, Caller::DOM0);
+    let mut d5 = conn(&mut core, DOM5);
+    let quota = |core: &mut Core, c: &mut Conn, ty: MsgType, parts: &[&[u8]]| {
+        ask(core, c, ty, 0, parts, None)
+    };
+    let names = quota(&mut core, &mut d0, MsgType::GetQuota, &[]);
+    assert_eq!(
+        names,
+        (
+            MsgType::GetQuota,
+            b"nodes watches transactions transaction-nodes node-permissions path-max node-size\0"
+                .to_vec()
+        )
+    );
+    let get =
+        |core: &mut Core, c: &mut Conn, name: &[u8]| quota(core, c, MsgType::GetQuota, &[name]);
+    assert_eq!(
+        get(&mut core, &mut d0, b"nodes"),
+        (MsgType::GetQuota, b"1000\0".to_vec())
+    );
+    assert_eq!(
+        get(&mut core, &mut d0, b"node-size"),
+        (MsgType::GetQuota, b"2048\0".to_vec())
+    );
+    assert_eq!(get(&mut core, &mut d0, b"memory"), err("EINVAL"));
+    let set =
+        |core: &mut Core, c: &mut Conn, parts: &[&[u8]]| quota(core, c, MsgType::SetQuota, parts);
+    assert_eq!(
+        set(&mut core, &mut d0, &[b"nodes", b"20"]),
+        (MsgType::SetQuota, b"OK\0".to_vec())
+    );
+    assert_eq!(
+        get(&mut core, &mut d0, b"nodes"),
+        (MsgType::GetQuota, b"20\0".to_vec())
+    );
+    assert_eq!(set(&mut core, &mut d0, &[b"nodes", b"0"]), err("EINVAL"));
+    assert_eq!(set(&mut core, &mut d0, &[b"nodes", b"x"]), err("EINVAL"));
+    assert_eq!(set(&mut core, &mut d0, &[b"bogus", b"3"]), err("EINVAL"));
+    // A domain that is not introduced has no quotas of its own.
+    assert_eq!(
+        set(&mut core, &mut d0, &[b"9", b"nodes", b"3"]),
+        err("ENOENT")
+    );
+    assert_eq!(
+        quota(&mut core, &mut d0, MsgType::GetQuota, &[b"9", b"nodes"]),
+        err("ENOENT")
+    );
+    assert_eq!(
+        quota(&mut core, &mut d0, MsgType::GetQuota, &[b"x", b"nodes"]),
+        err("EINVAL")
+    );
+    // Domains may not look.
+    assert_eq!(get(&mut core, &mut d5, b"nodes"), err("EACCES"));
+    assert_eq!(set(&mut core, &mut d5, &[b"nodes", b"5000"]), err("EACCES"));
 }

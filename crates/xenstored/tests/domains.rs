@@ -363,3 +363,39 @@ fn set_target_gives_one_domain_the_rights_of_another() {
         .unwrap();
     assert_eq!(x.read(Tx::NONE, &path).unwrap(), b"s");
 }
+
+#[test]
+fn quotas_are_set_per_domain_and_for_new_domains() {
+    let h = host();
+    let (mut c, g1, g2) = two_domains(&h);
+    let (d1, d2) = (g1.domid.to_string(), g2.domid.to_string());
+    let set = |c: &mut Client, parts: &[&str]| c.request(MsgType::SetQuota, Tx::NONE, args(parts));
+    let get = |c: &mut Client, parts: &[&str]| c.request(MsgType::GetQuota, Tx::NONE, args(parts));
+    set(&mut c, &[&d1, "watches", "2"]).unwrap();
+    assert_eq!(get(&mut c, &[&d1, "watches"]).unwrap(), b"2\0");
+    assert_eq!(get(&mut c, &[&d2, "watches"]).unwrap(), b"128\0");
+    // As C: more than the quota is refused, so three fit.
+    let mut x1 = ring_client(&g1);
+    for t in ["a", "b", "c"] {
+        x1.watch("data", t).unwrap();
+    }
+    assert_eq!(xs_err(x1.watch("data", "d")), XsError::TooBig);
+    let mut x2 = ring_client(&g2);
+    for t in ["a", "b", "c", "d"] {
+        x2.watch("data", t).unwrap();
+    }
+    // The global value is what domains introduced later get.
+    set(&mut c, &["node-size", "100"]).unwrap();
+    let g3 = guest(&h);
+    make_home(&mut c, &g3);
+    introduce(&mut c, &g3).unwrap();
+    let d3 = g3.domid.to_string();
+    assert_eq!(get(&mut c, &[&d3, "node-size"]).unwrap(), b"100\0");
+    assert_eq!(get(&mut c, &[&d1, "node-size"]).unwrap(), b"2048\0");
+    let mut x3 = ring_client(&g3);
+    assert_eq!(
+        xs_err(x3.write(Tx::NONE, "data/v", &[b'v'; 100])),
+        XsError::NoSpc
+    );
+    x1.write(Tx::NONE, "data/v", &[b'v'; 100]).unwrap();
+}
