@@ -33,13 +33,21 @@ impl<P: OwnMemory + EventChannels> RingStream<P> {
     /// xenstored's end by its `XS_INTRODUCE`). Clears the page's indexes,
     /// which must be done before the domain is introduced.
     pub fn new(dom: P, pfn: Pfn, port: Port) -> io::Result<RingStream<P>> {
+        let s = RingStream::attach(dom, pfn, port)?;
+        s.page()?.fill(0, platform::PAGE_SIZE, 0).map_err(broken)?;
+        Ok(s)
+    }
+
+    /// The ring in page `pfn` as it is (set up by [`new`](Self::new)
+    /// before the domain was introduced): for taking it over later.
+    pub fn attach(dom: P, pfn: Pfn, port: Port) -> io::Result<RingStream<P>> {
         let s = RingStream {
             dom,
             pfn,
             port,
             timeout: None,
         };
-        s.page()?.fill(0, platform::PAGE_SIZE, 0).map_err(broken)?;
+        s.page()?;
         Ok(s)
     }
 

@@ -11,6 +11,7 @@
 //! Nothing may panic, every reply must be well framed, and what is queued
 //! for a client stays bounded.
 
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -57,14 +58,36 @@ pub fn requests(data: &[u8]) {
     }
 }
 
-/// The page of the one domain, shared between the daemon and the guest.
-type Slot = Arc<Mutex<Option<Arc<OwnedMem>>>>;
-
-/// A hypervisor whose domain's page is in our own memory.
-struct LoopbackHv {
-    page: Slot,
+/// What a [`LoopbackHv`] shares with the test driving it: each domain's
+/// ring page (in our own memory) and which domains are dead.
+#[derive(Clone, Default)]
+pub struct Loopback {
+    pages: Arc<Mutex<HashMap<u16, Arc<OwnedMem>>>>,
     dead: Arc<Mutex<Vec<u16>>>,
 }
+
+impl Loopback {
+    /// The ring page `domid` was last introduced with.
+    pub fn page(&self, domid: u16) -> Option<Arc<OwnedMem>> {
+        self.pages.lock().ok()?.get(&domid).cloned()
+    }
+
+    /// Marks `domid` dead (or alive again) for `Core::check_domains`.
+    pub fn set_dead(&self, domid: u16, dead: bool) {
+        if let Ok(mut d) = self.dead.lock() {
+            d.retain(|&x| x != domid);
+            if dead {
+                d.push(domid);
+            }
+        }
+    }
+}
+
+/// A hypervisor whose domains' ring pages are in our own memory, for
+/// tests and fuzzing: every `XS_INTRODUCE` (except of frame 0, which
+/// stands for one the domain does not have) gets a fresh zeroed page.
+/// Its rings have no descriptor: the driver says which are ready.
+pub struct LoopbackHv(pub Loopback);
 
 struct LoopbackRing(Arc<OwnedMem>);
 
@@ -86,22 +109,19 @@ impl Hypervisor for LoopbackHv {
         gfn: u64,
         _port: u32,
     ) -> Result<Box<dyn DomainRing>, XsError> {
-        // Frame 0 stands for one the domain does not have.
         if gfn == 0 {
             return Err(XsError::Inval);
         }
         let page = Arc::new(OwnedMem::new(platform::PAGE_SIZE));
-        if domid != 5 {
-            return Err(XsError::Inval);
-        }
-        *self.page.lock().map_err(|_| XsError::Io)? = Some(page.clone());
+        let mut pages = self.0.pages.lock().map_err(|_| XsError::Io)?;
+        pages.insert(domid, page.clone());
         Ok(Box::new(LoopbackRing(page)))
     }
     fn death_fd(&self) -> Option<RawFd> {
         None
     }
     fn dead(&mut self, domids: &[u16]) -> Vec<u16> {
-        let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
+        let dead = self.0.dead.lock().map(|d| d.clone()).unwrap_or_default();
         domids
             .iter()
             .copied()
@@ -113,12 +133,8 @@ impl Hypervisor for LoopbackHv {
 /// Feeds `data` to a daemon serving domain 5 on a ring: each piece is
 /// `[op, len, bytes...]`.
 pub fn ring(data: &[u8]) {
-    let slot: Slot = Arc::default();
-    let dead = Arc::new(Mutex::new(Vec::new()));
-    let hv = LoopbackHv {
-        page: slot.clone(),
-        dead: dead.clone(),
-    };
+    let lo = Loopback::default();
+    let hv = LoopbackHv(lo.clone());
     let mut core = Core::new().with_hypervisor(Box::new(hv));
     let dom0 = core.connect(Caller::DOM0);
     let introduce = Message::with_strings(MsgType::Introduce, 1, 0, &[b"5", b"1", b"1"]);
@@ -136,7 +152,7 @@ pub fn ring(data: &[u8]) {
         let n = usize::from(*len).min(tail.len());
         let (piece, next) = tail.split_at(n);
         rest = next;
-        let page = slot.lock().ok().and_then(|p| p.clone());
+        let page = lo.page(5);
         // A new page: the domain was introduced again (if dom0's request
         // was not swallowed by garbage before it), and its stream starts
         // over.
@@ -192,20 +208,18 @@ pub fn ring(data: &[u8]) {
                 }
             }
             4 => {
-                if let Ok(mut d) = dead.lock() {
-                    d.push(5);
-                }
+                lo.set_dead(5, true);
                 core.check_domains();
             }
             _ => {
                 // Introduced again (a new ring), or after its death.
-                if let Ok(mut d) = dead.lock() {
-                    d.clear();
-                }
+                lo.set_dead(5, false);
                 core.input(dom0, &bytes);
             }
         }
-        core.service_domains(&conn.into_iter().collect::<Vec<_>>());
+        // The high bit: the domain did not signal (only its output moves).
+        let ready: Vec<u64> = conn.into_iter().filter(|_| op & 0x80 == 0).collect();
+        core.service_domains(&ready);
         core.reap();
         if let Some(out) = core.output(dom0) {
             assert!(

@@ -63,6 +63,8 @@ struct Conn {
     ignored: bool,
     /// What to tell the domain in the page's `error` word when it is.
     fail: u32,
+    /// Watch events dropped because its output was full.
+    dropped_events: u64,
 }
 
 impl Conn {
@@ -77,6 +79,7 @@ impl Conn {
             ring,
             ignored: false,
             fail: xs_wire::XENSTORE_ERROR_PROTO,
+            dropped_events: 0,
         }
     }
 }
@@ -490,17 +493,36 @@ impl Core {
             }
         }
         let ids: Vec<u64> = self.domains.values().copied().collect();
-        for id in ids {
-            let signalled = ready.contains(&id);
-            let has_output = self.conns.get(&id).is_some_and(|c| !c.out.is_empty());
-            if signalled || has_output {
-                self.service_ring(id);
+        // A domain's requests may queue events for a domain served before
+        // it in this pass: passes repeat while anything moves.
+        for pass in 0.. {
+            if pass == RING_ROUNDS {
+                self.busy = true;
+                return;
+            }
+            let mut moved = false;
+            for &id in &ids {
+                let signalled = pass == 0 && ready.contains(&id);
+                let has_output = self.conns.get(&id).is_some_and(|c| !c.out.is_empty());
+                if signalled || has_output {
+                    moved |= self.service_ring(id);
+                }
+            }
+            if !moved {
+                return;
             }
         }
     }
 
-    /// Serves one domain's ring until nothing moves (or [`RING_ROUNDS`]).
-    fn service_ring(&mut self, id: u64) {
+    /// Watch events dropped for a domain whose output was full.
+    pub fn dropped_events(&self, domid: u16) -> Option<u64> {
+        let id = self.domains.get(&domid)?;
+        self.conns.get(id).map(|c| c.dropped_events)
+    }
+
+    /// Serves one domain's ring until nothing moves (or [`RING_ROUNDS`]);
+    /// whether anything did.
+    fn service_ring(&mut self, id: u64) -> bool {
         let mut moved = false;
         let mut buf = [0u8; xs_wire::XENSTORE_RING_SIZE];
         for round in 0.. {
@@ -509,7 +531,7 @@ impl Core {
                 break;
             }
             let Some(c) = self.conns.get_mut(&id) else {
-                return;
+                return moved;
             };
             let (Some(ring), false, false) = (&c.ring, c.ignored, c.dead) else {
                 break;
@@ -532,19 +554,20 @@ impl Core {
                     }
                 }
             }
-            let mut got = 0;
-            if c.out.len() < READ_PAUSE {
-                match ByteConsumer::new(mem, ByteRingLayout::XENSTORE_REQ)
-                    .and_then(|r| r.read(&mut buf))
-                {
-                    Ok(n) => got = n,
-                    Err(_) => {
-                        c.fail = xs_wire::XENSTORE_ERROR_RINGIDX;
-                        c.dead = true;
-                        break;
-                    }
+            // Requests are read however much output waits (as C does): a
+            // domain blocked writing a request may be about to read its
+            // replies. Its replies are bounded by MAX_OUTPUT, its events
+            // are dropped past it (`send`).
+            let got = match ByteConsumer::new(mem, ByteRingLayout::XENSTORE_REQ)
+                .and_then(|r| r.read(&mut buf))
+            {
+                Ok(n) => n,
+                Err(_) => {
+                    c.fail = xs_wire::XENSTORE_ERROR_RINGIDX;
+                    c.dead = true;
+                    break;
                 }
-            }
+            };
             if got > 0 {
                 progressed = true;
                 self.input(id, &buf[..got]);
@@ -559,6 +582,7 @@ impl Core {
                 r.notify();
             }
         }
+        moved
     }
 
     /// Forgets domain `domid`'s connection (on `XS_RELEASE` or its death),
@@ -571,6 +595,12 @@ impl Core {
         };
         // Unmaps the page and closes the port.
         self.conns.remove(&id);
+        // A later domain with the same id is not anyone's target.
+        for c in self.conns.values_mut() {
+            if c.caller.target == Some(domid) {
+                c.caller.target = None;
+            }
+        }
         for p in self.tree.owned_by(domid) {
             if let Ok(changes) = store::rm(&mut self.tree, &Caller::DOM0, &p) {
                 for ch in &changes {
@@ -590,6 +620,17 @@ impl Core {
             return Err(XsError::Inval);
         }
         let hv = self.hv.as_mut().ok_or(XsError::NoSys)?;
+        // Introduced again: the old ring goes first (unmapped, our port
+        // closed), so that the domain's port can be bound again, as C
+        // unbinds before it rebinds.
+        if let Some(c) = self
+            .domains
+            .get(&domid)
+            .and_then(|id| self.conns.get_mut(id))
+        {
+            c.ring = None;
+            c.ignored = true;
+        }
         let ring = hv.connect(domid, gfn, port)?;
         // As C's domain_conn_reset: the ring starts empty, and a domain
         // waiting for xenstored to come back is told it has.
@@ -636,14 +677,25 @@ impl Core {
     }
 
     /// An introduced domain and its connection (`ENOENT` if it is not
-    /// introduced), as C's `onearg_domain`: domain 0 is `EINVAL` there.
-    fn introduced(&self, arg: Option<&&[u8]>, zero_ok: bool) -> Result<(u16, u64), XsError> {
+    /// introduced). Domain 0 is `EINVAL` where C's `onearg_domain` reads
+    /// the argument, and otherwise introduced (C's `dom0_init`), without a
+    /// ring connection of ours.
+    fn introduced(
+        &self,
+        arg: Option<&&[u8]>,
+        zero_ok: bool,
+    ) -> Result<(u16, Option<u64>), XsError> {
         let d = parse_domid(arg)?;
-        if d == 0 && !zero_ok {
-            return Err(XsError::Inval);
+        if d == 0 {
+            return if zero_ok {
+                Ok((0, None))
+            } else {
+                Err(XsError::Inval)
+            };
         }
+        let d = u16::try_from(d).map_err(|_| XsError::NoEnt)?;
         let id = self.domains.get(&d).copied().ok_or(XsError::NoEnt)?;
-        Ok((d, id))
+        Ok((d, Some(id)))
     }
 
     /// Queues a special watch's event (`@introduceDomain`,
@@ -740,7 +792,14 @@ impl Core {
         };
         if c.out.len() + bytes.len() <= limit {
             c.out.extend(bytes);
+        } else if c.ring.is_some() && m.ty == MsgType::WatchEvent {
+            // Another domain's writes must not cost this one its
+            // connection: past the bound its events are dropped (C drops
+            // them past the domain's memory quota).
+            c.dropped_events += 1;
         } else {
+            // Replies past the bound: the client is not reading them.
+            c.fail = xs_wire::XENSTORE_ERROR_COMM;
             c.dead = true;
         }
     }
@@ -983,18 +1042,22 @@ impl Core {
             }
             MsgType::GetDomainPath => {
                 let d = parse_domid(parts.first())?;
-                Ok(Outcome::reply(with_nul(&domain_path(d))))
+                Ok(Outcome::reply(with_nul(&format!("/local/domain/{d}"))))
             }
             MsgType::IsDomainIntroduced => {
                 let d = parse_domid(parts.first())?;
-                let yes = d == 0 || d == DOMID_SELF || self.domains.contains_key(&d);
+                let yes = d == 0
+                    || d == u32::from(DOMID_SELF)
+                    || u16::try_from(d).is_ok_and(|d| self.domains.contains_key(&d));
                 Ok(Outcome::reply(with_nul(if yes { "T" } else { "F" })))
             }
             MsgType::Introduce => {
                 if parts.len() < 3 {
                     return Err(XsError::Inval);
                 }
-                let domid = parse_domid(parts.first())?;
+                // No such domain past the 16 bits of a domid.
+                let domid =
+                    u16::try_from(parse_domid(parts.first())?).map_err(|_| XsError::Inval)?;
                 let gfn = parse_number(parts[1]);
                 let port = parse_number(parts[2]);
                 // C: "Sanity check args": a port of 0 (or garbage) is refused.
@@ -1021,7 +1084,8 @@ impl Core {
                 }
                 let (_, conn) = self.introduced(parts.first(), true)?;
                 let (target, _) = self.introduced(parts.get(1), true)?;
-                if let Some(c) = self.conns.get_mut(&conn) {
+                // dom0's own connections need no target: they may do all.
+                if let Some(c) = conn.and_then(|id| self.conns.get_mut(&id)) {
                     c.caller.target = Some(target);
                 }
                 Ok(Outcome::reply(ok()))
@@ -1133,10 +1197,11 @@ impl Outcome {
     }
 }
 
-/// A domid argument, read as C xenstored reads it (`atoi`: leading digits,
-/// anything else is 0; "parsing errors ... generally go undetected").
-fn parse_domid(arg: Option<&&[u8]>) -> Result<u16, XsError> {
-    Ok(parse_number(arg.ok_or(XsError::Inval)?) as u16)
+/// A domid argument, read as C xenstored reads it (`atoi` into an
+/// `unsigned int`: leading digits, anything else is 0; "parsing errors ...
+/// generally go undetected").
+fn parse_domid(arg: Option<&&[u8]>) -> Result<u32, XsError> {
+    Ok(parse_number(arg.ok_or(XsError::Inval)?) as u32)
 }
 
 /// A quota name argument.

@@ -83,6 +83,8 @@ fn guest(h: &Host) -> Guest {
     let dom = SimDomain::attach_guest(h._hv.socket(), &new.token).unwrap();
     let pfn = dom.alloc_pages(1).unwrap();
     let port = dom.alloc_unbound(abi::DomId(0)).unwrap();
+    // The page is set up before the domain is introduced.
+    RingStream::new(dom.clone(), pfn, port).unwrap();
     Guest {
         domid: new.domid.0,
         dom,
@@ -92,7 +94,7 @@ fn guest(h: &Host) -> Guest {
 }
 
 fn ring_client(g: &Guest) -> Client<RingStream<SimDomain>> {
-    let mut s = RingStream::new(g.dom.clone(), abi::Pfn(g.pfn), abi::Port(g.port)).unwrap();
+    let mut s = RingStream::attach(g.dom.clone(), abi::Pfn(g.pfn), abi::Port(g.port)).unwrap();
     s.set_timeout(Some(Duration::from_secs(5)));
     Client::over(s)
 }
@@ -398,4 +400,32 @@ fn quotas_are_set_per_domain_and_for_new_domains() {
         XsError::NoSpc
     );
     x1.write(Tx::NONE, "data/v", &[b'v'; 100]).unwrap();
+}
+
+#[test]
+fn introducing_a_domain_again_gives_it_a_fresh_connection() {
+    let h = host();
+    let g = guest(&h);
+    let mut c = Client::connect(&h.socket).unwrap();
+    let home = make_home(&mut c, &g);
+    introduce(&mut c, &g).unwrap();
+    c.watch("@introduceDomain", "i").unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@introduceDomain");
+    let mut x = ring_client(&g);
+    x.write(Tx::NONE, "data/a", b"1").unwrap();
+    x.watch("data/a", "w").unwrap();
+    assert_eq!(x.read_watch().unwrap().path, "data/a");
+    // The same page and port, as a guest that reconnects asks for (C
+    // unbinds the old port before binding it again).
+    assert_eq!(introduce(&mut c, &g).unwrap(), b"OK\0");
+    assert!(introduced(&mut c, g.domid));
+    // Nothing fired, and the domain's watches went with its old
+    // connection (C's domain_conn_reset); its nodes stay.
+    c.write(Tx::NONE, "/ping", b"").unwrap();
+    assert!(c.pending_event().is_none());
+    let mut y = ring_client(&g);
+    assert_eq!(y.read(Tx::NONE, "data/a").unwrap(), b"1");
+    c.write(Tx::NONE, &format!("{home}/data/a"), b"2").unwrap();
+    assert_eq!(y.read(Tx::NONE, "data/a").unwrap(), b"2");
+    assert!(y.pending_event().is_none());
 }
