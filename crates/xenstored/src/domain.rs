@@ -39,6 +39,8 @@ pub trait Hypervisor: Send {
     fn death_fd(&self) -> Option<RawFd>;
     /// Clears that signal; returns which of `domids` are dying or gone.
     fn dead(&mut self, domids: &[u16]) -> Vec<u16>;
+    /// Whether `domid` exists and is not dying (the signal is left as is).
+    fn exists(&mut self, domid: u16) -> bool;
 }
 
 /// [`Hypervisor`] over the paravirt layer, as dom0.
@@ -108,6 +110,12 @@ where
             .copied()
             .filter(|&d| !all.iter().any(|i| i.domid == DomId(d) && !i.dying))
             .collect()
+    }
+
+    fn exists(&mut self, domid: u16) -> bool {
+        self.dom
+            .list_domains()
+            .is_ok_and(|all| all.iter().any(|i| i.domid == DomId(domid) && !i.dying))
     }
 }
 

@@ -128,6 +128,9 @@ impl Hypervisor for LoopbackHv {
             .filter(|d| dead.contains(d))
             .collect()
     }
+    fn exists(&mut self, domid: u16) -> bool {
+        self.0.dead.lock().is_ok_and(|d| !d.contains(&domid))
+    }
 }
 
 /// Feeds `data` to a daemon serving domain 5 on a ring: each piece is

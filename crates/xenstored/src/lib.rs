@@ -4,10 +4,11 @@
 //! Specification: `docs/misc/xenstore.txt` and `xen/io/xs_wire.h`;
 //! behaviour matched against Debian's C xenstored.
 //!
-//! Not built yet: features, watch depth, the `outstanding` and `memory`
-//! quotas, and quotas and domain connections in the state file. Built:
-//! the path-length, node-size, permission-entry, node-count, transaction
-//! and watch quotas for unprivileged callers, and GET/SET_QUOTA.
+//! Not built yet: the `outstanding` and `memory` quotas, and quotas and
+//! domain connections in the state file. Built: the path-length,
+//! node-size, permission-entry, node-count, transaction and watch quotas
+//! for unprivileged callers, GET/SET_QUOTA, and Xen 4.18's features
+//! (GET/SET_FEATURE, watch depth, ring reconnection).
 
 pub mod domain;
 pub mod fuzz;

@@ -46,7 +46,18 @@ struct Watch {
     path: Path,
     /// The base to strip for a relative watch.
     relative_to: Option<String>,
+    /// Levels below `path` it fires for (`None`: all), Xen 4.18's
+    /// `XENSTORE_SERVER_FEATURE_WATCHDEPTH`.
+    depth: Option<usize>,
 }
+
+/// `XENSTORE_SERVER_FEATURE_WATCHDEPTH` (`xs_wire.h` of Xen 4.18+).
+pub const FEATURE_WATCHDEPTH: u32 = 4;
+/// The server features we offer (`server_features` of each ring page and
+/// `XS_GET_FEATURE`): ring reconnection, the error word, watch depth.
+pub const FEATURES: u32 = xs_wire::XENSTORE_SERVER_FEATURE_RECONNECTION
+    | xs_wire::XENSTORE_SERVER_FEATURE_ERROR
+    | FEATURE_WATCHDEPTH;
 
 struct Conn {
     caller: Caller,
@@ -65,6 +76,9 @@ struct Conn {
     fail: u32,
     /// Watch events dropped because its output was full.
     dropped_events: u64,
+    /// The server features it has (a domain's are set before it is
+    /// introduced, by `XS_SET_FEATURE`).
+    features: u32,
 }
 
 impl Conn {
@@ -80,6 +94,7 @@ impl Conn {
             ignored: false,
             fail: xs_wire::XENSTORE_ERROR_PROTO,
             dropped_events: 0,
+            features: FEATURES,
         }
     }
 }
@@ -98,6 +113,8 @@ pub struct Core {
     hv: Option<Box<dyn Hypervisor>>,
     /// The quotas a newly introduced domain gets.
     quotas: store::Quotas,
+    /// Features set for domains not introduced yet.
+    pending_features: HashMap<u16, u32>,
     /// Introduced domains and their connections.
     domains: BTreeMap<u16, u64>,
     /// A domain was cut short by [`RING_ROUNDS`]: serve again at once.
@@ -302,6 +319,7 @@ impl Core {
             special_perms: HashMap::new(),
             hv: None,
             quotas: store::Quotas::DEFAULT,
+            pending_features: HashMap::new(),
             domains: BTreeMap::new(),
             busy: false,
         }
@@ -537,6 +555,33 @@ impl Core {
                 break;
             };
             let mem = ring.memory();
+            // The ring reconnection feature: the domain asks for a fresh
+            // start (xenstore-ring.txt) and waits for the word to go back.
+            if round == 0
+                && c.features & xs_wire::XENSTORE_SERVER_FEATURE_RECONNECTION != 0
+                && mem.load_u32(offsets::CONNECTION, Ordering::Acquire)
+                    == Ok(xs_wire::XENSTORE_RECONNECT)
+            {
+                c.watches.clear();
+                c.txs.clear();
+                c.out = Vec::new();
+                c.decoder = Decoder::new();
+                for off in [
+                    offsets::REQ_CONS,
+                    offsets::REQ_PROD,
+                    offsets::RSP_CONS,
+                    offsets::RSP_PROD,
+                ] {
+                    let _ = mem.store_u32(off, 0, Ordering::Release);
+                }
+                let _ = mem.store_u32(
+                    offsets::CONNECTION,
+                    xs_wire::XENSTORE_CONNECTED,
+                    Ordering::Release,
+                );
+                moved = true;
+                break;
+            }
             let mut progressed = false;
             // Replies first: they make room for the domain's next requests.
             if !c.out.is_empty() {
@@ -611,7 +656,7 @@ impl Core {
         for perms in self.special_perms.values_mut() {
             *perms = perms.without(domid);
         }
-        self.fire_special("@releaseDomain");
+        self.fire_special("@releaseDomain", domid);
     }
 
     /// `XS_INTRODUCE` of `domid` with its page `gfn` and port `port`.
@@ -632,16 +677,27 @@ impl Core {
             c.ignored = true;
         }
         let ring = hv.connect(domid, gfn, port)?;
+        let old = self
+            .domains
+            .get(&domid)
+            .and_then(|id| self.conns.get(id))
+            .map(|c| (c.caller, c.features));
+        let features = match old {
+            Some((_, f)) => f,
+            None => self.pending_features.remove(&domid).unwrap_or(FEATURES),
+        };
         // As C's domain_conn_reset: the ring starts empty, and a domain
-        // waiting for xenstored to come back is told it has.
+        // waiting for xenstored to come back is told it has. Features are
+        // offered before any data moves.
         let mem = ring.memory();
-        for off in [
-            offsets::REQ_CONS,
-            offsets::REQ_PROD,
-            offsets::RSP_CONS,
-            offsets::RSP_PROD,
+        for (off, v) in [
+            (offsets::SERVER_FEATURES, features),
+            (offsets::REQ_CONS, 0),
+            (offsets::REQ_PROD, 0),
+            (offsets::RSP_CONS, 0),
+            (offsets::RSP_PROD, 0),
         ] {
-            mem.store_u32(off, 0, Ordering::Release)
+            mem.store_u32(off, v, Ordering::Release)
                 .map_err(|_| XsError::Inval)?;
         }
         if mem.load_u32(offsets::CONNECTION, Ordering::Acquire) == Ok(xs_wire::XENSTORE_RECONNECT) {
@@ -656,24 +712,77 @@ impl Core {
             quota: self.quotas,
             ..Caller::domain(domid)
         };
+        let mut conn = Conn::new(old.map_or(caller, |(c, _)| c), Some(ring));
+        conn.features = features;
         match self.domains.get(&domid) {
             // Introduced again (C uses this to recreate the event channel):
-            // a fresh connection on the new ring that keeps its target and
-            // quotas, nothing fired.
+            // a fresh connection on the new ring that keeps its target,
+            // quotas and features, nothing fired.
             Some(&id) => {
-                let old = self.conns.get(&id).map(|c| c.caller);
-                let conn = Conn::new(old.unwrap_or(caller), Some(ring));
                 self.conns.insert(id, conn);
             }
             None => {
                 let id = self.next_conn;
                 self.next_conn += 1;
-                self.conns.insert(id, Conn::new(caller, Some(ring)));
+                self.conns.insert(id, conn);
                 self.domains.insert(domid, id);
-                self.fire_special("@introduceDomain");
+                self.fire_special("@introduceDomain", domid);
             }
         }
         Ok(())
+    }
+
+    /// `XS_GET_FEATURE [domid|]`: the caller's features, or (dom0 only) a
+    /// domain's, introduced or not (`ENOENT` if it does not exist).
+    fn get_feature(&mut self, id: u64, caller: &Caller, parts: &[&[u8]]) -> Result<u32, XsError> {
+        match parts {
+            [] => Ok(self.conns.get(&id).map_or(FEATURES, |c| c.features)),
+            [domid] => {
+                if !caller.privileged {
+                    return Err(XsError::Acces);
+                }
+                let d = parse_strict_domid(domid)?;
+                if let Some(c) = self.domains.get(&d).and_then(|id| self.conns.get(id)) {
+                    return Ok(c.features);
+                }
+                self.known_domain(d)?;
+                Ok(self.pending_features.get(&d).copied().unwrap_or(FEATURES))
+            }
+            _ => Err(XsError::Inval),
+        }
+    }
+
+    /// `XS_SET_FEATURE domid|value|`: before the domain is introduced
+    /// (`EBUSY` after), only bits we offer (`EINVAL` otherwise).
+    fn set_feature(&mut self, parts: &[&[u8]]) -> Result<(), XsError> {
+        let [domid, value] = parts else {
+            return Err(XsError::Inval);
+        };
+        let d = parse_strict_domid(domid)?;
+        let value = parse_number(value);
+        self.known_domain(d)?;
+        if d == 0 || self.domains.contains_key(&d) {
+            return Err(XsError::Busy);
+        }
+        let value = u32::try_from(value)
+            .ok()
+            .filter(|v| v & !FEATURES == 0)
+            .ok_or(XsError::Inval)?;
+        self.pending_features.insert(d, value);
+        Ok(())
+    }
+
+    /// `ENOENT` unless `domid` is dom0, introduced, or a domain the
+    /// hypervisor has.
+    fn known_domain(&mut self, domid: u16) -> Result<(), XsError> {
+        let known = domid == 0
+            || self.domains.contains_key(&domid)
+            || self.hv.as_mut().is_some_and(|hv| hv.exists(domid));
+        if known {
+            Ok(())
+        } else {
+            Err(XsError::NoEnt)
+        }
     }
 
     /// An introduced domain and its connection (`ENOENT` if it is not
@@ -699,20 +808,29 @@ impl Core {
     }
 
     /// Queues a special watch's event (`@introduceDomain`,
-    /// `@releaseDomain`) to every watcher of it that may read it.
-    fn fire_special(&mut self, name: &str) {
+    /// `@releaseDomain`, about `domid`) to every watcher of it that may
+    /// read it. As Xen 4.18's `fire_special_watches`: a watch without depth
+    /// on the name itself gets `name`; one on `name/<domid>`, or on the
+    /// name with a depth of 1 or more, gets `name/<domid>`.
+    fn fire_special(&mut self, name: &str, domid: u16) {
         let perms = self
             .special_perms
             .get(name)
             .cloned()
             .unwrap_or_else(|| Perms::owned_by(0));
+        let with_domid = format!("{name}/{domid}");
         let mut events = Vec::new();
         for (&id, c) in &self.conns {
             if c.ignored || !c.caller.access(&perms).can_read() {
                 continue;
             }
-            for w in c.watches.iter().filter(|w| w.path.as_str() == name) {
-                events.push((id, watch_event(name, &w.token)));
+            for w in &c.watches {
+                let p = w.path.as_str();
+                if p == name && w.depth.is_none() {
+                    events.push((id, watch_event(name, &w.token)));
+                } else if p == with_domid || (p == name && w.depth.is_some_and(|d| d > 0)) {
+                    events.push((id, watch_event(&with_domid, &w.token)));
+                }
             }
         }
         for (id, e) in events {
@@ -843,6 +961,7 @@ impl Core {
                     | MsgType::SetTarget
                     | MsgType::GetQuota
                     | MsgType::SetQuota
+                    | MsgType::SetFeature
             )
         {
             return Err(XsError::Acces);
@@ -963,8 +1082,22 @@ impl Core {
                 })
             }
             MsgType::Watch => {
-                let given = parts.first().ok_or(XsError::Inval)?;
-                let token = parts.get(1).ok_or(XsError::Inval)?;
+                let features = self.conns.get(&id).map_or(0, |c| c.features);
+                // `path|token|` (C 4.17), or `path|token|depth|` with the
+                // watch-depth feature (Xen 4.18+).
+                let depth = match parts.len() {
+                    2 => None,
+                    3 if features & FEATURE_WATCHDEPTH != 0 => {
+                        let d = parts[2];
+                        if d.first() == Some(&b'-') {
+                            return Err(XsError::Inval);
+                        }
+                        Some(parse_number(d) as usize)
+                    }
+                    _ => return Err(XsError::Inval),
+                };
+                let given = parts[0];
+                let token = parts[1];
                 let path = Path::parse(given, caller.domid, true)?;
                 let given = String::from_utf8_lossy(given).into_owned();
                 let token = String::from_utf8_lossy(token).into_owned();
@@ -984,6 +1117,7 @@ impl Core {
                     token,
                     path,
                     relative_to,
+                    depth,
                 });
                 Ok(Outcome {
                     payload: ok(),
@@ -1106,8 +1240,15 @@ impl Core {
                 self.set_quota(&parts)?;
                 Ok(Outcome::reply(ok()))
             }
-            // GET/SET_FEATURE are not built yet; unknown types are refused
-            // the same way.
+            MsgType::GetFeature => {
+                let f = self.get_feature(id, &caller, &parts)?;
+                Ok(Outcome::reply(with_nul(&f.to_string())))
+            }
+            MsgType::SetFeature => {
+                self.set_feature(&parts)?;
+                Ok(Outcome::reply(ok()))
+            }
+            // Unknown types.
             _ => Err(XsError::NoSys),
         }
     }
@@ -1147,7 +1288,9 @@ impl Core {
                 let hit = if ch.exact {
                     w.path == ch.path
                 } else {
-                    ch.path.is_child_of(&w.path)
+                    ch.path
+                        .depth_below(&w.path)
+                        .is_some_and(|d| w.depth.is_none_or(|max| d <= max))
                 };
                 if !hit {
                     continue;

@@ -187,3 +187,115 @@ fn special_node_events_go_only_to_domains_that_may_read_them() {
     assert_eq!(events(&a.receive(&h)), ["@releaseDomain"]);
     assert_eq!(h.core.domains(), [5]);
 }
+
+fn replies(msgs: &[Message]) -> Vec<(MsgType, Vec<u8>)> {
+    msgs.iter()
+        .filter(|m| m.ty != MsgType::WatchEvent)
+        .map(|m| (m.ty, m.payload.clone()))
+        .collect()
+}
+
+fn page_word(h: &Host, domid: u16, off: usize) -> u32 {
+    let page = h.lo.page(domid).unwrap();
+    page.as_volatile()
+        .load_u32(off, std::sync::atomic::Ordering::Acquire)
+        .unwrap()
+}
+
+#[test]
+fn features_are_offered_and_set_before_introduction() {
+    use abi::xs_wire::offsets;
+    let mut h = Host::new();
+    let mut a = h.domain(5);
+    assert_eq!(page_word(&h, 5, offsets::SERVER_FEATURES), 7);
+    a.send(&h, MsgType::GetFeature, &[], None);
+    a.send(&h, MsgType::GetFeature, &[b"5"], None);
+    let ca = h.conn(&a);
+    h.core.service_domains(&[ca]);
+    let r = replies(&a.receive(&h));
+    assert_eq!(r[0], (MsgType::GetFeature, b"7\0".to_vec()));
+    assert_eq!(r[1], (MsgType::Error, b"EACCES\0".to_vec()));
+    // dom0 sets a domain's features before introducing it, not after.
+    let set = |h: &mut Host, parts: &[&[u8]]| h.dom0(MsgType::SetFeature, parts, None);
+    assert_eq!(set(&mut h, &[b"9", b"2"]).0, MsgType::SetFeature);
+    assert_eq!(
+        set(&mut h, &[b"9", b"8"]),
+        (MsgType::Error, b"EINVAL\0".to_vec())
+    );
+    assert_eq!(
+        set(&mut h, &[b"5", b"2"]),
+        (MsgType::Error, b"EBUSY\0".to_vec())
+    );
+    h.lo.set_dead(11, true);
+    assert_eq!(
+        set(&mut h, &[b"11", b"2"]),
+        (MsgType::Error, b"ENOENT\0".to_vec())
+    );
+    let get9 = h.dom0(MsgType::GetFeature, &[b"9"], None);
+    assert_eq!(get9, (MsgType::GetFeature, b"2\0".to_vec()));
+    let mut b = h.domain(9);
+    assert_eq!(page_word(&h, 9, offsets::SERVER_FEATURES), 2);
+    // Without the watch-depth feature a depth is refused, as C 4.17 does.
+    b.send(&h, MsgType::Watch, &[b"data", b"t", b"1"], None);
+    let cb = h.conn(&b);
+    h.core.service_domains(&[cb]);
+    assert_eq!(
+        replies(&b.receive(&h)),
+        [(MsgType::Error, b"EINVAL\0".to_vec())]
+    );
+}
+
+#[test]
+fn a_watch_depth_limits_the_levels_it_fires_for() {
+    let mut h = Host::new();
+    let mut a = h.domain(5);
+    h.domain(7);
+    h.domain(8);
+    a.send(&h, MsgType::Watch, &[b"/local/domain/5", b"d1", b"1"], None);
+    a.send(&h, MsgType::Watch, &[b"@releaseDomain", b"any", b"1"], None);
+    a.send(&h, MsgType::Watch, &[b"@releaseDomain/8", b"eight"], None);
+    let ca = h.conn(&a);
+    h.core.service_domains(&[ca]);
+    a.receive(&h);
+    h.dom0(MsgType::Write, &[b"/local/domain/5/a"], Some(b""));
+    h.dom0(MsgType::Write, &[b"/local/domain/5/a/b"], Some(b""));
+    h.core.service_domains(&[]);
+    assert_eq!(events(&a.receive(&h)), ["/local/domain/5/a"]);
+    // Domain 5 may see the special node, with the domain it is about.
+    h.dom0(MsgType::SetPerms, &[b"@releaseDomain", b"n0", b"r5"], None);
+    h.dom0(MsgType::Release, &[b"7"], None);
+    h.dom0(MsgType::Release, &[b"8"], None);
+    h.core.service_domains(&[]);
+    let mut got = events(&a.receive(&h));
+    got.sort();
+    assert_eq!(
+        got,
+        ["@releaseDomain/7", "@releaseDomain/8", "@releaseDomain/8"]
+    );
+}
+
+#[test]
+fn a_domain_reconnects_its_ring() {
+    use abi::xs_wire::{offsets, XENSTORE_CONNECTED, XENSTORE_RECONNECT};
+    use std::sync::atomic::Ordering;
+    let mut h = Host::new();
+    let mut a = h.domain(5);
+    a.send(&h, MsgType::Watch, &[b"data", b"t"], None);
+    let ca = h.conn(&a);
+    h.core.service_domains(&[ca]);
+    a.receive(&h);
+    let page = h.lo.page(5).unwrap();
+    let mem = page.as_volatile();
+    mem.store_u32(offsets::CONNECTION, XENSTORE_RECONNECT, Ordering::Release)
+        .unwrap();
+    h.core.service_domains(&[ca]);
+    assert_eq!(page_word(&h, 5, offsets::CONNECTION), XENSTORE_CONNECTED);
+    for off in [offsets::REQ_PROD, offsets::RSP_PROD] {
+        assert_eq!(page_word(&h, 5, off), 0);
+    }
+    // Its watch went with the old session.
+    a.decoder = Decoder::new();
+    h.dom0(MsgType::Write, &[b"/local/domain/5/data"], Some(b""));
+    h.core.service_domains(&[]);
+    assert!(a.receive(&h).is_empty());
+}
