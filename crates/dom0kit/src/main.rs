@@ -145,7 +145,7 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     let mut state: Option<PathBuf> = None;
     let mut restore = false;
     let mut hv: Option<PathBuf> = None;
-    let mut quotas = xenstored::store::Quotas::DEFAULT;
+    let mut quota_flags: Vec<(&str, usize)> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -157,7 +157,9 @@ fn xenstored(args: &[String]) -> Result<(), String> {
                     .split_once('=')
                     .and_then(|(name, n)| Some((name, n.parse::<usize>().ok()?)));
                 match parsed {
-                    Some((name, n)) if quotas.set(name, n) => {}
+                    Some((name, n)) if xenstored::store::Quotas::DEFAULT.get(name).is_some() => {
+                        quota_flags.push((name, n));
+                    }
                     _ => {
                         return Err(format!(
                             "xenstored: --quota {q}: expected NAME=NUMBER with NAME one of {}",
@@ -171,24 +173,30 @@ fn xenstored(args: &[String]) -> Result<(), String> {
             _ => return Err(format!("xenstored: unknown option {a}\n\n{USAGE}")),
         }
     }
-    let core = match (&state, restore) {
-        (Some(path), true) => {
-            xenstored::Core::restore(path).map_err(|e| format!("xenstored: {e}"))?
-        }
-        (None, true) => return Err("xenstored: --restore needs --state FILE".into()),
-        _ => xenstored::Core::new(),
-    };
-    let core = core.with_quotas(quotas);
-    let core = match hv {
+    let hv: Option<Box<dyn xenstored::domain::Hypervisor>> = match hv {
         Some(hv) => {
             let dom0 = sim::SimDomain::attach_dom0(&hv)
                 .map_err(|e| format!("xenstored: hv {}: {e}", hv.display()))?;
             let hv = xenstored::domain::PlatformHv::new(dom0)
                 .map_err(|e| format!("xenstored: VIRQ_DOM_EXC: {e}"))?;
-            core.with_hypervisor(Box::new(hv))
+            Some(Box::new(hv))
         }
-        None => core,
+        None => None,
     };
+    let mut core = match (&state, restore) {
+        (Some(path), true) => {
+            xenstored::Core::restore(path, hv).map_err(|e| format!("xenstored: {e}"))?
+        }
+        (None, true) => return Err("xenstored: --restore needs --state FILE".into()),
+        _ => match hv {
+            Some(hv) => xenstored::Core::new().with_hypervisor(hv),
+            None => xenstored::Core::new(),
+        },
+    };
+    // Given quotas win over restored ones.
+    for (name, n) in quota_flags {
+        core.quotas_mut().set(name, n);
+    }
     let mut d =
         xenstored::Daemon::bind_with(&socket, core).map_err(|e| format!("xenstored: {e}"))?;
     stop_on_sigterm();

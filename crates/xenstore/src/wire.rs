@@ -255,6 +255,19 @@ impl Decoder {
         ))
     }
 
+    /// The bytes taken but not yet returned as a message: feeding them to
+    /// a fresh decoder makes it this one (for a daemon's state file).
+    pub fn buffered(&self) -> Vec<u8> {
+        match self.pending {
+            None => self.header.clone(),
+            Some(h) => {
+                let mut v = h.encode().to_vec();
+                v.extend_from_slice(&self.payload);
+                v
+            }
+        }
+    }
+
     /// Every whole message in `input`, in order; the rest is kept.
     pub fn feed(&mut self, mut input: &[u8]) -> Result<Vec<Message>, FramingError> {
         let mut out = Vec::new();

@@ -4,8 +4,7 @@
 //! Specification: `docs/misc/xenstore.txt` and `xen/io/xs_wire.h`;
 //! behaviour matched against Debian's C xenstored.
 //!
-//! Not built yet: the `outstanding` and `memory` quotas, and quotas and
-//! domain connections in the state file. Built: the path-length,
+//! Not built yet: the `outstanding` and `memory` quotas. Built: the path-length,
 //! node-size, permission-entry, node-count, transaction and watch quotas
 //! for unprivileged callers, GET/SET_QUOTA, and Xen 4.18's features
 //! (GET/SET_FEATURE, watch depth, ring reconnection).

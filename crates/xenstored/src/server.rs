@@ -68,6 +68,8 @@ struct Conn {
     dead: bool,
     /// A domain's ring page and port (none for a socket client).
     ring: Option<Box<dyn DomainRing>>,
+    /// The page (frame) and port the domain was introduced with.
+    link: (u64, u32),
     /// A domain connection that broke its ring or the framing: kept (the
     /// domain stays introduced until it is released or dies, as in C
     /// xenstored's `ignore_connection`) but no longer served.
@@ -91,6 +93,7 @@ impl Conn {
             txs: HashMap::new(),
             dead: false,
             ring,
+            link: (0, 0),
             ignored: false,
             fail: xs_wire::XENSTORE_ERROR_PROTO,
             dropped_events: 0,
@@ -119,6 +122,8 @@ pub struct Core {
     domains: BTreeMap<u16, u64>,
     /// A domain was cut short by [`RING_ROUNDS`]: serve again at once.
     busy: bool,
+    /// Domain connections to serve as if they had signalled.
+    kick: Vec<u64>,
 }
 
 /// xenstored on its unix socket.
@@ -322,13 +327,14 @@ impl Core {
             pending_features: HashMap::new(),
             domains: BTreeMap::new(),
             busy: false,
+            kick: Vec::new(),
         }
     }
 
-    /// Starts with `quotas` for the domains instead of C's defaults.
-    pub fn with_quotas(mut self, quotas: store::Quotas) -> Core {
-        self.quotas = quotas;
-        self
+    /// The quotas domains introduced from now on get (C's defaults unless
+    /// changed here or by `XS_SET_QUOTA`).
+    pub fn quotas_mut(&mut self) -> &mut store::Quotas {
+        &mut self.quotas
     }
 
     /// `XS_GET_QUOTA [[domid|]name|]`, as `docs/misc/xenstore.txt`: no
@@ -395,19 +401,118 @@ impl Core {
         self
     }
 
-    /// A daemon continuing from a state file.
-    pub fn restore(path: &FsPath) -> Result<Core, crate::state::StateError> {
-        let (tree, special_perms) = crate::state::load(path)?;
-        Ok(Core {
+    /// A daemon continuing from a state file. Its domains are connected
+    /// again through `hv` (their pages mapped, their ports bound anew: the
+    /// old daemon's ends closed with it), without resetting their rings;
+    /// a domain that cannot be is released (it died meanwhile). Without a
+    /// hypervisor the domains are forgotten (their nodes stay).
+    pub fn restore(
+        path: &FsPath,
+        hv: Option<Box<dyn Hypervisor>>,
+    ) -> Result<Core, crate::state::StateError> {
+        let (tree, state) = crate::state::load(path)?;
+        let mut core = Core {
             tree,
-            special_perms,
+            special_perms: state.special,
+            quotas: state.quotas,
+            pending_features: state.pending_features.into_iter().collect(),
+            hv,
             ..Core::new()
-        })
+        };
+        for d in state.domains {
+            core.restore_domain(d);
+        }
+        // Deaths while no daemon ran: no VIRQ_DOM_EXC will tell them.
+        core.check_domains();
+        Ok(core)
+    }
+
+    fn restore_domain(&mut self, d: crate::state::DomainState) {
+        let Some(hv) = self.hv.as_mut() else {
+            return;
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.domains.insert(d.domid, id);
+        let Ok(ring) = hv.connect(d.domid, d.gfn, d.port) else {
+            self.release_domain(d.domid);
+            return;
+        };
+        let caller = Caller {
+            target: d.target,
+            quota: d.quota,
+            ..Caller::domain(d.domid)
+        };
+        let mut conn = Conn::new(caller, Some(ring));
+        conn.features = d.features;
+        conn.link = (d.gfn, d.port);
+        conn.out = d.output;
+        for w in d.watches {
+            // Only what this daemon would have accepted.
+            let Ok(path) = Path::parse(w.path.as_bytes(), d.domid, true) else {
+                continue;
+            };
+            conn.watches.push(Watch {
+                token: w.token,
+                path,
+                relative_to: w.relative.then(|| domain_path(d.domid)),
+                depth: w.depth.and_then(|x| usize::try_from(x).ok()),
+            });
+        }
+        self.conns.insert(id, conn);
+        // A half-read request continues; the domain may have written more
+        // (and signalled the old daemon) meanwhile: it is served at once.
+        self.input(id, &d.input);
+        self.kick.push(id);
     }
 
     /// Writes the state file.
     pub fn save(&self, path: &FsPath) -> Result<(), crate::state::StateError> {
-        crate::state::save(path, &self.tree, &self.special_perms)
+        use crate::state::{DomainState, State, WatchState};
+        let mut domains = Vec::new();
+        for (&domid, id) in &self.domains {
+            let Some(c) = self
+                .conns
+                .get(id)
+                .filter(|c| c.ring.is_some() && !c.ignored)
+            else {
+                continue;
+            };
+            let watches = c
+                .watches
+                .iter()
+                .map(|w| WatchState {
+                    path: w.path.as_str().to_string(),
+                    token: w.token.clone(),
+                    relative: w.relative_to.is_some(),
+                    depth: w.depth.map(|d| d as u64),
+                })
+                .collect();
+            domains.push(DomainState {
+                domid,
+                gfn: c.link.0,
+                port: c.link.1,
+                features: c.features,
+                quota: c.caller.quota,
+                target: c.caller.target,
+                watches,
+                input: c.decoder.buffered(),
+                output: c.out.clone(),
+            });
+        }
+        let mut pending_features: Vec<(u16, u32)> = self
+            .pending_features
+            .iter()
+            .map(|(&d, &f)| (d, f))
+            .collect();
+        pending_features.sort_unstable();
+        let state = State {
+            special: self.special_perms.clone(),
+            quotas: self.quotas,
+            pending_features,
+            domains,
+        };
+        crate::state::save(path, &self.tree, &state)
     }
 
     /// A new connection of `caller`; its id.
@@ -505,6 +610,9 @@ impl Core {
     /// with output waiting gets as much as its ring takes.
     pub fn service_domains(&mut self, ready: &[u64]) {
         self.busy = false;
+        let mut ready = ready.to_vec();
+        ready.append(&mut self.kick);
+        let ready = &ready[..];
         for id in ready {
             if let Some(r) = self.conns.get(id).and_then(|c| c.ring.as_ref()) {
                 r.ack();
@@ -714,6 +822,7 @@ impl Core {
         };
         let mut conn = Conn::new(old.map_or(caller, |(c, _)| c), Some(ring));
         conn.features = features;
+        conn.link = (gfn, port);
         match self.domains.get(&domid) {
             // Introduced again (C uses this to recreate the event channel):
             // a fresh connection on the new ring that keeps its target,

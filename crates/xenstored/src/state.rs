@@ -4,20 +4,74 @@
 //! over the old one), and checked whole before it is used: a truncated or
 //! inconsistent file is refused, never half-loaded.
 //!
-//! Holds the tree (values, permissions, children in order, generations) and
-//! the permissions of the special nodes. Socket connections, with their
-//! watches and transactions, end with the process, as with C xenstored;
-//! domain connections will be added with the ring transport.
+//! Holds the tree (values, permissions, children in order, generations),
+//! the permissions of the special nodes, the quotas, the features set for
+//! domains not yet introduced, and each domain connection: its page and
+//! port, features, quotas, target, watches, and the bytes queued both
+//! ways (a request half read, replies and events not yet in its ring).
+//! Socket connections, with their watches and transactions, end with the
+//! process, as with C xenstored; so do domains' open transactions (their
+//! commits get `ENOENT`).
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
 
 use xenstore::{Access, Path, Perm, Perms};
 
-use crate::store::{Node, Tree};
+use crate::store::{Node, Quotas, Tree};
 
 const MAGIC: &[u8; 16] = b"dom0kit-xs-state";
-const VERSION: u32 = 1;
+/// Version 1 had the tree and the special nodes only; it is still read.
+const VERSION: u32 = 2;
+
+/// Everything the state file holds besides the tree.
+#[derive(Default)]
+pub struct State {
+    /// Permissions of `@introduceDomain` and `@releaseDomain`.
+    pub special: HashMap<String, Perms>,
+    /// The quotas new domains get.
+    pub quotas: Quotas,
+    /// Features set for domains not introduced yet.
+    pub pending_features: Vec<(u16, u32)>,
+    /// The domain connections.
+    pub domains: Vec<DomainState>,
+}
+
+/// One domain connection, as saved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainState {
+    /// The domain.
+    pub domid: u16,
+    /// Its page and port, as `XS_INTRODUCE` gave them.
+    pub gfn: u64,
+    /// Its port.
+    pub port: u32,
+    /// Its features.
+    pub features: u32,
+    /// Its quotas.
+    pub quota: Quotas,
+    /// Its `SET_TARGET`.
+    pub target: Option<u16>,
+    /// Its watches.
+    pub watches: Vec<WatchState>,
+    /// Bytes of a request read from its ring but not whole yet.
+    pub input: Vec<u8>,
+    /// Replies and events not yet in its ring.
+    pub output: Vec<u8>,
+}
+
+/// One watch of a domain, as saved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchState {
+    /// The path as resolved (absolute, or `@special`).
+    pub path: String,
+    /// Its token.
+    pub token: String,
+    /// Whether it was given relative to the domain's home.
+    pub relative: bool,
+    /// Its depth, if it has one.
+    pub depth: Option<u64>,
+}
 
 /// A state file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +175,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The bytes of a state file for `tree` and the special nodes' permissions.
-pub fn encode(tree: &Tree, special: &HashMap<String, Perms>) -> Vec<u8> {
+fn quotas_out(w: &mut Writer, q: &Quotas) {
+    for name in Quotas::NAMES {
+        w.u64(q.get(name).unwrap_or(0) as u64);
+    }
+}
+
+fn quotas_in(r: &mut Reader<'_>) -> Result<Quotas, StateError> {
+    let mut q = Quotas::DEFAULT;
+    for name in Quotas::NAMES {
+        let v = usize::try_from(r.u64()?).map_err(|_| StateError::Damaged("bad quota"))?;
+        q.set(name, v);
+    }
+    Ok(q)
+}
+
+/// The bytes of a state file.
+pub fn encode(tree: &Tree, state: &State) -> Vec<u8> {
+    let special = &state.special;
     let mut w = Writer(MAGIC.to_vec());
     w.u32(VERSION);
     w.u64(tree.generation());
@@ -146,13 +216,43 @@ pub fn encode(tree: &Tree, special: &HashMap<String, Perms>) -> Vec<u8> {
         w.bytes(name.as_bytes());
         w.perms(p);
     }
+    quotas_out(&mut w, &state.quotas);
+    w.u32(state.pending_features.len() as u32);
+    for &(d, f) in &state.pending_features {
+        w.u16(d);
+        w.u32(f);
+    }
+    w.u32(state.domains.len() as u32);
+    for d in &state.domains {
+        w.u16(d.domid);
+        w.u64(d.gfn);
+        w.u32(d.port);
+        w.u32(d.features);
+        quotas_out(&mut w, &d.quota);
+        w.u8(u8::from(d.target.is_some()));
+        w.u16(d.target.unwrap_or(0));
+        w.u32(d.watches.len() as u32);
+        for watch in &d.watches {
+            w.bytes(watch.path.as_bytes());
+            w.bytes(watch.token.as_bytes());
+            w.u8(u8::from(watch.relative));
+            w.u8(u8::from(watch.depth.is_some()));
+            w.u64(watch.depth.unwrap_or(0));
+        }
+        w.bytes(&d.input);
+        w.bytes(&d.output);
+    }
     w.0
 }
 
-/// The tree and special permissions of a state file's bytes.
-pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError> {
+/// The tree and the rest of a state file's bytes.
+pub fn decode(bytes: &[u8]) -> Result<(Tree, State), StateError> {
     let mut r = Reader(bytes);
-    if r.take(MAGIC.len())? != MAGIC || r.u32()? != VERSION {
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err(StateError::Damaged("not a dom0kit xenstored state file"));
+    }
+    let version = r.u32()?;
+    if version != 1 && version != VERSION {
         return Err(StateError::Damaged("not a dom0kit xenstored state file"));
     }
     let gen = r.u64()?;
@@ -203,6 +303,23 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError
         }
         special.insert(name, r.perms()?);
     }
+    let mut state = State {
+        special,
+        ..State::default()
+    };
+    if version >= 2 {
+        state.quotas = quotas_in(&mut r)?;
+        for _ in 0..r.u32()? {
+            state.pending_features.push((r.u16()?, r.u32()?));
+        }
+        let n = r.u32()?;
+        if n as usize > r.0.len() / 16 {
+            return Err(StateError::Damaged("cut short"));
+        }
+        for _ in 0..n {
+            state.domains.push(domain_in(&mut r)?);
+        }
+    }
     if !r.0.is_empty() {
         return Err(StateError::Damaged("trailing bytes"));
     }
@@ -214,19 +331,50 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, HashMap<String, Perms>), StateError
         .max()
         .unwrap_or(0);
     let tree = Tree::import(nodes, gen.max(newest)).map_err(StateError::Damaged)?;
-    Ok((tree, special))
+    Ok((tree, state))
+}
+
+fn domain_in(r: &mut Reader<'_>) -> Result<DomainState, StateError> {
+    let (domid, gfn, port, features) = (r.u16()?, r.u64()?, r.u32()?, r.u32()?);
+    let quota = quotas_in(r)?;
+    let (has_target, target) = (r.u8()?, r.u16()?);
+    let n = r.u32()? as usize;
+    if n > r.0.len() / 8 {
+        return Err(StateError::Damaged("cut short"));
+    }
+    let mut watches = Vec::with_capacity(n);
+    for _ in 0..n {
+        let path = r.text()?;
+        let token = r.text()?;
+        let (relative, has_depth, depth) = (r.u8()?, r.u8()?, r.u64()?);
+        watches.push(WatchState {
+            path,
+            token,
+            relative: relative != 0,
+            depth: (has_depth != 0).then_some(depth),
+        });
+    }
+    let input = r.bytes()?.to_vec();
+    let output = r.bytes()?.to_vec();
+    Ok(DomainState {
+        domid,
+        gfn,
+        port,
+        features,
+        quota,
+        target: (has_target != 0).then_some(target),
+        watches,
+        input,
+        output,
+    })
 }
 
 /// Writes the state file atomically.
-pub fn save(
-    path: &FsPath,
-    tree: &Tree,
-    special: &HashMap<String, Perms>,
-) -> Result<(), StateError> {
+pub fn save(path: &FsPath, tree: &Tree, state: &State) -> Result<(), StateError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&encode(tree, special))?;
+    f.write_all(&encode(tree, state))?;
     // On disk before it replaces the old file, and the rename on disk
     // too: after a crash there is the old state or the new, never neither.
     f.sync_all()?;
@@ -238,7 +386,7 @@ pub fn save(
 }
 
 /// Reads a state file.
-pub fn load(path: &FsPath) -> Result<(Tree, HashMap<String, Perms>), StateError> {
+pub fn load(path: &FsPath) -> Result<(Tree, State), StateError> {
     decode(&std::fs::read(path)?)
 }
 
@@ -281,10 +429,38 @@ mod tests {
             "@releaseDomain".to_string(),
             Perms::parse([&b"r0"[..]]).unwrap(),
         );
-        let (back, sp) = decode(&encode(&t, &special)).unwrap();
-        assert_eq!(back.export(), t.export());
-        assert_eq!(back.generation(), t.generation());
-        assert_eq!(sp, special);
+        let mut quotas = Quotas::DEFAULT;
+        quotas.set("nodes", 50);
+        quotas.set("watches", 0);
+        let domain = DomainState {
+            domid: 3,
+            gfn: 77,
+            port: 9,
+            features: 6,
+            quota: quotas,
+            target: Some(4),
+            watches: vec![WatchState {
+                path: "/local/domain/3/x".into(),
+                token: "t".into(),
+                relative: true,
+                depth: Some(2),
+            }],
+            input: vec![2, 0, 0],
+            output: b"some reply".to_vec(),
+        };
+        let state = State {
+            special: special.clone(),
+            quotas,
+            pending_features: vec![(8, 2)],
+            domains: vec![domain.clone()],
+        };
+        let (tree, back) = decode(&encode(&t, &state)).unwrap();
+        assert_eq!(tree.export(), t.export());
+        assert_eq!(tree.generation(), t.generation());
+        assert_eq!(back.special, special);
+        assert_eq!(back.quotas, quotas);
+        assert_eq!(back.pending_features, [(8, 2)]);
+        assert_eq!(back.domains, [domain]);
     }
 
     #[test]
@@ -309,18 +485,18 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            decode(&encode(&dup, &HashMap::new())),
+            decode(&encode(&dup, &State::default())),
             Err(StateError::Damaged(_))
         ));
         // A counter behind the nodes' generations is moved ahead of them.
         let ok = Tree::import(vec![("/".into(), root(vec!["a"])), ("/a".into(), leaf)], 1).unwrap();
-        let (back, _) = decode(&encode(&ok, &HashMap::new())).unwrap();
+        let (back, _) = decode(&encode(&ok, &State::default())).unwrap();
         assert!(back.generation() >= 9);
     }
 
     #[test]
     fn a_damaged_file_is_refused_whole() {
-        let bytes = encode(&sample(), &HashMap::new());
+        let bytes = encode(&sample(), &State::default());
         for cut in [0, 10, 16, 20, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

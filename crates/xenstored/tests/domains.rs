@@ -22,7 +22,7 @@ static N: AtomicU32 = AtomicU32::new(0);
 
 struct Host {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<xenstored::Daemon>>,
     socket: PathBuf,
     dom0: SimDomain,
     // Dropped last: the daemon holds mappings through it.
@@ -38,6 +38,26 @@ impl Drop for Host {
     }
 }
 
+/// xenstored's own dom0 connection to the sim, as `dom0kit xenstored --hv`.
+fn platform(hv: &HvHandle) -> Box<dyn xenstored::domain::Hypervisor> {
+    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
+    Box::new(xenstored::domain::PlatformHv::new(dom0).unwrap())
+}
+
+fn serve(
+    core: xenstored::Core,
+    socket: &std::path::Path,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<xenstored::Daemon>) {
+    let mut d = xenstored::Daemon::bind_with(socket, core).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        d.run(|| s.load(Ordering::Relaxed)).unwrap();
+        d
+    });
+    (stop, thread)
+}
+
 fn host() -> Host {
     let dir = std::env::temp_dir().join(format!(
         "dom0kit-xsd-dom-{}-{}",
@@ -46,21 +66,33 @@ fn host() -> Host {
     ));
     let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
     let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
-    let xsd_dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
-    let core = xenstored::Core::new().with_hypervisor(Box::new(
-        xenstored::domain::PlatformHv::new(xsd_dom0).unwrap(),
-    ));
+    let core = xenstored::Core::new().with_hypervisor(platform(&hv));
     let socket = dir.join("xenstored.sock");
-    let mut d = xenstored::Daemon::bind_with(&socket, core).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let thread = std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
+    let (stop, thread) = serve(core, &socket);
     Host {
         stop,
         thread: Some(thread),
         socket,
         dom0,
         _hv: hv,
+    }
+}
+
+impl Host {
+    /// Stops the daemon and saves its state.
+    fn stop_daemon(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let d = self.thread.take().unwrap().join().unwrap();
+        d.core().save(&self.socket.with_extension("state")).unwrap();
+    }
+
+    /// Starts a daemon from the saved state.
+    fn start_daemon(&mut self) {
+        let state = self.socket.with_extension("state");
+        let core = xenstored::Core::restore(&state, Some(platform(&self._hv))).unwrap();
+        let (stop, thread) = serve(core, &self.socket);
+        self.stop = stop;
+        self.thread = Some(thread);
     }
 }
 
@@ -428,4 +460,46 @@ fn introducing_a_domain_again_gives_it_a_fresh_connection() {
     c.write(Tx::NONE, &format!("{home}/data/a"), b"2").unwrap();
     assert_eq!(y.read(Tx::NONE, "data/a").unwrap(), b"2");
     assert!(y.pending_event().is_none());
+}
+
+#[test]
+fn a_restarted_daemon_keeps_its_domains() {
+    let mut h = host();
+    let g = guest(&h);
+    let mut c = Client::connect(&h.socket).unwrap();
+    let home = make_home(&mut c, &g);
+    introduce(&mut c, &g).unwrap();
+    let d = g.domid.to_string();
+    c.request(MsgType::SetQuota, Tx::NONE, args(&[&d, "watches", "7"]))
+        .unwrap();
+    let mut x = ring_client(&g);
+    x.write(Tx::NONE, "data/a", b"1").unwrap();
+    x.watch("data/a", "w").unwrap();
+    assert_eq!(x.read_watch().unwrap().path, "data/a");
+    drop(c);
+    h.stop_daemon();
+    h.start_daemon();
+    // The same ring goes on: its requests, its watch (relative still), its
+    // quota; dom0 sees it introduced.
+    assert_eq!(x.read(Tx::NONE, "data/a").unwrap(), b"1");
+    let mut c = Client::connect(&h.socket).unwrap();
+    assert!(introduced(&mut c, g.domid));
+    c.write(Tx::NONE, &format!("{home}/data/a"), b"2").unwrap();
+    let e = x.read_watch().unwrap();
+    assert_eq!((e.path.as_str(), e.token.as_str()), ("data/a", "w"));
+    let q = c
+        .request(MsgType::GetQuota, Tx::NONE, args(&[&d, "watches"]))
+        .unwrap();
+    assert_eq!(q, b"7\0");
+    // A domain that died while no daemon ran is released at restart.
+    drop(x);
+    h.stop_daemon();
+    g.dom.hang_up_hv().unwrap();
+    h.start_daemon();
+    let mut c = Client::connect(&h.socket).unwrap();
+    assert!(!introduced(&mut c, g.domid));
+    assert_eq!(
+        xs_err(c.read(Tx::NONE, &format!("{home}/data"))),
+        XsError::NoEnt
+    );
 }
