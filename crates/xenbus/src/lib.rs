@@ -12,11 +12,14 @@
 //!   (`/local/domain/<fe>/device/<type>/<devid>` and
 //!   `/local/domain/<be>/backend/<type>/<fe>/<devid>`) and what a
 //!   toolstack writes there, with xl's permissions.
+//! * [`driver`]: backend and frontend driver traits and the watch-driven
+//!   runners that feed each device's machine and perform its actions.
 //! * [`features`]: reading the other end's `feature-*`, `multi-queue-*`,
 //!   `ring-ref*` and `event-channel*` keys.
 
 #![forbid(unsafe_code)]
 
+pub mod driver;
 pub mod features;
 pub mod machine;
 pub mod paths;

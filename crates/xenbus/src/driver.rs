@@ -1,0 +1,343 @@
+//! Drivers and the loops that run them: a backend (in dom0) serves every
+//! device of its kind that appears under `/local/domain/<be>/backend/<kind>`;
+//! a frontend (in the guest) every one under `device/<kind>`. Both are
+//! driven by xenstore watches: on each event the runner looks again at
+//! each device it knows (the other end's `state`, `online`, whether the
+//! directories are still there) and feeds the differences to the device's
+//! [`machine`](crate::machine), then performs the actions.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use xenstore::client::{Client, ClientError, Tx};
+use xenstore::XsError;
+
+use crate::machine::{Action, Backend, Event, Frontend};
+use crate::paths::{read_state, Device};
+use crate::State;
+
+/// A driver failed to set a device up; the device goes to `Closing`.
+pub type DriverResult = Result<(), String>;
+
+/// What a backend driver does for one kind of device.
+pub trait BackendDriver {
+    /// Writes the backend's features into its directory (before
+    /// `InitWait`).
+    fn probe<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult;
+    /// Reads the frontend's rings and event channels and starts serving.
+    /// On failure it leaves nothing held.
+    fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult;
+    /// Stops serving and releases what `connect` took.
+    fn disconnect(&mut self, dev: &Device);
+}
+
+/// What a frontend driver does for one kind of device.
+pub trait FrontendDriver {
+    /// Allocates and grants the rings and event channels and writes their
+    /// keys into the frontend's directory.
+    fn setup<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult;
+    /// The backend is connected: start using the device.
+    fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult;
+    /// Releases what `setup` took (also after a `setup` that failed half
+    /// way).
+    fn disconnect(&mut self, dev: &Device);
+}
+
+struct BackendDevice {
+    dev: Device,
+    machine: Backend,
+    peer: State,
+    online: bool,
+}
+
+/// Serves the devices of one kind in backend domain `domid`.
+pub struct BackendRunner<D> {
+    kind: String,
+    domid: u16,
+    driver: D,
+    devices: BTreeMap<(u16, u32), BackendDevice>,
+}
+
+fn directory<S: Read + Write>(xs: &mut Client<S>, path: &str) -> Result<Vec<String>, ClientError> {
+    match xs.directory(Tx::NONE, path) {
+        Ok(v) => Ok(v),
+        Err(ClientError::Xs(XsError::NoEnt)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn exists<S: Read + Write>(xs: &mut Client<S>, path: &str) -> bool {
+    xs.read(Tx::NONE, path).is_ok()
+}
+
+fn set_state<S: Read + Write>(xs: &mut Client<S>, dir: &str, s: State) {
+    // The directory may be gone (the toolstack removed the device); there
+    // is then nothing to tell.
+    if exists(xs, dir) {
+        let _ = xs.write(Tx::NONE, &format!("{dir}/state"), &s.value());
+    }
+}
+
+impl<D: BackendDriver> BackendRunner<D> {
+    /// A runner of `driver` for devices of `kind` in domain `domid`.
+    pub fn new(kind: &str, domid: u16, driver: D) -> BackendRunner<D> {
+        BackendRunner {
+            kind: kind.to_string(),
+            domid,
+            driver,
+            devices: BTreeMap::new(),
+        }
+    }
+
+    /// The directory it watches.
+    pub fn watch_path(&self) -> String {
+        format!("/local/domain/{}/backend/{}", self.domid, self.kind)
+    }
+
+    /// Devices being served and their states.
+    pub fn devices(&self) -> impl Iterator<Item = (&Device, State)> {
+        self.devices.values().map(|d| (&d.dev, d.machine.state()))
+    }
+
+    /// The driver.
+    pub fn driver(&mut self) -> &mut D {
+        &mut self.driver
+    }
+
+    /// Looks at every device again (call on each watch event).
+    pub fn rescan<S: Read + Write>(&mut self, xs: &mut Client<S>) -> Result<(), ClientError> {
+        let base = self.watch_path();
+        let mut present = Vec::new();
+        for fe in directory(xs, &base)? {
+            let Ok(fe_id) = fe.parse::<u16>() else {
+                continue;
+            };
+            for devid in directory(xs, &format!("{base}/{fe}"))? {
+                if let Ok(devid) = devid.parse::<u32>() {
+                    present.push((fe_id, devid));
+                }
+            }
+        }
+        for &(fe, devid) in &present {
+            if self.devices.contains_key(&(fe, devid)) {
+                continue;
+            }
+            let dev = Device {
+                kind: self.kind.clone(),
+                devid,
+                frontend: fe,
+                backend: self.domid,
+            };
+            let mut d = BackendDevice {
+                dev,
+                machine: Backend::new(),
+                peer: State::Unknown,
+                online: true,
+            };
+            let actions = match self.driver.probe(xs, &d.dev) {
+                Ok(()) => d.machine.probe(),
+                Err(_) => d.machine.failed(),
+            };
+            self.perform(xs, &mut d, actions);
+            self.devices.insert((fe, devid), d);
+        }
+        let keys: Vec<(u16, u32)> = self.devices.keys().copied().collect();
+        for key in keys {
+            let Some(mut d) = self.devices.remove(&key) else {
+                continue;
+            };
+            let be = d.dev.backend_dir();
+            let mut events = Vec::new();
+            if !present.contains(&key) {
+                events.push(Event::PeerGone);
+            } else {
+                let online = xs
+                    .read(Tx::NONE, &format!("{be}/online"))
+                    .map(|v| v == b"1")
+                    .unwrap_or(false);
+                // The frontend's directory is where the backend's names it.
+                let fe_dir = xs
+                    .read(Tx::NONE, &format!("{be}/frontend"))
+                    .ok()
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .unwrap_or_else(|| d.dev.frontend_dir());
+                let peer = read_state(xs, &format!("{fe_dir}/state"));
+                if d.online && !online {
+                    d.online = false;
+                    events.push(Event::Remove);
+                }
+                if peer != d.peer {
+                    d.peer = peer;
+                    events.push(Event::Peer(peer));
+                }
+            }
+            for ev in events {
+                let actions = d.machine.on(ev);
+                self.perform(xs, &mut d, actions);
+            }
+            if !d.machine.is_gone() {
+                self.devices.insert(key, d);
+            }
+        }
+        Ok(())
+    }
+
+    fn perform<S: Read + Write>(
+        &mut self,
+        xs: &mut Client<S>,
+        d: &mut BackendDevice,
+        actions: Vec<Action>,
+    ) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::SetState(s) => set_state(xs, &d.dev.backend_dir(), s),
+                Action::Connect | Action::Setup => {
+                    if self.driver.connect(xs, &d.dev).is_err() {
+                        // What followed the connect is replaced by the failure.
+                        queue = d.machine.failed().into();
+                    }
+                }
+                Action::Disconnect => self.driver.disconnect(&d.dev),
+                Action::Unregister => {}
+            }
+        }
+    }
+}
+
+struct FrontendDevice {
+    dev: Device,
+    machine: Frontend,
+    peer: State,
+}
+
+/// Runs the frontends of one kind in the guest (`domid`), over the guest's
+/// own xenstore connection.
+pub struct FrontendRunner<D> {
+    kind: String,
+    domid: u16,
+    driver: D,
+    devices: BTreeMap<u32, FrontendDevice>,
+}
+
+impl<D: FrontendDriver> FrontendRunner<D> {
+    /// A runner of `driver` for devices of `kind` of domain `domid`.
+    pub fn new(kind: &str, domid: u16, driver: D) -> FrontendRunner<D> {
+        FrontendRunner {
+            kind: kind.to_string(),
+            domid,
+            driver,
+            devices: BTreeMap::new(),
+        }
+    }
+
+    /// The directory it watches.
+    pub fn watch_path(&self) -> String {
+        format!("/local/domain/{}/device/{}", self.domid, self.kind)
+    }
+
+    /// Devices and their states.
+    pub fn devices(&self) -> impl Iterator<Item = (&Device, State)> {
+        self.devices.values().map(|d| (&d.dev, d.machine.state()))
+    }
+
+    /// The driver.
+    pub fn driver(&mut self) -> &mut D {
+        &mut self.driver
+    }
+
+    /// Looks at every device again (call on each watch event). The
+    /// backend's state is read where the frontend's `backend` key says.
+    pub fn rescan<S: Read + Write>(&mut self, xs: &mut Client<S>) -> Result<(), ClientError> {
+        let base = self.watch_path();
+        let mut present = Vec::new();
+        for devid in directory(xs, &base)? {
+            let Ok(devid) = devid.parse::<u32>() else {
+                continue;
+            };
+            let dir = format!("{base}/{devid}");
+            let backend = xs
+                .read(Tx::NONE, &format!("{dir}/backend-id"))
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok()?.parse::<u16>().ok());
+            if let Some(backend) = backend {
+                present.push((devid, backend));
+            }
+        }
+        for &(devid, backend) in &present {
+            self.devices.entry(devid).or_insert_with(|| FrontendDevice {
+                dev: Device {
+                    kind: self.kind.clone(),
+                    devid,
+                    frontend: self.domid,
+                    backend,
+                },
+                machine: Frontend::new(),
+                peer: State::Unknown,
+            });
+        }
+        let keys: Vec<u32> = self.devices.keys().copied().collect();
+        for key in keys {
+            let Some(mut d) = self.devices.remove(&key) else {
+                continue;
+            };
+            let mut events = Vec::new();
+            if !present.iter().any(|&(id, _)| id == key) {
+                events.push(Event::Remove);
+            } else {
+                let fe = d.dev.frontend_dir();
+                let be_dir = xs
+                    .read(Tx::NONE, &format!("{fe}/backend"))
+                    .ok()
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .unwrap_or_else(|| d.dev.backend_dir());
+                let peer = read_state(xs, &format!("{be_dir}/state"));
+                if peer != d.peer {
+                    d.peer = peer;
+                    // The backend's directory going away is the device
+                    // going away.
+                    events.push(if peer == State::Unknown {
+                        Event::PeerGone
+                    } else {
+                        Event::Peer(peer)
+                    });
+                }
+            }
+            for ev in events {
+                let actions = d.machine.on(ev);
+                self.perform(xs, &mut d, actions);
+            }
+            if !d.machine.is_gone() {
+                self.devices.insert(key, d);
+            }
+        }
+        Ok(())
+    }
+
+    fn perform<S: Read + Write>(
+        &mut self,
+        xs: &mut Client<S>,
+        d: &mut FrontendDevice,
+        actions: Vec<Action>,
+    ) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            let result = match a {
+                Action::SetState(s) => {
+                    set_state(xs, &d.dev.frontend_dir(), s);
+                    Ok(())
+                }
+                Action::Setup => self.driver.setup(xs, &d.dev),
+                Action::Connect => self.driver.connect(xs, &d.dev),
+                Action::Disconnect => {
+                    self.driver.disconnect(&d.dev);
+                    Ok(())
+                }
+                Action::Unregister => Ok(()),
+            };
+            if result.is_err() {
+                queue = d.machine.failed().into();
+            }
+        }
+    }
+}
