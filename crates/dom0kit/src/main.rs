@@ -2,7 +2,10 @@
 
 #![deny(unsafe_code)]
 
+mod backend;
 mod bench_xs;
+mod guest;
+mod host;
 mod xs_cli;
 
 use std::ffi::OsString;
@@ -15,7 +18,20 @@ use sim::HvConfig;
 const USAGE: &str = "usage: dom0kit <command> [options]
 
 commands:
-  demo                 bring up a simulated Xen host with a guest (not built yet)
+  demo                 bring up a simulated Xen host in a private directory, create a guest
+                       with a disk, show its domain, xenstore tree and devices, tear it down
+  up [--run-dir DIR] [--machine-memory SIZE]
+                       start a simulated host (hv, xenstored, backend under a supervisor)
+  down | status [--run-dir DIR]
+                       stop the host (its guests first) | show what runs
+  create FILE          create a guest from an xl.cfg (or .toml) file
+  list                 list domains, as xl list
+  destroy NAME|ID      close a guest's devices and destroy it
+  block-attach DOMAIN DISKSPEC | block-detach DOMAIN VDEV
+                       hotplug a disk (xl-disk-configuration(5) syntax)
+                       (these take --run-dir DIR too; default as for hv)
+  guest --hv HV_SOCKET | backend --hv HV_SOCKET --socket XS_SOCKET
+                       the processes a host runs (started by create and up)
   hv [options]         run the simulated hypervisor in the foreground
       --run-dir DIR          where hv.sock goes ($DOM0KIT_RUN_DIR, $XDG_RUNTIME_DIR/dom0kit or /run/dom0kit)
       --machine-memory SIZE  machine memory (default 1G; K, M, G suffixes)
@@ -57,11 +73,23 @@ fn main() -> ExitCode {
             println!("dom0kit {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Some("demo") => Err(
-            "dom0kit demo: not built yet. The wire ABI, the shared rings and the \
-             simulated hypervisor exist; xenstored and the toolstack do not."
-                .to_string(),
-        ),
+        Some("demo") => host::demo(&args[1..]),
+        Some(
+            cmd @ ("up" | "down" | "status" | "create" | "list" | "destroy" | "block-attach"
+            | "block-detach" | "__supervise"),
+        ) => host::host_args(&args[1..]).and_then(|h| match cmd {
+            "up" => host::up(&h),
+            "down" => host::down(&h),
+            "status" => host::status(&h),
+            "create" => host::create(&h),
+            "list" => host::list(&h),
+            "destroy" => host::destroy(&h),
+            "block-attach" => host::block_attach(&h),
+            "block-detach" => host::block_detach(&h),
+            _ => host::supervise(&h),
+        }),
+        Some("guest") => guest::main(&args[1..]),
+        Some("backend") => backend::main(&args[1..]),
         Some("hv") => hv(&args[1..]),
         Some("xenstored") => xenstored(&args[1..]),
         Some("bench") => bench(&args[1..]),

@@ -10,10 +10,25 @@ fn dom0kit() -> Command {
 }
 
 #[test]
-fn demo_says_it_is_not_built_yet_and_fails() {
-    let out = dom0kit().arg("demo").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+fn host_commands_without_a_host_say_so() {
+    let dir = std::env::temp_dir().join(format!("dom0kit-cli-nohost-{}", std::process::id()));
+    for cmd in ["list", "down", "destroy"] {
+        let out = dom0kit()
+            .args([cmd, "--run-dir"])
+            .arg(&dir)
+            .args(if cmd == "destroy" {
+                &["x"][..]
+            } else {
+                &[][..]
+            })
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no host runs in"),
+            "{cmd}"
+        );
+    }
 }
 
 #[test]

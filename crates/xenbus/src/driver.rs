@@ -66,16 +66,15 @@ fn directory<S: Read + Write>(xs: &mut Client<S>, path: &str) -> Result<Vec<Stri
     }
 }
 
-fn exists<S: Read + Write>(xs: &mut Client<S>, path: &str) -> bool {
-    xs.read(Tx::NONE, path).is_ok()
-}
-
+/// Writes our state, as Linux's `xenbus_switch_state`: in a transaction
+/// that first reads it, so that a directory the toolstack removed
+/// meanwhile is never made again by the write.
 fn set_state<S: Read + Write>(xs: &mut Client<S>, dir: &str, s: State) {
-    // The directory may be gone (the toolstack removed the device); there
-    // is then nothing to tell.
-    if exists(xs, dir) {
-        let _ = xs.write(Tx::NONE, &format!("{dir}/state"), &s.value());
-    }
+    let path = format!("{dir}/state");
+    let _ = crate::paths::in_transaction(xs, |xs, t| {
+        xs.read(t, &path)?;
+        xs.write(t, &path, &s.value())
+    });
 }
 
 impl<D: BackendDriver> BackendRunner<D> {
@@ -128,6 +127,12 @@ impl<D: BackendDriver> BackendRunner<D> {
                 frontend: fe,
                 backend: self.domid,
             };
+            // Only a new device, as Linux's xenbus_probe_node: one in any
+            // other state is going away (Closed, waiting for the toolstack
+            // to remove it) and must not be probed again.
+            if read_state(xs, &format!("{}/state", dev.backend_dir())) != State::Initialising {
+                continue;
+            }
             let mut d = BackendDevice {
                 dev,
                 machine: Backend::new(),
@@ -265,16 +270,27 @@ impl<D: FrontendDriver> FrontendRunner<D> {
             }
         }
         for &(devid, backend) in &present {
-            self.devices.entry(devid).or_insert_with(|| FrontendDevice {
-                dev: Device {
-                    kind: self.kind.clone(),
-                    devid,
-                    frontend: self.domid,
-                    backend,
+            if self.devices.contains_key(&devid) {
+                continue;
+            }
+            let dev = Device {
+                kind: self.kind.clone(),
+                devid,
+                frontend: self.domid,
+                backend,
+            };
+            // Only a new device (see the backend's rescan).
+            if read_state(xs, &format!("{}/state", dev.frontend_dir())) != State::Initialising {
+                continue;
+            }
+            self.devices.insert(
+                devid,
+                FrontendDevice {
+                    dev,
+                    machine: Frontend::new(),
+                    peer: State::Unknown,
                 },
-                machine: Frontend::new(),
-                peer: State::Unknown,
-            });
+            );
         }
         let keys: Vec<u32> = self.devices.keys().copied().collect();
         for key in keys {

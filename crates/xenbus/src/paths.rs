@@ -142,12 +142,32 @@ impl Device {
         })
     }
 
-    /// Removes both directories.
+    /// Removes both directories (either may be gone already: xenstored
+    /// removes a dead guest's nodes itself).
     pub fn remove<S: Read + Write>(&self, xs: &mut Client<S>) -> Result<(), ClientError> {
         let (fe, be) = (self.frontend_dir(), self.backend_dir());
         in_transaction(xs, |xs, t| {
-            xs.rm(t, &fe)?;
-            xs.rm(t, &be)?;
+            for dir in [&fe, &be] {
+                match xs.rm(t, dir) {
+                    Ok(()) | Err(ClientError::Xs(XsError::NoEnt)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // The parents that are left empty, as libxl's path cleanup
+            // removes them: `backend/<kind>/<fe>`, `backend/<kind>`,
+            // `backend`, and the guest's `device/<kind>`.
+            let be_root = format!("{}/backend", domain_dir(self.backend));
+            let fe_kind = format!("{}/device/{}", domain_dir(self.frontend), self.kind);
+            for parent in [
+                format!("{be_root}/{}/{}", self.kind, self.frontend),
+                format!("{be_root}/{}", self.kind),
+                be_root.clone(),
+                fe_kind,
+            ] {
+                if xs.directory(t, &parent).is_ok_and(|c| c.is_empty()) {
+                    xs.rm(t, &parent)?;
+                }
+            }
             Ok(())
         })
     }
@@ -171,12 +191,16 @@ pub fn read_state<S: Read + Write>(xs: &mut Client<S>, path: &str) -> State {
         .unwrap_or(State::Unknown)
 }
 
-/// Runs `f` in a transaction, again on `EAGAIN` (at most 16 times).
+/// Runs `f` in a transaction, again on `EAGAIN` (at most 64 times, backing
+/// off a little more each time).
 pub fn in_transaction<S: Read + Write, T>(
     xs: &mut Client<S>,
     mut f: impl FnMut(&mut Client<S>, Tx) -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
-    for _ in 0..16 {
+    for attempt in 0..64u64 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(50 * attempt.min(40)));
+        }
         let t = xs.transaction_start()?;
         let r = match f(xs, t) {
             Ok(r) => r,

@@ -12,7 +12,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use abi::xs_wire::{offsets, XENSTORE_ERROR_NONE};
+use abi::xs_wire::{offsets, XENSTORE_CONNECTED, XENSTORE_ERROR_NONE, XENSTORE_RECONNECT};
 use platform::{EventChannels, OwnMemory, Pfn, Port, VolatileSlice};
 use ring::{ByteConsumer, ByteProducer, ByteRingLayout};
 
@@ -30,11 +30,18 @@ fn broken(what: impl std::fmt::Display) -> io::Error {
 
 impl<P: OwnMemory + EventChannels> RingStream<P> {
     /// The ring in our page `pfn`, signalled on our port `port` (bound to
-    /// xenstored's end by its `XS_INTRODUCE`). Clears the page's indexes,
-    /// which must be done before the domain is introduced.
+    /// xenstored's end by its `XS_INTRODUCE`), set up before the domain is
+    /// introduced: the page is cleared and its `connection` word says
+    /// `XENSTORE_RECONNECT`, so that nothing is written into the ring until
+    /// xenstored, introducing the domain, says `XENSTORE_CONNECTED` (as a
+    /// dom0less guest waits, `xenstore-ring.txt`); it resets the indexes
+    /// at that moment, which would lose anything written before.
     pub fn new(dom: P, pfn: Pfn, port: Port) -> io::Result<RingStream<P>> {
         let s = RingStream::attach(dom, pfn, port)?;
-        s.page()?.fill(0, platform::PAGE_SIZE, 0).map_err(broken)?;
+        let page = s.page()?;
+        page.fill(0, platform::PAGE_SIZE, 0).map_err(broken)?;
+        page.store_u32(offsets::CONNECTION, XENSTORE_RECONNECT, Ordering::Release)
+            .map_err(broken)?;
         Ok(s)
     }
 
@@ -89,10 +96,17 @@ impl<P: OwnMemory + EventChannels> RingStream<P> {
             if err != XENSTORE_ERROR_NONE {
                 return Err(broken(format!("xenstored reports error {err}")));
             }
-            let n = step(page).map_err(broken)?;
-            if n > 0 {
-                self.dom.notify(self.port).map_err(broken)?;
-                return Ok(n);
+            // Not introduced yet (or reconnecting): the rings are not ours.
+            let connected = page
+                .load_u32(offsets::CONNECTION, Ordering::Acquire)
+                .map_err(broken)?
+                == XENSTORE_CONNECTED;
+            if connected {
+                let n = step(page).map_err(broken)?;
+                if n > 0 {
+                    self.dom.notify(self.port).map_err(broken)?;
+                    return Ok(n);
+                }
             }
             let wait_ms = match deadline {
                 None => 1000,

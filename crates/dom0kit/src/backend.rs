@@ -1,0 +1,156 @@
+//! `dom0kit backend`: dom0's device backends. It attaches to the simulated
+//! hypervisor as dom0, watches `/local/domain/0/backend/vbd`, and serves
+//! every device that appears there through the xenbus handshake.
+//!
+//! The vbd backend so far: it checks the disk's target, advertises the
+//! disk's size and the features it will honour, maps the frontend's ring
+//! and binds its event channel (`Connected`), and lets go when the
+//! frontend or the toolstack closes the device. It does not answer block
+//! requests yet (issue 6: blkback).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use platform::{DomId, EventChannels, GrantMapper, GrantRef, GrantSpec, Port};
+use sim::client::SimMapping;
+use sim::SimDomain;
+use xenbus::driver::{BackendDriver, BackendRunner, DriverResult};
+use xenbus::features;
+use xenbus::paths::Device;
+use xenstore::client::{Client, Tx};
+
+/// A connected vbd: the frontend's ring mapped, its port bound.
+struct Connection {
+    _ring: SimMapping,
+    port: Port,
+}
+
+struct VbdBack {
+    dom: SimDomain,
+    connected: BTreeMap<(u16, u32), Connection>,
+}
+
+fn read_text<S: Read + Write>(xs: &mut Client<S>, path: &str) -> Result<String, String> {
+    let v = xs
+        .read(Tx::NONE, path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    String::from_utf8(v).map_err(|_| format!("{path}: not text"))
+}
+
+impl BackendDriver for VbdBack {
+    fn probe<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
+        let be = dev.backend_dir();
+        let target = read_text(xs, &format!("{be}/params"))?;
+        let writable = read_text(xs, &format!("{be}/mode"))? == "w";
+        // The disk must be there and as writable as the guest was told.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&target)
+            .map_err(|e| format!("{target}: {e}"))?;
+        let bytes = file.metadata().map_err(|e| format!("{target}: {e}"))?.len();
+        for (k, v) in [
+            ("sectors", (bytes / 512).to_string()),
+            ("sector-size", "512".to_string()),
+            ("physical-sector-size", "512".to_string()),
+            ("info", if writable { "0" } else { "4" }.to_string()),
+            ("feature-flush-cache", "1".to_string()),
+            ("max-ring-page-order", "0".to_string()),
+            ("hotplug-status", "connected".to_string()),
+        ] {
+            xs.write(Tx::NONE, &format!("{be}/{k}"), v.as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
+        let rings =
+            features::queue_rings(xs, &dev.frontend_dir(), 0, 1).map_err(|e| e.to_string())?;
+        let q = &rings[0];
+        let protocol = read_text(xs, &format!("{}/protocol", dev.frontend_dir()))
+            .unwrap_or_else(|_| "x86_64-abi".into());
+        if !matches!(protocol.as_str(), "x86_64-abi" | "x86_32-abi") {
+            return Err(format!(
+                "protocol {protocol:?} is not x86_64-abi or x86_32-abi"
+            ));
+        }
+        let fe = DomId(dev.frontend);
+        let specs: Vec<GrantSpec> = q
+            .ring_refs
+            .iter()
+            .map(|&r| GrantSpec {
+                domid: fe,
+                gref: GrantRef(r),
+                writable: true,
+            })
+            .collect();
+        let ring = self.dom.map_grants(&specs).map_err(|e| e.to_string())?;
+        let port = self
+            .dom
+            .bind_interdomain(fe, Port(q.event_channel))
+            .map_err(|e| e.to_string())?;
+        self.connected
+            .insert((dev.frontend, dev.devid), Connection { _ring: ring, port });
+        Ok(())
+    }
+
+    fn disconnect(&mut self, dev: &Device) {
+        if let Some(c) = self.connected.remove(&(dev.frontend, dev.devid)) {
+            let _ = self.dom.close(c.port);
+            // The ring is unmapped as `c` goes.
+        }
+    }
+}
+
+/// Runs the backends until xenstore goes away.
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let mut hv: Option<PathBuf> = None;
+    let mut socket = xenstore::client::default_socket();
+    let mut ready: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--hv" => hv = Some(crate::value(&mut it, a)?.into()),
+            "--socket" => socket = crate::value(&mut it, a)?.into(),
+            "--ready" => ready = Some(crate::value(&mut it, a)?.into()),
+            _ => return Err(format!("backend: unknown option {a}")),
+        }
+    }
+    let hv = hv.ok_or("backend: --hv HV_SOCKET is needed")?;
+    let dom = SimDomain::attach_dom0(&hv).map_err(|e| format!("backend: attach: {e}"))?;
+    let mut xs = Client::connect(&socket).map_err(|e| format!("backend: {e}"))?;
+    let mut vbd = BackendRunner::new(
+        "vbd",
+        0,
+        VbdBack {
+            dom,
+            connected: BTreeMap::new(),
+        },
+    );
+    let err = |e: &dyn std::fmt::Display| format!("backend: {e}");
+    xs.watch(&vbd.watch_path(), "vbd").map_err(|e| err(&e))?;
+    if let Some(r) = ready {
+        std::fs::write(&r, b"").map_err(|e| format!("backend: {}: {e}", r.display()))?;
+    }
+    let mut watched: HashSet<String> = HashSet::new();
+    loop {
+        xs.read_watch().map_err(|e| err(&e))?;
+        vbd.rescan(&mut xs).map_err(|e| err(&e))?;
+        // Each frontend's device directory, once per guest.
+        let paths: Vec<String> = vbd
+            .devices()
+            .map(|(d, _)| format!("/local/domain/{}/device/{}", d.frontend, d.kind))
+            .collect();
+        let now: HashSet<String> = paths.into_iter().collect();
+        for p in now.difference(&watched) {
+            xs.watch(p, "frontend").map_err(|e| err(&e))?;
+        }
+        for p in watched.difference(&now) {
+            // Gone already if xenstored released the domain.
+            let _ = xs.unwatch(p, "frontend");
+        }
+        watched = now;
+    }
+}

@@ -1,0 +1,171 @@
+//! `dom0kit guest`: the process that runs as a domU. It attaches to the
+//! simulated hypervisor as its domain (the one-time token comes in
+//! `$DOM0KIT_TOKEN`, not on the command line), sets up its xenstore ring
+//! page and an unbound port for dom0, tells the toolstack where they are
+//! on its standard output (`xenstore <gfn> <port>`, the start info of a
+//! real domU), and then speaks xenstore over the ring like a domU does,
+//! running its frontends.
+//!
+//! Frontends so far: vbd, up to `Connected` (the shared ring granted, the
+//! event channel bound). The block data path is issue 6's.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use platform::{DomId, EventChannels, GrantRef, GrantTable, OwnMemory, Pfn, Port};
+use sim::SimDomain;
+use xenbus::driver::{DriverResult, FrontendDriver, FrontendRunner};
+use xenbus::paths::Device;
+use xenstore::client::{Client, Tx};
+use xenstore::ring::RingStream;
+
+/// One vbd frontend's ring: its page, its grant, its port.
+struct VbdRing {
+    pfn: Pfn,
+    gref: GrantRef,
+    port: Port,
+}
+
+/// The vbd frontend: grants a one-page `blkif` ring to the backend and
+/// allocates its event channel.
+struct VbdFront {
+    dom: SimDomain,
+    rings: BTreeMap<u32, VbdRing>,
+    /// Grants the backend still had mapped when we let go: ended later.
+    lingering: Vec<(Pfn, GrantRef)>,
+}
+
+impl VbdFront {
+    fn end_lingering(&mut self) {
+        let dom = &self.dom;
+        self.lingering
+            .retain(|&(pfn, gref)| match dom.end_access(gref) {
+                Ok(()) => {
+                    let _ = dom.free_pages(pfn, 1);
+                    false
+                }
+                Err(_) => true,
+            });
+    }
+}
+
+impl FrontendDriver for VbdFront {
+    fn setup<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
+        self.end_lingering();
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let backend = DomId(dev.backend);
+        let pfn = self.dom.alloc_pages(1).map_err(|x| e(&x))?;
+        // An empty ring: every index zero.
+        let page = self.dom.pages(pfn, 1).map_err(|x| e(&x))?;
+        page.fill(0, platform::PAGE_SIZE, 0).map_err(|x| e(&x))?;
+        let gref = match self.dom.grant_access(backend, pfn, false) {
+            Ok(g) => g,
+            Err(x) => {
+                let _ = self.dom.free_pages(pfn, 1);
+                return Err(e(&x));
+            }
+        };
+        let port = match self.dom.alloc_unbound(backend) {
+            Ok(p) => p,
+            Err(x) => {
+                let _ = self.dom.end_access(gref);
+                let _ = self.dom.free_pages(pfn, 1);
+                return Err(e(&x));
+            }
+        };
+        self.rings.insert(dev.devid, VbdRing { pfn, gref, port });
+        let fe = dev.frontend_dir();
+        for (k, v) in [
+            ("ring-ref", gref.0.to_string()),
+            ("event-channel", port.0.to_string()),
+            ("protocol", "x86_64-abi".to_string()),
+        ] {
+            xs.write(Tx::NONE, &format!("{fe}/{k}"), v.as_bytes())
+                .map_err(|x| e(&x))?;
+        }
+        Ok(())
+    }
+
+    fn connect<S: Read + Write>(&mut self, _xs: &mut Client<S>, _dev: &Device) -> DriverResult {
+        Ok(())
+    }
+
+    fn disconnect(&mut self, dev: &Device) {
+        if let Some(r) = self.rings.remove(&dev.devid) {
+            let _ = self.dom.close(r.port);
+            self.lingering.push((r.pfn, r.gref));
+        }
+        self.end_lingering();
+    }
+}
+
+/// Runs the guest; returns when its xenstore connection ends.
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let mut hv: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--hv" => hv = Some(crate::value(&mut it, a)?.into()),
+            _ => return Err(format!("guest: unknown option {a}")),
+        }
+    }
+    let hv = hv.ok_or("guest: --hv HV_SOCKET is needed")?;
+    let token = std::env::var("DOM0KIT_TOKEN").map_err(|_| "guest: $DOM0KIT_TOKEN is not set")?;
+    // Not inherited by anything we start.
+    std::env::remove_var("DOM0KIT_TOKEN");
+    let dom = SimDomain::attach_guest(&hv, &token).map_err(|e| format!("guest: attach: {e}"))?;
+    let domid = dom.domid().0;
+    let err = |e: &dyn std::fmt::Display| format!("guest {domid}: {e}");
+    // A domain outlives neither its hypervisor nor its domain (destroy
+    // kills the process; a hypervisor that goes away cannot): look now
+    // and then.
+    let watchdog = dom.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if watchdog.physinfo().is_err() {
+            eprintln!("guest {domid}: the hypervisor is gone");
+            std::process::exit(3);
+        }
+    });
+    let pfn = dom.alloc_pages(1).map_err(|e| err(&e))?;
+    let port = dom.alloc_unbound(DomId(0)).map_err(|e| err(&e))?;
+    let stream = RingStream::new(dom.clone(), pfn, port).map_err(|e| err(&e))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "xenstore {} {}", pfn.0, port.0).map_err(|e| err(&e))?;
+        out.flush().map_err(|e| err(&e))?;
+    }
+    let mut xs = Client::over(stream);
+    let mut vbd = FrontendRunner::new(
+        "vbd",
+        domid,
+        VbdFront {
+            dom: dom.clone(),
+            rings: BTreeMap::new(),
+            lingering: Vec::new(),
+        },
+    );
+    // The first request waits until dom0 has introduced us.
+    xs.watch(&vbd.watch_path(), "vbd").map_err(|e| err(&e))?;
+    let mut watched: HashSet<String> = HashSet::new();
+    loop {
+        xs.read_watch().map_err(|e| err(&e))?;
+        vbd.rescan(&mut xs).map_err(|e| err(&e))?;
+        // The backends' directories for us too, once per backend domain
+        // (not per device: a guest has few watches to spend).
+        let paths: Vec<String> = vbd
+            .devices()
+            .map(|(d, _)| format!("/local/domain/{}/backend/{}/{domid}", d.backend, d.kind))
+            .collect();
+        let now: HashSet<String> = paths.into_iter().collect();
+        for p in now.difference(&watched) {
+            xs.watch(p, "backend").map_err(|e| err(&e))?;
+        }
+        for p in watched.difference(&now) {
+            // Gone already if xenstored released the domain.
+            let _ = xs.unwatch(p, "backend");
+        }
+        watched = now;
+    }
+}

@@ -1,0 +1,296 @@
+//! A simulated host through the `dom0kit` command: `up`, `create`, `list`,
+//! `destroy`, hotplug, crashes, `down`, and `demo`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dom0kit");
+
+struct Host {
+    dir: PathBuf,
+}
+
+impl Host {
+    fn up(name: &str) -> Host {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("host-{name}"));
+        let _ = Command::new(BIN)
+            .args(["down", "--run-dir"])
+            .arg(dir.join("run"))
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let h = Host { dir };
+        let out = h.run(&["up", "--machine-memory", "1G"]);
+        assert!(
+            out.status.success(),
+            "up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        h
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(BIN);
+        c.arg(args[0])
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(&args[1..]);
+        c.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A config file for guest `name` with one disk.
+    fn config(&self, name: &str) -> PathBuf {
+        let disk = self.dir.join(format!("{name}.img"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let cfg = self.dir.join(format!("{name}.cfg"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"{name}\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw' ]\n",
+                disk.display()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    fn xenstore_ls(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["xenstore", "ls", "/"])
+            .env("XENSTORED_PATH", self.run_dir().join("xenstored.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn free_frames(&self) -> u64 {
+        let d = sim::SimDomain::attach_dom0(&self.run_dir().join("hv.sock")).unwrap();
+        d.physinfo().unwrap().1
+    }
+
+    /// Processes that run with this host's files (guests, daemons).
+    fn processes(&self) -> Vec<String> {
+        let me = self.run_dir().display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&me) && cmd.contains(" guest ") {
+                    out.push(cmd);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// The store once it is back to `want` (or what it is after 5 s): the
+/// reaper works in the background.
+fn settled_store(h: &Host, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = h.xenstore_ls();
+        if s == want || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn create_list_destroy_round_trip() {
+    let h = Host::up("round");
+    let before_store = h.xenstore_ls();
+    let before_frames = h.free_frames();
+    let cfg = h.config("alpha");
+    let out = h.ok(&["create", cfg.to_str().unwrap()]);
+    assert!(out.contains("created domain alpha (id 1)"), "{out}");
+    let list = h.ok(&["list"]);
+    assert!(list.lines().next().unwrap().starts_with("Name"), "{list}");
+    assert!(list.contains("Domain-0"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("alpha") && l.contains(" 1 ") && l.contains(" 16 ")),
+        "{list}"
+    );
+    // A second guest of the same name is refused.
+    let again = h.run(&["create", cfg.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    // Hotplug a second disk, then take it away.
+    let extra = h.dir.join("extra.img");
+    std::fs::File::create(&extra)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    h.ok(&[
+        "block-attach",
+        "alpha",
+        &format!("{},raw,xvdb,rw", extra.display()),
+    ]);
+    let store = h.xenstore_ls();
+    assert!(store.contains("51728 = \"\""), "{store}");
+    h.ok(&["block-detach", "alpha", "xvdb"]);
+    assert!(!h.xenstore_ls().contains("51728"), "xvdb left behind");
+    h.ok(&["destroy", "alpha"]);
+    let list = h.ok(&["list"]);
+    assert!(!list.contains("alpha"), "{list}");
+    assert_eq!(
+        settled_store(&h, &before_store),
+        before_store,
+        "xenstore is as it was"
+    );
+    assert_eq!(h.free_frames(), before_frames, "every frame came back");
+    assert!(h.processes().is_empty(), "{:?}", h.processes());
+    let gone = h.run(&["destroy", "alpha"]);
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn ten_guests_at_once_leave_nothing_behind() {
+    let h = Host::up("ten");
+    let before_store = h.xenstore_ls();
+    let before_frames = h.free_frames();
+    let cfgs: Vec<PathBuf> = (0..10).map(|i| h.config(&format!("g{i}"))).collect();
+    std::thread::scope(|s| {
+        for c in &cfgs {
+            s.spawn(|| h.ok(&["create", c.to_str().unwrap()]));
+        }
+    });
+    let list = h.ok(&["list"]);
+    assert_eq!(list.lines().count(), 12, "{list}");
+    assert_eq!(h.processes().len(), 10);
+    std::thread::scope(|s| {
+        for i in 0..10 {
+            let h = &h;
+            s.spawn(move || h.ok(&["destroy", &format!("g{i}")]));
+        }
+    });
+    assert_eq!(h.ok(&["list"]).lines().count(), 2);
+    assert_eq!(settled_store(&h, &before_store), before_store);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (h.free_frames() != before_frames || !h.processes().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.free_frames(), before_frames, "every frame came back");
+    assert!(h.processes().is_empty(), "{:?}", h.processes());
+}
+
+#[test]
+fn a_guest_killed_with_sigkill_is_cleaned_up() {
+    let h = Host::up("kill");
+    let before_store = h.xenstore_ls();
+    let cfg = h.config("victim");
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let procs = h.processes();
+    assert_eq!(procs.len(), 1);
+    let pid = pid_of_guest(&h.run_dir());
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The reaper sees @releaseDomain and removes what is left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.ok(&["list"]).contains("victim") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!h.ok(&["list"]).contains("victim"));
+    assert_eq!(settled_store(&h, &before_store), before_store);
+}
+
+fn pid_of_guest(run: &Path) -> i32 {
+    let me = run.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&me) && cmd.contains(" guest ") {
+                return e.file_name().to_str().unwrap().parse().unwrap();
+            }
+        }
+    }
+    panic!("no guest process");
+}
+
+#[test]
+fn a_bad_config_is_refused_and_creates_nothing() {
+    let h = Host::up("bad");
+    let before = h.xenstore_ls();
+    for (text, want) in [
+        ("memory = 16\n", "name: is missing"),
+        (
+            "name = \"x\"\ndisk = [ '/nonexistent/x.img' ]\n",
+            "disk[0]: vdev is missing",
+        ),
+        (
+            "name = \"x\"\ncolour = \"red\"\n",
+            "line 2: colour: is not a known key",
+        ),
+        (
+            "name = \"x\"\ndisk = [ '/nonexistent/x.img,,xvda' ]\n",
+            "disk[0]: target \"/nonexistent/x.img\" does not exist",
+        ),
+    ] {
+        let cfg = h.dir.join("bad.cfg");
+        std::fs::write(&cfg, text).unwrap();
+        let out = h.run(&["create", cfg.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+    assert_eq!(h.xenstore_ls(), before);
+    assert!(h.ok(&["list"]).lines().count() == 2);
+}
+
+#[test]
+fn the_demo_runs_and_tells_what_happened() {
+    let started = Instant::now();
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "host up in",
+        "created domain demo (id 1)",
+        "demo                                         1",
+        "name = \"demo\"",
+        "ring-ref = ",
+        "vbd 51712 (xvda): backend Connected, frontend Connected",
+        "its xenstore directory is gone",
+        "is down",
+    ] {
+        assert!(text.contains(want), "demo output lacks {want:?}:\n{text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
