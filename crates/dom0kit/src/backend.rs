@@ -136,8 +136,8 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     }
     let mut watched: HashSet<String> = HashSet::new();
     loop {
-        xs.read_watch().map_err(|e| err(&e))?;
-        vbd.rescan(&mut xs).map_err(|e| err(&e))?;
+        let ev = xs.read_watch().map_err(|e| err(&e))?;
+        vbd.on_event(&mut xs, &ev.path).map_err(|e| err(&e))?;
         // Each frontend's device directory, once per guest.
         let paths: Vec<String> = vbd
             .devices()

@@ -123,8 +123,12 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let watchdog = dom.clone();
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        if watchdog.physinfo().is_err() {
-            eprintln!("guest {domid}: the hypervisor is gone");
+        // A guest may not ask this (permission denied): only a closed or
+        // broken connection means the hypervisor is gone.
+        if let Err(e @ (platform::Error::Protocol(_) | platform::Error::Io(_))) =
+            watchdog.physinfo()
+        {
+            eprintln!("guest {domid}: the hypervisor is gone ({e})");
             std::process::exit(3);
         }
     });
@@ -150,8 +154,8 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     xs.watch(&vbd.watch_path(), "vbd").map_err(|e| err(&e))?;
     let mut watched: HashSet<String> = HashSet::new();
     loop {
-        xs.read_watch().map_err(|e| err(&e))?;
-        vbd.rescan(&mut xs).map_err(|e| err(&e))?;
+        let ev = xs.read_watch().map_err(|e| err(&e))?;
+        vbd.on_event(&mut xs, &ev.path).map_err(|e| err(&e))?;
         // The backends' directories for us too, once per backend domain
         // (not per device: a guest has few watches to spend).
         let paths: Vec<String> = vbd

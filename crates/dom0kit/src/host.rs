@@ -743,3 +743,84 @@ fn demo_guest(h: &HostArgs, dir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `dom0kit bench host`: creates guests one after another, each with a
+/// disk, and times each from `create` until its disk is `Connected`, as
+/// the number of running guests grows (LightVM keeps this flat).
+pub(crate) fn bench(args: &[String]) -> Result<(), String> {
+    let mut guests = 50usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--guests" => {
+                guests = crate::value(&mut it, a)?
+                    .parse()
+                    .map_err(|_| "bench host: bad --guests")?
+            }
+            _ => return Err(format!("bench host: unknown option {a}")),
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("dom0kit-bench-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let h = HostArgs {
+        run: RunDir(dir.join("run")),
+        machine_memory: format!("{}M", 64 + guests * 20),
+        rest: Vec::new(),
+    };
+    up(&h)?;
+    let result = bench_in(&h, &dir, guests);
+    let stopped = down(&h);
+    let _ = std::fs::remove_dir_all(&dir);
+    let times = result?;
+    stopped?;
+    println!("{:>8} {:>14}", "guest", "to Connected");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (i, t) in times.iter().enumerate() {
+        let n = i + 1;
+        if n == 1 || n == 2 || n % 10 == 0 || n == times.len() {
+            println!("{n:>8} {:>11.2} ms", ms(*t));
+        }
+    }
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        let mut sorted = times.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        println!(
+            "median {:.2} ms; last/first {:.2}; last/median {:.2} (flat is 1)",
+            ms(median),
+            ms(*last) / ms(*first),
+            ms(*last) / ms(median)
+        );
+    }
+    Ok(())
+}
+
+fn bench_in(h: &HostArgs, dir: &Path, guests: usize) -> Result<Vec<Duration>, String> {
+    let (hv, mut xs) = connect(&h.run)?;
+    let mut spawner = Spawner::new(&h.run);
+    let mut times = Vec::new();
+    for i in 0..guests {
+        let disk = dir.join(format!("g{i}.img"));
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(1 << 20))
+            .map_err(|e| e.to_string())?;
+        let text = format!(
+            "name = \"g{i}\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw' ]\n",
+            disk.display()
+        );
+        let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let c =
+            dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
+        wait_connected(&mut xs, &c, Duration::from_secs(20))?;
+        times.push(t.elapsed());
+    }
+    for i in 0..guests {
+        dom::destroy(&hv, &mut xs, &format!("g{i}"), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+    }
+    for mut c in spawner.children.drain(..) {
+        let _ = c.wait();
+    }
+    Ok(times)
+}

@@ -50,6 +50,9 @@ commands:
                        control (also as xenstore-MODE through a link to this binary)
   bench xenstore --socket NAME=PATH [--socket NAME=PATH ...] [--quick]
                        the same workloads on each xenstored, as ratios to the first
+  bench host [--guests N]
+                       time to create a guest until its disk is Connected, from the
+                       first guest to the Nth running (default 50)
   bench sim [--rounds N | --quick]
                        measure the simulated hypervisor against its physical limits
   version              print the version";
@@ -303,7 +306,8 @@ fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("sim") => {}
         Some("xenstore") => return bench_xenstore(&args[1..]),
-        _ => return Err(format!("bench: which? (sim, xenstore)\n\n{USAGE}")),
+        Some("host") => return host::bench(&args[1..]),
+        _ => return Err(format!("bench: which? (sim, xenstore, host)\n\n{USAGE}")),
     }
     let mut rounds = 1;
     let mut it = args[1..].iter();

@@ -132,6 +132,9 @@ fn create_list_destroy_round_trip() {
     let cfg = h.config("alpha");
     let out = h.ok(&["create", cfg.to_str().unwrap()]);
     assert!(out.contains("created domain alpha (id 1)"), "{out}");
+    // Still there a while later (its watchdog once took a refusal of the
+    // hypervisor for the hypervisor being gone).
+    std::thread::sleep(Duration::from_millis(1200));
     let list = h.ok(&["list"]);
     assert!(list.lines().next().unwrap().starts_with("Name"), "{list}");
     assert!(list.contains("Domain-0"), "{list}");

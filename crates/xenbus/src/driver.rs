@@ -103,7 +103,7 @@ impl<D: BackendDriver> BackendRunner<D> {
         &mut self.driver
     }
 
-    /// Looks at every device again (call on each watch event).
+    /// Looks at every device again.
     pub fn rescan<S: Read + Write>(&mut self, xs: &mut Client<S>) -> Result<(), ClientError> {
         let base = self.watch_path();
         let mut present = Vec::new();
@@ -117,74 +117,128 @@ impl<D: BackendDriver> BackendRunner<D> {
                 }
             }
         }
-        for &(fe, devid) in &present {
-            if self.devices.contains_key(&(fe, devid)) {
-                continue;
+        for &key in &present {
+            if !self.devices.contains_key(&key) {
+                self.probe(xs, key);
             }
-            let dev = Device {
-                kind: self.kind.clone(),
-                devid,
-                frontend: fe,
-                backend: self.domid,
-            };
-            // Only a new device, as Linux's xenbus_probe_node: one in any
-            // other state is going away (Closed, waiting for the toolstack
-            // to remove it) and must not be probed again.
-            if read_state(xs, &format!("{}/state", dev.backend_dir())) != State::Initialising {
-                continue;
-            }
-            let mut d = BackendDevice {
-                dev,
-                machine: Backend::new(),
-                peer: State::Unknown,
-                online: true,
-            };
-            let actions = match self.driver.probe(xs, &d.dev) {
-                Ok(()) => d.machine.probe(),
-                Err(_) => d.machine.failed(),
-            };
-            self.perform(xs, &mut d, actions);
-            self.devices.insert((fe, devid), d);
         }
         let keys: Vec<(u16, u32)> = self.devices.keys().copied().collect();
         for key in keys {
-            let Some(mut d) = self.devices.remove(&key) else {
-                continue;
-            };
-            let be = d.dev.backend_dir();
-            let mut events = Vec::new();
-            if !present.contains(&key) {
-                events.push(Event::PeerGone);
-            } else {
-                let online = xs
-                    .read(Tx::NONE, &format!("{be}/online"))
-                    .map(|v| v == b"1")
-                    .unwrap_or(false);
-                // The frontend's directory is where the backend's names it.
-                let fe_dir = xs
-                    .read(Tx::NONE, &format!("{be}/frontend"))
-                    .ok()
-                    .and_then(|v| String::from_utf8(v).ok())
-                    .unwrap_or_else(|| d.dev.frontend_dir());
-                let peer = read_state(xs, &format!("{fe_dir}/state"));
-                if d.online && !online {
-                    d.online = false;
-                    events.push(Event::Remove);
-                }
-                if peer != d.peer {
-                    d.peer = peer;
-                    events.push(Event::Peer(peer));
-                }
-            }
-            for ev in events {
-                let actions = d.machine.on(ev);
-                self.perform(xs, &mut d, actions);
-            }
-            if !d.machine.is_gone() {
-                self.devices.insert(key, d);
-            }
+            self.check(xs, key, present.contains(&key));
         }
         Ok(())
+    }
+
+    /// A watch fired for `path`: looks at the device it is about (a
+    /// backend's or a frontend's node of it), or at every device if it is
+    /// about none. One device's change costs the same with 1 or 1000
+    /// devices.
+    pub fn on_event<S: Read + Write>(
+        &mut self,
+        xs: &mut Client<S>,
+        path: &str,
+    ) -> Result<(), ClientError> {
+        let Some(key) = self.device_of(path) else {
+            return self.rescan(xs);
+        };
+        let dev = self.device(key);
+        let present = xs.read(Tx::NONE, &dev.backend_dir()).is_ok();
+        if !self.devices.contains_key(&key) {
+            if present {
+                self.probe(xs, key);
+            }
+            return Ok(());
+        }
+        self.check(xs, key, present);
+        Ok(())
+    }
+
+    fn device(&self, (frontend, devid): (u16, u32)) -> Device {
+        Device {
+            kind: self.kind.clone(),
+            devid,
+            frontend,
+            backend: self.domid,
+        }
+    }
+
+    /// The device a node belongs to: `<watch path>/<fe>/<devid>/...` or
+    /// `/local/domain/<fe>/device/<kind>/<devid>/...`.
+    fn device_of(&self, path: &str) -> Option<(u16, u32)> {
+        let base = self.watch_path();
+        if let Some(rest) = path.strip_prefix(&base).and_then(|r| r.strip_prefix('/')) {
+            let mut it = rest.split('/');
+            return Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?));
+        }
+        let rest = path.strip_prefix("/local/domain/")?;
+        let mut it = rest.split('/');
+        let fe = it.next()?.parse().ok()?;
+        if it.next()? != "device" || it.next()? != self.kind {
+            return None;
+        }
+        Some((fe, it.next()?.parse().ok()?))
+    }
+
+    /// A device that appeared: probed if it is new.
+    fn probe<S: Read + Write>(&mut self, xs: &mut Client<S>, key: (u16, u32)) {
+        let dev = self.device(key);
+        // Only a new device, as Linux's xenbus_probe_node: one in any
+        // other state is going away (Closed, waiting for the toolstack to
+        // remove it) and must not be probed again.
+        if read_state(xs, &format!("{}/state", dev.backend_dir())) != State::Initialising {
+            return;
+        }
+        let mut d = BackendDevice {
+            dev,
+            machine: Backend::new(),
+            peer: State::Unknown,
+            online: true,
+        };
+        let actions = match self.driver.probe(xs, &d.dev) {
+            Ok(()) => d.machine.probe(),
+            Err(_) => d.machine.failed(),
+        };
+        self.perform(xs, &mut d, actions);
+        self.devices.insert(key, d);
+    }
+
+    /// Feeds a known device's changes to its machine.
+    fn check<S: Read + Write>(&mut self, xs: &mut Client<S>, key: (u16, u32), present: bool) {
+        let Some(mut d) = self.devices.remove(&key) else {
+            return;
+        };
+        let be = d.dev.backend_dir();
+        let mut events = Vec::new();
+        if !present {
+            events.push(Event::PeerGone);
+        } else {
+            let online = xs
+                .read(Tx::NONE, &format!("{be}/online"))
+                .map(|v| v == b"1")
+                .unwrap_or(false);
+            // The frontend's directory is where the backend's names it.
+            let fe_dir = xs
+                .read(Tx::NONE, &format!("{be}/frontend"))
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_else(|| d.dev.frontend_dir());
+            let peer = read_state(xs, &format!("{fe_dir}/state"));
+            if d.online && !online {
+                d.online = false;
+                events.push(Event::Remove);
+            }
+            if peer != d.peer {
+                d.peer = peer;
+                events.push(Event::Peer(peer));
+            }
+        }
+        for ev in events {
+            let actions = d.machine.on(ev);
+            self.perform(xs, &mut d, actions);
+        }
+        if !d.machine.is_gone() {
+            self.devices.insert(key, d);
+        }
     }
 
     fn perform<S: Read + Write>(
@@ -251,83 +305,133 @@ impl<D: FrontendDriver> FrontendRunner<D> {
         &mut self.driver
     }
 
-    /// Looks at every device again (call on each watch event). The
-    /// backend's state is read where the frontend's `backend` key says.
+    /// Looks at every device again. The backend's state is read where the
+    /// frontend's `backend` key says.
     pub fn rescan<S: Read + Write>(&mut self, xs: &mut Client<S>) -> Result<(), ClientError> {
         let base = self.watch_path();
         let mut present = Vec::new();
         for devid in directory(xs, &base)? {
-            let Ok(devid) = devid.parse::<u32>() else {
-                continue;
-            };
-            let dir = format!("{base}/{devid}");
-            let backend = xs
-                .read(Tx::NONE, &format!("{dir}/backend-id"))
-                .ok()
-                .and_then(|v| String::from_utf8(v).ok()?.parse::<u16>().ok());
-            if let Some(backend) = backend {
-                present.push((devid, backend));
+            if let Ok(devid) = devid.parse::<u32>() {
+                present.push(devid);
             }
         }
-        for &(devid, backend) in &present {
-            if self.devices.contains_key(&devid) {
-                continue;
+        for &devid in &present {
+            if !self.devices.contains_key(&devid) {
+                self.probe(xs, devid);
             }
-            let dev = Device {
-                kind: self.kind.clone(),
-                devid,
-                frontend: self.domid,
-                backend,
-            };
-            // Only a new device (see the backend's rescan).
-            if read_state(xs, &format!("{}/state", dev.frontend_dir())) != State::Initialising {
-                continue;
-            }
-            self.devices.insert(
-                devid,
-                FrontendDevice {
-                    dev,
-                    machine: Frontend::new(),
-                    peer: State::Unknown,
-                },
-            );
         }
         let keys: Vec<u32> = self.devices.keys().copied().collect();
         for key in keys {
-            let Some(mut d) = self.devices.remove(&key) else {
-                continue;
-            };
-            let mut events = Vec::new();
-            if !present.iter().any(|&(id, _)| id == key) {
-                events.push(Event::Remove);
-            } else {
-                let fe = d.dev.frontend_dir();
-                let be_dir = xs
-                    .read(Tx::NONE, &format!("{fe}/backend"))
-                    .ok()
-                    .and_then(|v| String::from_utf8(v).ok())
-                    .unwrap_or_else(|| d.dev.backend_dir());
-                let peer = read_state(xs, &format!("{be_dir}/state"));
-                if peer != d.peer {
-                    d.peer = peer;
-                    // The backend's directory going away is the device
-                    // going away.
-                    events.push(if peer == State::Unknown {
-                        Event::PeerGone
-                    } else {
-                        Event::Peer(peer)
-                    });
-                }
-            }
-            for ev in events {
-                let actions = d.machine.on(ev);
-                self.perform(xs, &mut d, actions);
-            }
-            if !d.machine.is_gone() {
-                self.devices.insert(key, d);
-            }
+            self.check(xs, key, present.contains(&key));
         }
         Ok(())
+    }
+
+    /// A watch fired for `path`: looks at the device it is about (its
+    /// frontend's node, or its backend's), or at every device.
+    pub fn on_event<S: Read + Write>(
+        &mut self,
+        xs: &mut Client<S>,
+        path: &str,
+    ) -> Result<(), ClientError> {
+        let Some(devid) = self.device_of(path) else {
+            return self.rescan(xs);
+        };
+        let present = xs
+            .read(Tx::NONE, &format!("{}/{devid}", self.watch_path()))
+            .is_ok();
+        if !self.devices.contains_key(&devid) {
+            if present {
+                self.probe(xs, devid);
+            }
+            return Ok(());
+        }
+        self.check(xs, devid, present);
+        Ok(())
+    }
+
+    /// `<watch path>/<devid>/...` or
+    /// `/local/domain/<be>/backend/<kind>/<our domid>/<devid>/...`.
+    fn device_of(&self, path: &str) -> Option<u32> {
+        let base = self.watch_path();
+        if let Some(rest) = path.strip_prefix(&base).and_then(|r| r.strip_prefix('/')) {
+            return rest.split('/').next()?.parse().ok();
+        }
+        let rest = path.strip_prefix("/local/domain/")?;
+        let mut it = rest.split('/');
+        it.next()?.parse::<u16>().ok()?;
+        if it.next()? != "backend" || it.next()? != self.kind {
+            return None;
+        }
+        if it.next()?.parse::<u16>().ok()? != self.domid {
+            return None;
+        }
+        it.next()?.parse().ok()
+    }
+
+    fn probe<S: Read + Write>(&mut self, xs: &mut Client<S>, devid: u32) {
+        let dir = format!("{}/{devid}", self.watch_path());
+        let Some(backend) = xs
+            .read(Tx::NONE, &format!("{dir}/backend-id"))
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok()?.parse::<u16>().ok())
+        else {
+            return;
+        };
+        let dev = Device {
+            kind: self.kind.clone(),
+            devid,
+            frontend: self.domid,
+            backend,
+        };
+        // Only a new device (see the backend's probe).
+        if read_state(xs, &format!("{}/state", dev.frontend_dir())) != State::Initialising {
+            return;
+        }
+        self.devices.insert(
+            devid,
+            FrontendDevice {
+                dev,
+                machine: Frontend::new(),
+                peer: State::Unknown,
+            },
+        );
+        self.check(xs, devid, true);
+    }
+
+    fn check<S: Read + Write>(&mut self, xs: &mut Client<S>, key: u32, present: bool) {
+        let Some(mut d) = self.devices.remove(&key) else {
+            return;
+        };
+        let mut events = Vec::new();
+        if !present {
+            events.push(Event::Remove);
+        } else {
+            let fe = d.dev.frontend_dir();
+            let be_dir = xs
+                .read(Tx::NONE, &format!("{fe}/backend"))
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_else(|| d.dev.backend_dir());
+            let peer = read_state(xs, &format!("{be_dir}/state"));
+            if peer != d.peer {
+                d.peer = peer;
+                // The backend's directory going away is the device going
+                // away.
+                events.push(if peer == State::Unknown {
+                    Event::PeerGone
+                } else {
+                    Event::Peer(peer)
+                });
+            }
+        }
+        for ev in events {
+            let actions = d.machine.on(ev);
+            self.perform(xs, &mut d, actions);
+        }
+        if !d.machine.is_gone() {
+            self.devices.insert(key, d);
+        }
     }
 
     fn perform<S: Read + Write>(
