@@ -89,6 +89,35 @@ impl Host {
         d.physinfo().unwrap().1
     }
 
+    /// Event channels (eventfds) the hv and the backend hold: each port
+    /// is one in the hv, and one in the process that bound it.
+    fn eventfds(&self) -> usize {
+        let me = self.run_dir().display().to_string();
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let daemon = cmd.contains(" hv --run-dir ") || cmd.contains(" backend --hv ");
+            if !(cmd.contains(&me) && daemon) {
+                continue;
+            }
+            for fd in std::fs::read_dir(e.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if std::fs::read_link(fd.path())
+                    .is_ok_and(|l| l.to_string_lossy().contains("eventfd"))
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Processes that run with this host's files (guests, daemons).
     fn processes(&self) -> Vec<String> {
         let me = self.run_dir().display().to_string();
@@ -181,6 +210,7 @@ fn ten_guests_at_once_leave_nothing_behind() {
     let h = Host::up("ten");
     let before_store = h.xenstore_ls();
     let before_frames = h.free_frames();
+    let before_eventfds = h.eventfds();
     let cfgs: Vec<PathBuf> = (0..10).map(|i| h.config(&format!("g{i}"))).collect();
     std::thread::scope(|s| {
         for c in &cfgs {
@@ -190,6 +220,10 @@ fn ten_guests_at_once_leave_nothing_behind() {
     let list = h.ok(&["list"]);
     assert_eq!(list.lines().count(), 12, "{list}");
     assert_eq!(h.processes().len(), 10);
+    assert!(
+        h.eventfds() >= before_eventfds + 20,
+        "each guest's ports are counted"
+    );
     std::thread::scope(|s| {
         for i in 0..10 {
             let h = &h;
@@ -206,6 +240,11 @@ fn ten_guests_at_once_leave_nothing_behind() {
     }
     assert_eq!(h.free_frames(), before_frames, "every frame came back");
     assert!(h.processes().is_empty(), "{:?}", h.processes());
+    assert_eq!(
+        h.eventfds(),
+        before_eventfds,
+        "every event channel was closed"
+    );
 }
 
 #[test]
