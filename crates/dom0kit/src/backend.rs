@@ -43,18 +43,28 @@ impl BackendDriver for VbdBack {
         let be = dev.backend_dir();
         let target = read_text(xs, &format!("{be}/params"))?;
         let writable = read_text(xs, &format!("{be}/mode"))? == "w";
-        // The disk must be there and as writable as the guest was told.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&target)
-            .map_err(|e| format!("{target}: {e}"))?;
-        let bytes = file.metadata().map_err(|e| format!("{target}: {e}"))?.len();
+        let cdrom = read_text(xs, &format!("{be}/device-type")).is_ok_and(|t| t == "cdrom");
+        let bytes = if target.is_empty() && cdrom {
+            // An empty drive.
+            0
+        } else {
+            // The disk must be there and as writable as the guest was told.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&target)
+                .map_err(|e| format!("{target}: {e}"))?;
+            file.metadata().map_err(|e| format!("{target}: {e}"))?.len()
+        };
         for (k, v) in [
             ("sectors", (bytes / 512).to_string()),
             ("sector-size", "512".to_string()),
             ("physical-sector-size", "512".to_string()),
-            ("info", if writable { "0" } else { "4" }.to_string()),
+            // VDISK_CDROM 1, VDISK_REMOVABLE 2, VDISK_READONLY 4.
+            (
+                "info",
+                (u8::from(cdrom) * 3 + if writable { 0 } else { 4 }).to_string(),
+            ),
             ("feature-flush-cache", "1".to_string()),
             ("max-ring-page-order", "0".to_string()),
             ("hotplug-status", "connected".to_string()),

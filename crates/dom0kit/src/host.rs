@@ -141,7 +141,12 @@ pub(crate) fn up(h: &HostArgs) -> Result<(), String> {
         h.run.ready().exists() || matches!(child.try_wait(), Ok(Some(_)))
     });
     if ready.is_err() || !h.run.ready().exists() {
-        let _ = child.kill();
+        // The supervisor and every daemon it started (its process group).
+        // SAFETY: signalling a process group we made.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGKILL);
+        }
         let _ = child.wait();
         let log = std::fs::read_to_string(h.run.at("supervisor.log")).unwrap_or_default();
         return Err(format!("up: the host did not start:\n{log}"));
@@ -203,6 +208,13 @@ impl Daemon {
             }
             _ => false,
         }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A supervisor that fails half way leaves nothing running.
+        self.stop();
     }
 }
 
@@ -292,11 +304,18 @@ pub(crate) fn supervise(h: &HostArgs) -> Result<(), String> {
         }
         if xenstored.exited() {
             xenstored.restarts += 1;
-            eprintln!("supervisor: xenstored exited; restarting it from its state");
-            if run.state().exists() && !xenstored.args.iter().any(|a| a == "--restore") {
-                xenstored.args.push(os("--restore"));
-            }
+            // Its state is written when it is stopped, not as it goes: one
+            // that died has none to continue from (as with C xenstored, its
+            // store is lost), and an older one would bring back the dead.
+            eprintln!("supervisor: xenstored exited; restarting it with a fresh store");
+            let _ = std::fs::remove_file(run.state());
             xenstored.start(run)?;
+            wait_for("xenstored", Duration::from_secs(10), || xenstored_up(run))?;
+            if let Ok(mut xs) = Client::connect(&run.xenstored()) {
+                for (k, v) in [("name", "Domain-0"), ("domid", "0")] {
+                    let _ = xs.write(Tx::NONE, &format!("/local/domain/0/{k}"), v.as_bytes());
+                }
+            }
         }
         if backend.exited() {
             backend.restarts += 1;
@@ -312,11 +331,19 @@ pub(crate) fn supervise(h: &HostArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Destroys guests whose domain died (on `@releaseDomain`).
+/// Destroys guests whose domain died (on `@releaseDomain`), connecting
+/// again whenever xenstored goes away.
 fn reaper(run: &RunDir) {
     let Ok(hv) = SimDomain::attach_dom0(&run.hv()) else {
         return;
     };
+    while !STOP.load(Ordering::Relaxed) {
+        reap(run, &hv);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn reap(run: &RunDir, hv: &SimDomain) {
     let Ok(mut xs) = Client::connect(&run.xenstored()) else {
         return;
     };
@@ -342,7 +369,7 @@ fn reaper(run: &RunDir) {
                     Ok(c) => c,
                     Err(_) => continue,
                 };
-                let _ = dom::destroy(&hv, &mut c, &id.to_string(), Duration::from_millis(500));
+                let _ = dom::destroy(hv, &mut c, &id.to_string(), Duration::from_millis(500));
             }
         }
     }
@@ -514,9 +541,13 @@ pub(crate) fn block_attach(h: &HostArgs) -> Result<(), String> {
     let created = dom::Created {
         domid,
         uuid: String::new(),
-        devices: vec![dev],
+        devices: vec![dev.clone()],
     };
-    wait_connected(&mut xs, &created, Duration::from_secs(10))
+    if let Err(e) = wait_connected(&mut xs, &created, Duration::from_secs(10)) {
+        let _ = dom::detach(&mut xs, &dev, Duration::from_secs(1));
+        return Err(format!("block-attach: {e}; the disk was taken away again"));
+    }
+    Ok(())
 }
 
 /// `dom0kit block-detach DOMAIN VDEV`.

@@ -156,7 +156,17 @@ pub fn parse(spec: &str) -> Result<Disk, DiskError> {
                 "vdev" => once(&mut vdev, "vdev", value)?,
                 "access" => once(&mut access, "access", value)?,
                 "devtype" => once(&mut devtype, "devtype", value)?,
-                "backend" => disk.backend = Some(value.to_string()),
+                "backend" => {
+                    // Driver domains are not built: dom0 serves every disk.
+                    if !matches!(value, "0" | "Domain-0" | "") {
+                        return Err(bad(
+                            "backend",
+                            value,
+                            "Domain-0 (driver domains are not supported)",
+                        ));
+                    }
+                    disk.backend = Some(value.to_string());
+                }
                 "backendtype" => {
                     if !matches!(value, "phy" | "qdisk" | "standalone") {
                         return Err(bad("backendtype", value, "phy, qdisk or standalone"));
@@ -164,8 +174,17 @@ pub fn parse(spec: &str) -> Result<Disk, DiskError> {
                     disk.backend_type = Some(value.to_string());
                 }
                 "script" => disk.script = Some(value.to_string()),
-                // xl's other keys that do not apply here.
-                "specification" | "transport" => {}
+                "specification" => {
+                    if !matches!(value, "xen" | "") {
+                        return Err(bad(
+                            "specification",
+                            value,
+                            "xen (virtio disks are not supported)",
+                        ));
+                    }
+                }
+                // xl's other key that does not apply here.
+                "transport" => {}
                 _ => return Err(DiskError::Unknown(item.to_string())),
             },
             None => match item {
@@ -175,6 +194,8 @@ pub fn parse(spec: &str) -> Result<Disk, DiskError> {
                 "no-discard" => disk.discard = false,
                 "trusted" => disk.trusted = true,
                 "untrusted" => disk.trusted = false,
+                // A trailing comma's empty item is no parameter.
+                "" if next.is_none() => {}
                 _ => positionals.push(item.to_string()),
             },
         }
@@ -240,7 +261,18 @@ pub fn parse(spec: &str) -> Result<Disk, DiskError> {
         }
         target = Some(t);
     }
-    let target = target.flatten();
+    let mut target = target.flatten();
+    if let Some(t) = target.as_ref() {
+        if !t.starts_with('/') {
+            // A prefix of the deprecated syntax we do not know (tap2:,
+            // iscsi:, ...) names a script or backend we do not have.
+            if t.contains(':') {
+                return Err(bad("target", t, "a path (this prefix is not supported)"));
+            }
+            // "/dev will be prepended if the path doesn't start with a '/'".
+            target = Some(format!("/dev/{t}"));
+        }
+    }
     let mut vdev = vdev.filter(|v| !v.is_empty()).ok_or(DiskError::NoVdev)?;
     if let Some(v) = vdev.strip_suffix(":cdrom") {
         vdev = v.to_string();
@@ -278,7 +310,7 @@ pub fn parse(spec: &str) -> Result<Disk, DiskError> {
 
 /// The letters of a disk name as a number: `a` 0 .. `z` 25, `aa` 26, ...
 fn disk_index(letters: &str) -> Option<u32> {
-    if letters.is_empty() || letters.len() > 3 {
+    if letters.is_empty() || letters.len() > 5 {
         return None;
     }
     let mut n: u32 = 0;
@@ -291,58 +323,70 @@ fn disk_index(letters: &str) -> Option<u32> {
     Some(n - 1)
 }
 
-/// The device number of a virtual device name (xen-vbd-interface(7)):
-/// `xvd<disk><partition>`, `hd<disk><partition>` (4 disks), `sd<...>`, or
-/// `d<disk>p<partition>`; partitions up to 15 in the compact encodings,
-/// 255 in the extended one.
-pub fn vbd_devid(vdev: &str) -> Option<u32> {
-    let split = |s: &str| -> Option<(u32, u32)> {
-        let letters: String = s.chars().take_while(char::is_ascii_lowercase).collect();
-        let digits = &s[letters.len()..];
-        let disk = disk_index(&letters)?;
-        let part = if digits.is_empty() {
-            0
-        } else if digits.starts_with('0') {
-            return None;
-        } else {
-            digits.parse().ok()?
-        };
-        Some((disk, part))
+/// `<letters><partition>` after a prefix, within the limits (libxl's
+/// `device_virtdisk_matches`).
+fn letters_and_partition(s: &str, max_disk: u32, max_part: u32) -> Option<(u32, u32)> {
+    let letters: String = s.chars().take_while(char::is_ascii_lowercase).collect();
+    let digits = &s[letters.len()..];
+    let disk = disk_index(&letters)?;
+    let part = if digits.is_empty() {
+        0
+    } else if digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()?
+    } else {
+        return None;
     };
-    let compact_or_extended = |major: u32, disk: u32, part: u32| -> Option<u32> {
-        if disk < 16 && part < 16 {
-            Some((major << 8) | (disk << 4) | part)
-        } else if disk < (1 << 20) && part < 256 {
-            Some((1 << 28) | (disk << 8) | part)
+    (disk <= max_disk && part <= max_part).then_some((disk, part))
+}
+
+/// The device number of a virtual device name, as libxl's
+/// `libxl__device_disk_dev_number` computes it (xen-vbd-interface(7)):
+/// `xvd<disk><partition>` and `d<disk>p<partition>` (the compact
+/// encoding up to disk and partition 15, the extended one beyond),
+/// a plain number, `hd<disk><partition>` (4 disks, 63 partitions) and
+/// `sd<disk><partition>` (16 disks, 15 partitions).
+pub fn vbd_devid(vdev: &str) -> Option<u32> {
+    let xvd = |disk: u32, part: u32| {
+        if disk <= 15 && part <= 15 {
+            (202 << 8) | (disk << 4) | part
         } else {
-            None
+            (1 << 28) | (disk << 8) | part
         }
     };
-    if let Some(rest) = vdev.strip_prefix("xvd") {
-        let (disk, part) = split(rest)?;
-        return compact_or_extended(202, disk, part);
+    if let Some(rest) = vdev.strip_prefix('d') {
+        if let Some((d, p)) = rest.split_once('p') {
+            let all_digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+            if all_digits(d) && all_digits(p) {
+                let (disk, part) = (d.parse::<u32>().ok()?, p.parse::<u32>().ok()?);
+                return (disk < (1 << 20) && part < 256).then(|| xvd(disk, part));
+            }
+        }
     }
-    if let Some(rest) = vdev.strip_prefix("sd") {
-        let (disk, part) = split(rest)?;
-        return compact_or_extended(8, disk, part);
+    if let Some(rest) = vdev.strip_prefix("xvd") {
+        let (disk, part) = letters_and_partition(rest, (1 << 20) - 1, 255)?;
+        return Some(xvd(disk, part));
+    }
+    // A plain number (decimal, 0x hex or 0 octal, as strtoul reads it).
+    let number = if let Some(h) = vdev.strip_prefix("0x") {
+        u32::from_str_radix(h, 16).ok()
+    } else if vdev.len() > 1 && vdev.starts_with('0') {
+        u32::from_str_radix(&vdev[1..], 8).ok()
+    } else if !vdev.is_empty() && vdev.bytes().all(|b| b.is_ascii_digit()) {
+        vdev.parse().ok()
+    } else {
+        None
+    };
+    if let Some(n) = number {
+        return (n <= i32::MAX as u32).then_some(n);
     }
     if let Some(rest) = vdev.strip_prefix("hd") {
-        let (disk, part) = split(rest)?;
-        if disk > 3 || part > 63 {
-            return None;
-        }
+        let (disk, part) = letters_and_partition(rest, 3, 63)?;
         let major = if disk < 2 { 3 } else { 22 };
-        return Some((major << 8) | ((disk % 2) << 6) | part);
+        return Some((major << 8) | ((disk & 1) << 6) | part);
     }
-    if let Some(rest) = vdev.strip_prefix('d') {
-        let (disk, part) = match rest.split_once('p') {
-            Some((d, p)) => (d.parse::<u32>().ok()?, p.parse::<u32>().ok()?),
-            None => (rest.parse::<u32>().ok()?, 0),
-        };
-        if disk >= (1 << 20) || part > 255 {
-            return None;
-        }
-        return Some((1 << 28) | (disk << 8) | part);
+    if let Some(rest) = vdev.strip_prefix("sd") {
+        let (disk, part) = letters_and_partition(rest, 15, 15)?;
+        return Some((8 << 8) | (disk << 4) | part);
     }
     None
 }

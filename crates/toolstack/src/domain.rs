@@ -150,7 +150,7 @@ fn vbd_keys(d: &crate::disk::Disk) -> (Keys, Keys) {
         ("params", d.target.clone().unwrap_or_default()),
         (
             "type",
-            d.backend_type.clone().unwrap_or_else(|| "file".into()),
+            d.backend_type.clone().unwrap_or_else(|| "phy".into()),
         ),
         ("format", d.format.name().to_string()),
         ("mode", if d.writable { "w" } else { "r" }.to_string()),
@@ -217,18 +217,22 @@ fn build<S: Read + Write>(
             xs.mkdir(t, dir)?;
             xs.set_perms(t, dir, p)?;
         }
-        for sub in [
-            "device",
-            "data",
-            "control/shutdown",
-            "drivers",
-            "feature",
-            "attr",
-            "error",
+        // As libxl: `device` and `control` are dom0's and readable by the
+        // guest (its devices' own directories are its), the rest the
+        // guest's.
+        for (sub, p) in [
+            ("device", &ro),
+            ("control", &ro),
+            ("control/shutdown", &rw),
+            ("data", &rw),
+            ("drivers", &rw),
+            ("feature", &rw),
+            ("attr", &rw),
+            ("error", &rw),
         ] {
-            let p = format!("{home}/{sub}");
-            xs.mkdir(t, &p)?;
-            xs.set_perms(t, &p, &rw)?;
+            let path = format!("{home}/{sub}");
+            xs.mkdir(t, &path)?;
+            xs.set_perms(t, &path, p)?;
         }
         for (k, v) in [
             ("name", config.name.as_str()),
@@ -330,6 +334,15 @@ pub fn detach<S: Read + Write>(
     dev: &Device,
     wait: Duration,
 ) -> Result<bool, ClientError> {
+    // A frontend that is gone (its guest died: xenstored removed what the
+    // guest owned) will not answer, and a backend that already finished
+    // the device will not write Closed again: nothing to wait for.
+    let frontend_there = xs.read(Tx::NONE, &dev.frontend_dir()).is_ok();
+    let backend = dev.backend_state(xs);
+    if !frontend_there || matches!(backend, State::Closed | State::Unknown) {
+        dev.remove(xs)?;
+        return Ok(true);
+    }
     dev.request_removal(xs)?;
     let deadline = Instant::now() + wait;
     let closed = loop {
@@ -359,14 +372,28 @@ pub fn destroy<S: Read + Write>(
     Ok(domid)
 }
 
+/// Every step is tried whatever the ones before did (a guest may make its
+/// own directories hard to remove: it must not make itself hard to
+/// destroy); the first error is returned at the end.
 fn destroy_id<S: Read + Write>(
     hv: &impl DomainControl,
     xs: &mut Client<S>,
     domid: u16,
     wait: Duration,
 ) -> Result<(), DomainError> {
-    for dev in devices_of(xs, domid)? {
-        detach(xs, &dev, wait)?;
+    let mut first: Option<DomainError> = None;
+    let mut note = |r: Result<(), DomainError>| {
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    };
+    match devices_of(xs, domid) {
+        Ok(devs) => {
+            for dev in devs {
+                note(detach(xs, &dev, wait).map(drop).map_err(Into::into));
+            }
+        }
+        Err(e) => note(Err(e.into())),
     }
     let vm = xs
         .read(Tx::NONE, &format!("/local/domain/{domid}/vm"))
@@ -381,23 +408,39 @@ fn destroy_id<S: Read + Write>(
     if let Err(e) = hv.destroy_domain(DomId(domid)) {
         // Dead already (it crashed, or a destroy raced ours): clean up.
         let alive = hv
-            .list_domains()?
-            .iter()
-            .any(|i| i.domid == DomId(domid) && !i.dying);
+            .list_domains()
+            .map(|l| l.iter().any(|i| i.domid == DomId(domid) && !i.dying))
+            .unwrap_or(true);
         if alive {
-            return Err(e.into());
+            note(Err(e.into()));
         }
     }
-    xs.rm(Tx::NONE, &format!("/local/domain/{domid}"))
-        .or_else(ignore_noent)?;
+    note(
+        xs.rm(Tx::NONE, &format!("/local/domain/{domid}"))
+            .or_else(ignore_noent)
+            .map_err(Into::into),
+    );
     if let Some(vm) = vm.filter(|v| v.starts_with("/vm/")) {
-        xs.rm(Tx::NONE, &vm).or_else(ignore_noent)?;
+        note(
+            xs.rm(Tx::NONE, &vm)
+                .or_else(ignore_noent)
+                .map_err(Into::into),
+        );
     }
-    // `/vm` itself once its last domain is gone.
-    if xs.directory(Tx::NONE, "/vm").is_ok_and(|c| c.is_empty()) {
-        xs.rm(Tx::NONE, "/vm").or_else(ignore_noent)?;
+    // `/vm` itself once its last domain is gone; in a transaction, so that
+    // a domain being created meanwhile keeps its entry.
+    note(
+        in_transaction(xs, |xs, t| match xs.directory(t, "/vm") {
+            Ok(c) if c.is_empty() => xs.rm(t, "/vm"),
+            Ok(_) => Ok(()),
+            Err(e) => ignore_noent(e),
+        })
+        .map_err(Into::into),
+    );
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The domains, dom0 first, as `xl list` shows them.

@@ -102,6 +102,16 @@ fn xl_disk_configuration_equivalences() {
     let phy = disk::parse("phy:/dev/sdb,xvdc,r").unwrap();
     assert_eq!(phy.backend_type.as_deref(), Some("phy"));
     assert!(!phy.writable);
+    // "/dev will be prepended if the path doesn't start with a '/'".
+    assert_eq!(
+        disk::parse("vg/root,,xvdc").unwrap().target.as_deref(),
+        Some("/dev/vg/root")
+    );
+    assert_eq!(
+        disk::parse("/a,raw,xvda,rw,").unwrap().vdev,
+        "xvda",
+        "a trailing comma"
+    );
     let empty_cd = disk::parse(",,hdd,cdrom").unwrap();
     assert_eq!(empty_cd.target, None);
     let flags = disk::parse("/a,,xvda,no-discard,direct-io-safe,untrusted").unwrap();
@@ -123,12 +133,20 @@ fn vbd_numbers_follow_xen_vbd_interface() {
         ("hdd", 5696),
         ("sda", 2048),
         ("sdb2", 2066),
-        ("d0", 1 << 28),
-        ("d3p7", (1 << 28) | (3 << 8) | 7),
+        ("d0p0", 51712),
+        ("d3p7", 51767),
+        ("d16p0", (1 << 28) | (16 << 8)),
+        ("d0p16", (1 << 28) | 16),
+        ("xvda0", 51712),
+        ("51712", 51712),
+        ("0xca00", 51712),
+        ("sdp15", 2303),
     ] {
         assert_eq!(vbd_devid(vdev), Some(n), "{vdev}");
     }
-    for bad in ["xvd", "hde", "xvda0", "vda", "d", "xvdA", "d1p256"] {
+    for bad in [
+        "xvd", "hde", "vda", "d", "d0", "xvdA", "d1p256", "sdq", "sda16", "hda64",
+    ] {
         assert_eq!(vbd_devid(bad), None, "{bad}");
     }
 }
@@ -173,8 +191,20 @@ fn mistakes_are_refused_with_key_and_problem() {
             "disk[0]: vdev is missing",
         ),
         (
-            "name = \"a\"\ndisk = [ '/a,,xvdzzzz' ]\n",
-            "disk[0]: vdev: \"xvdzzzz\"",
+            "name = \"a\"\ndisk = [ '/a,,vda' ]\n",
+            "disk[0]: vdev: \"vda\"",
+        ),
+        (
+            "name = \"a\"\ndisk = [ 'tap2:/a,xvda' ]\n",
+            "disk[0]: target: \"tap2:/a\"",
+        ),
+        (
+            "name = \"a\"\ndisk = [ '/a,,xvda,backend=dd' ]\n",
+            "disk[0]: backend: \"dd\"",
+        ),
+        (
+            "name = \"a\"\ndisk = [ '/a,,xvda,specification=virtio' ]\n",
+            "disk[0]: specification",
         ),
         (
             "name = \"a\"\ndisk = [ '/a,vmdk,xvda' ]\n",

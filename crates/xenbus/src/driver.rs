@@ -43,6 +43,16 @@ pub trait FrontendDriver {
     fn disconnect(&mut self, dev: &Device);
 }
 
+/// What a watch event is about.
+enum Target<K> {
+    /// One device.
+    Device(K),
+    /// Possibly any device.
+    All,
+    /// None of ours.
+    Ignore,
+}
+
 struct BackendDevice {
     dev: Device,
     machine: Backend,
@@ -138,8 +148,10 @@ impl<D: BackendDriver> BackendRunner<D> {
         xs: &mut Client<S>,
         path: &str,
     ) -> Result<(), ClientError> {
-        let Some(key) = self.device_of(path) else {
-            return self.rescan(xs);
+        let key = match self.device_of(path) {
+            Target::Device(key) => key,
+            Target::All => return self.rescan(xs),
+            Target::Ignore => return Ok(()),
         };
         let dev = self.device(key);
         let present = xs.read(Tx::NONE, &dev.backend_dir()).is_ok();
@@ -162,21 +174,35 @@ impl<D: BackendDriver> BackendRunner<D> {
         }
     }
 
-    /// The device a node belongs to: `<watch path>/<fe>/<devid>/...` or
-    /// `/local/domain/<fe>/device/<kind>/<devid>/...`.
-    fn device_of(&self, path: &str) -> Option<(u16, u32)> {
+    /// What a node is about: a device (`<watch path>/<fe>/<devid>/...`,
+    /// or `/local/domain/<fe>/device/<kind>/<devid>/...`), every device
+    /// (our own directory), or nothing. A frontend's node that names no
+    /// device is ignored: a guest writing nonsense must not make us look
+    /// at every guest's devices.
+    fn device_of(&self, path: &str) -> Target<(u16, u32)> {
         let base = self.watch_path();
+        if path == base {
+            return Target::All;
+        }
         if let Some(rest) = path.strip_prefix(&base).and_then(|r| r.strip_prefix('/')) {
             let mut it = rest.split('/');
-            return Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?));
+            let fe = it.next().and_then(|f| f.parse().ok());
+            let devid = it.next().and_then(|d| d.parse().ok());
+            return match (fe, devid) {
+                (Some(fe), Some(devid)) => Target::Device((fe, devid)),
+                _ => Target::All,
+            };
         }
-        let rest = path.strip_prefix("/local/domain/")?;
-        let mut it = rest.split('/');
-        let fe = it.next()?.parse().ok()?;
-        if it.next()? != "device" || it.next()? != self.kind {
-            return None;
-        }
-        Some((fe, it.next()?.parse().ok()?))
+        let frontend = || -> Option<(u16, u32)> {
+            let rest = path.strip_prefix("/local/domain/")?;
+            let mut it = rest.split('/');
+            let fe = it.next()?.parse().ok()?;
+            if it.next()? != "device" || it.next()? != self.kind {
+                return None;
+            }
+            Some((fe, it.next()?.parse().ok()?))
+        };
+        frontend().map_or(Target::Ignore, Target::Device)
     }
 
     /// A device that appeared: probed if it is new.
@@ -334,8 +360,10 @@ impl<D: FrontendDriver> FrontendRunner<D> {
         xs: &mut Client<S>,
         path: &str,
     ) -> Result<(), ClientError> {
-        let Some(devid) = self.device_of(path) else {
-            return self.rescan(xs);
+        let devid = match self.device_of(path) {
+            Target::Device(d) => d,
+            Target::All => return self.rescan(xs),
+            Target::Ignore => return Ok(()),
         };
         let present = xs
             .read(Tx::NONE, &format!("{}/{devid}", self.watch_path()))
@@ -351,22 +379,35 @@ impl<D: FrontendDriver> FrontendRunner<D> {
     }
 
     /// `<watch path>/<devid>/...` or
-    /// `/local/domain/<be>/backend/<kind>/<our domid>/<devid>/...`.
-    fn device_of(&self, path: &str) -> Option<u32> {
+    /// `/local/domain/<be>/backend/<kind>/<our domid>/<devid>/...` (a
+    /// device), anything else under them (every device), or nothing.
+    fn device_of(&self, path: &str) -> Target<u32> {
         let base = self.watch_path();
         if let Some(rest) = path.strip_prefix(&base).and_then(|r| r.strip_prefix('/')) {
-            return rest.split('/').next()?.parse().ok();
+            return rest
+                .split('/')
+                .next()
+                .and_then(|d| d.parse().ok())
+                .map_or(Target::All, Target::Device);
         }
-        let rest = path.strip_prefix("/local/domain/")?;
-        let mut it = rest.split('/');
-        it.next()?.parse::<u16>().ok()?;
-        if it.next()? != "backend" || it.next()? != self.kind {
-            return None;
+        let backend = || -> Option<Option<u32>> {
+            let rest = path.strip_prefix("/local/domain/")?;
+            let mut it = rest.split('/');
+            it.next()?.parse::<u16>().ok()?;
+            if it.next()? != "backend" || it.next()? != self.kind {
+                return None;
+            }
+            if it.next()?.parse::<u16>().ok()? != self.domid {
+                return None;
+            }
+            Some(it.next().and_then(|d| d.parse().ok()))
+        };
+        match backend() {
+            Some(Some(d)) => Target::Device(d),
+            Some(None) => Target::All,
+            None if path == base => Target::All,
+            None => Target::Ignore,
         }
-        if it.next()?.parse::<u16>().ok()? != self.domid {
-            return None;
-        }
-        it.next()?.parse().ok()
     }
 
     fn probe<S: Read + Write>(&mut self, xs: &mut Client<S>, devid: u32) {

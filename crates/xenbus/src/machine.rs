@@ -168,8 +168,11 @@ impl Backend {
             Event::PeerGone => self.finish(&mut out),
             Event::Remove => {
                 self.online = false;
-                // The toolstack wrote `Closing` for us.
+                // The toolstack wrote `Closing` for us, but a write of ours
+                // that read the node before it may have gone over it: say
+                // it again.
                 self.state = State::Closing;
+                out.push(Action::SetState(State::Closing));
                 // A frontend that is not there or already closed will not
                 // answer: finish now.
                 if matches!(self.peer, State::Closed | State::Unknown) {

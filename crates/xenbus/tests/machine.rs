@@ -112,10 +112,8 @@ proptest! {
             prop_assert!(step < 1000, "no quiescence");
             if step == remove_at && !removed {
                 removed = true;
-                let before = b.state();
                 lb.take(&b.on(Event::Remove), &[Action::Connect]);
                 // The toolstack wrote the backend's state.
-                let _ = before;
                 to_f = true;
             }
             let deliver_f = match (to_f, to_b) {

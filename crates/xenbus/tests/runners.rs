@@ -159,3 +159,52 @@ fn a_failed_setup_closes_the_device() {
     assert_eq!(b.driver().held, 0);
     stop.store(true, Ordering::Relaxed);
 }
+
+#[test]
+fn runners_look_only_at_the_device_an_event_is_about() {
+    let socket =
+        std::env::temp_dir().join(format!("dom0kit-xenbus-ev-{}/socket", std::process::id()));
+    let mut d = xenstored::Daemon::bind(&socket).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
+    let mut xs = Client::connect(&socket).unwrap();
+    let dev = Device {
+        kind: "vbd".into(),
+        devid: 51712,
+        frontend: 5,
+        backend: 0,
+    };
+    dev.add(&mut xs, &[], &[]).unwrap();
+    let mut b = BackendRunner::new("vbd", 0, Fake::default());
+    let mut f = FrontendRunner::new("vbd", 5, Fake::default());
+    // A node that names no device (a guest can write those): nothing.
+    b.on_event(&mut xs, "/local/domain/5/device/vbd/junk/state")
+        .unwrap();
+    assert_eq!(b.devices().count(), 0);
+    // The events a watch would give, about this device's nodes.
+    let (fe_state, be_state) = (
+        format!("{}/state", dev.frontend_dir()),
+        format!("{}/state", dev.backend_dir()),
+    );
+    for _ in 0..10 {
+        b.on_event(&mut xs, &be_state).unwrap();
+        f.on_event(&mut xs, &fe_state).unwrap();
+        b.on_event(&mut xs, &fe_state).unwrap();
+        f.on_event(&mut xs, &be_state).unwrap();
+    }
+    assert_eq!(dev.backend_state(&mut xs), State::Connected);
+    assert_eq!(dev.frontend_state(&mut xs), State::Connected);
+    // Removal, followed through the same paths.
+    dev.request_removal(&mut xs).unwrap();
+    for _ in 0..10 {
+        b.on_event(&mut xs, &format!("{}/online", dev.backend_dir()))
+            .unwrap();
+        f.on_event(&mut xs, &be_state).unwrap();
+        b.on_event(&mut xs, &fe_state).unwrap();
+    }
+    assert_eq!(dev.backend_state(&mut xs), State::Closed);
+    assert_eq!(b.devices().count(), 0);
+    assert_eq!((b.driver().held, f.driver().held), (0, 0));
+    stop.store(true, Ordering::Relaxed);
+}
