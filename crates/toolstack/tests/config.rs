@@ -270,3 +270,20 @@ proptest::proptest! {
         let _ = vbd_devid(&spec);
     }
 }
+
+/// The syntax examples of xl.cfg(5): pairs separated by newlines or by
+/// semicolons; heterogeneous, nested lists (of keys we ignore).
+#[test]
+fn xl_cfg_man_page_syntax() {
+    for text in ["name=\"h0\"\ntype=\"hvm\"\n", "name=\"h0\"; type=\"hvm\"\n"] {
+        let c = parse_xl(text).unwrap();
+        assert_eq!(c.name, "h0");
+        assert_eq!(c.ignored, ["type"]);
+    }
+    let c = parse_xl(
+        "name = 'x'\nusbctrl=[\"version=1,ports=4\", [ 1, 'two' ], 0x10]\nmemory = 0x40\n",
+    )
+    .unwrap();
+    assert_eq!(c.memory_mib, 64);
+    assert_eq!(c.ignored, ["usbctrl"]);
+}
