@@ -337,13 +337,15 @@ fn reaper(run: &RunDir) {
     let Ok(hv) = SimDomain::attach_dom0(&run.hv()) else {
         return;
     };
+    // Guests it restarted are its children: waited for as they go.
+    let mut children = Vec::new();
     while !STOP.load(Ordering::Relaxed) {
-        reap(run, &hv);
+        reap(run, &hv, &mut children);
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn reap(run: &RunDir, hv: &SimDomain) {
+fn reap(run: &RunDir, hv: &SimDomain, children: &mut Vec<Child>) {
     let Ok(mut xs) = Client::connect(&run.xenstored()) else {
         return;
     };
@@ -351,6 +353,7 @@ fn reap(run: &RunDir, hv: &SimDomain) {
         return;
     }
     while xs.read_watch().is_ok() {
+        children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         let Ok(live) = hv.list_domains() else {
             continue;
         };
@@ -369,10 +372,87 @@ fn reap(run: &RunDir, hv: &SimDomain) {
                     Ok(c) => c,
                     Err(_) => continue,
                 };
-                let _ = dom::destroy(hv, &mut c, &id.to_string(), Duration::from_millis(500));
+                children.extend(on_crash(run, hv, &mut c, id));
             }
         }
     }
+}
+
+/// A guest's process died without being destroyed: a crash. Its
+/// `on_crash` (from the configuration `create` kept) says what follows:
+/// `preserve` leaves its entries for a look (`destroy` cleans up later);
+/// `restart`, `coredump-restart` and `rename-restart` create it again
+/// (there is no core to dump), at most 3 times a minute, as xl stops a
+/// guest that crashes at once; anything else destroys it.
+fn on_crash(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16) -> Vec<Child> {
+    use toolstack::config::OnEvent;
+    let name = xs
+        .read(Tx::NONE, &format!("/local/domain/{domid}/name"))
+        .ok()
+        .and_then(|v| String::from_utf8(v).ok());
+    let kept = name.as_ref().and_then(|n| {
+        ["config.cfg", "config.toml"].iter().find_map(|f| {
+            let text = std::fs::read_to_string(run.domain_dir(n).join(f)).ok()?;
+            toolstack::config::parse_file(f, &text).ok()
+        })
+    });
+    // A domain the toolstack is destroying is not a crash.
+    let destroying = xs
+        .read(Tx::NONE, &format!("/local/domain/{domid}/destroying"))
+        .is_ok();
+    let action = match &kept {
+        Some(c) if !destroying => c.on_crash,
+        _ => OnEvent::Destroy,
+    };
+    if action == OnEvent::Preserve {
+        return Vec::new();
+    }
+    let _ = dom::destroy(hv, xs, &domid.to_string(), Duration::from_millis(500));
+    let restart = matches!(
+        action,
+        OnEvent::Restart | OnEvent::CoredumpRestart | OnEvent::RenameRestart
+    );
+    let (Some(config), Some(name), true) = (kept, name, restart) else {
+        return Vec::new();
+    };
+    let log = run.domain_dir(&name).join("restarts");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut recent: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .filter(|&t| now.saturating_sub(t) < 60)
+        .collect();
+    if recent.len() >= 3 {
+        eprintln!("reaper: {name} crashed 3 times within a minute; not restarting it");
+        return Vec::new();
+    }
+    recent.push(now);
+    let _ = std::fs::write(
+        &log,
+        recent.iter().map(|t| format!("{t}\n")).collect::<String>(),
+    );
+    let mut spawner = Spawner::new(run);
+    match dom::create(hv, xs, &config, &mut spawner) {
+        Ok(c) => eprintln!("reaper: {name} crashed; restarted as domain {}", c.domid),
+        Err(e) => eprintln!("reaper: {name} crashed; restarting it failed: {e}"),
+    }
+    spawner.children
+}
+
+/// Keeps a guest's configuration for its `on_crash`.
+fn keep_config(run: &RunDir, config: &toolstack::config::DomainConfig, text: &str, toml: bool) {
+    let dir = run.domain_dir(&config.name);
+    let _ = std::fs::create_dir_all(&dir);
+    let (keep, other) = if toml {
+        ("config.toml", "config.cfg")
+    } else {
+        ("config.cfg", "config.toml")
+    };
+    let _ = std::fs::remove_file(dir.join(other));
+    let _ = std::fs::write(dir.join(keep), text);
 }
 
 /// Starts guests as `dom0kit guest` processes.
@@ -480,7 +560,9 @@ pub(crate) fn create(h: &HostArgs) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
     let config = toolstack::config::parse_file(file, &text).map_err(|e| format!("{file}: {e}"))?;
     check_targets(&config)?;
+    refuse_unbuilt(&config)?;
     let (hv, mut xs) = connect(&h.run)?;
+    keep_config(&h.run, &config, &text, file.ends_with(".toml"));
     let mut spawner = Spawner::new(&h.run);
     let c = dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
     if let Err(e) = wait_connected(&mut xs, &c, Duration::from_secs(10)) {
@@ -489,6 +571,18 @@ pub(crate) fn create(h: &HostArgs) -> Result<(), String> {
         return Err(format!("create: {e}; domain {} destroyed", config.name));
     }
     println!("created domain {} (id {})", config.name, c.domid);
+    Ok(())
+}
+
+/// Refuses devices that are parsed but not built yet, rather than create a
+/// guest without them.
+fn refuse_unbuilt(config: &toolstack::config::DomainConfig) -> Result<(), String> {
+    if !config.vifs.is_empty() {
+        return Err("vif: network devices are not built yet (netback is a later issue)".into());
+    }
+    if !config.pcis.is_empty() {
+        return Err("pci: PCI passthrough is not built yet (pciback is a later issue)".into());
+    }
     Ok(())
 }
 

@@ -343,3 +343,46 @@ fn the_demo_runs_and_tells_what_happened() {
     }
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn on_crash_restart_brings_a_crashed_guest_back_and_destroy_does_not() {
+    let h = Host::up("restart");
+    let cfg = h.config("phoenix");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("on_crash = \"restart\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let id = |h: &Host| {
+        h.ok(&["list"])
+            .lines()
+            .find(|l| l.starts_with("phoenix"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+    };
+    assert_eq!(id(&h).as_deref(), Some("1"));
+    let pid = pid_of_guest(&h.run_dir());
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The reaper creates it again, as a new domain.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while id(&h).as_deref() != Some("2") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(id(&h).as_deref(), Some("2"), "{}", h.ok(&["list"]));
+    // A destroy is no crash: it stays gone.
+    h.ok(&["destroy", "phoenix"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(id(&h), None, "{}", h.ok(&["list"]));
+}
+
+#[test]
+fn devices_not_built_yet_are_refused_not_dropped() {
+    let h = Host::up("vif");
+    let cfg = h.dir.join("net.cfg");
+    std::fs::write(&cfg, "name = \"net\"\nvif = [ 'bridge=xenbr0' ]\n").unwrap();
+    let out = h.run(&["create", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vif: network devices are not built yet"));
+    assert_eq!(h.ok(&["list"]).lines().count(), 2);
+}

@@ -387,6 +387,12 @@ fn destroy_id<S: Read + Write>(
             first.get_or_insert(e);
         }
     };
+    // Said before the domain dies, so that its death is not taken for a
+    // crash (`on_crash`). Under the dom0-owned home: the guest cannot
+    // write it.
+    if xs.read(Tx::NONE, &format!("/local/domain/{domid}")).is_ok() {
+        let _ = xs.write(Tx::NONE, &format!("/local/domain/{domid}/destroying"), b"1");
+    }
     match devices_of(xs, domid) {
         Ok(devs) => {
             for dev in devs {
