@@ -4,15 +4,26 @@
 //!
 //! The vbd backend so far: it checks the disk's target, advertises the
 //! disk's size and the features it will honour, maps the frontend's ring
-//! and binds its event channel (`Connected`), and lets go when the
-//! frontend or the toolstack closes the device. It does not answer block
-//! requests yet (issue 6: blkback).
+//! and binds its event channel (`Connected`), serves the ring on a thread
+//! per device (READ, WRITE, WRITE_BARRIER, FLUSH_DISKCACHE through
+//! `blk::serve`, data by grant mapping, a raw file underneath), and lets
+//! go when the frontend or the toolstack closes the device. Not yet:
+//! discard, indirect requests, persistent grants, multi-queue, x86_32
+//! rings, io_uring and NBD engines (the rest of issue 6).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use platform::{DomId, EventChannels, GrantMapper, GrantRef, GrantSpec, Port};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use abi::blkif::BlkifResponse;
+use blk::request::Disk;
+use blk::serve::{serve_ring, Counters, GrantMover, Slot64};
+use blk::storage::{FileStorage, Storage};
+use ring::BackRing;
 use sim::client::SimMapping;
 use sim::SimDomain;
 use xenbus::driver::{BackendDriver, BackendRunner, DriverResult};
@@ -21,9 +32,50 @@ use xenbus::paths::Device;
 use xenstore::client::{Client, Tx};
 
 /// A connected vbd: the frontend's ring mapped, its port bound.
+/// A connected vbd: its ring served by a thread of its own until `stop`.
 struct Connection {
-    _ring: SimMapping,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
     port: Port,
+}
+
+/// Serves one device's ring: requests as they come (the frontend's
+/// notifications wake it), responses pushed and notified as `ring.h` asks.
+/// A broken ring stops it; the device then waits for the toolstack.
+fn serve(
+    dom: SimDomain,
+    ring: SimMapping,
+    port: Port,
+    frontend: DomId,
+    storage: FileStorage,
+    disk: Disk,
+    stop: Arc<AtomicBool>,
+) {
+    use platform::GrantMapping;
+    let Ok(mut back) = BackRing::<_, Slot64, BlkifResponse>::init(ring.memory()) else {
+        return;
+    };
+    let mut mover = GrantMover::new(dom.clone(), frontend);
+    let mut counters = Counters::default();
+    while !stop.load(Ordering::Relaxed) {
+        match serve_ring(&mut back, &disk, &storage, &mut mover, &mut counters, 64) {
+            Ok((n, notify)) => {
+                if notify {
+                    let _ = dom.notify(port);
+                }
+                if n == 0 && dom.wait(port, 50).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "backend: vbd of domain {}: {e}; not served any more",
+                    frontend.0
+                );
+                break;
+            }
+        }
+    }
 }
 
 struct VbdBack {
@@ -81,11 +133,24 @@ impl BackendDriver for VbdBack {
         let q = &rings[0];
         let protocol = read_text(xs, &format!("{}/protocol", dev.frontend_dir()))
             .unwrap_or_else(|_| "x86_64-abi".into());
-        if !matches!(protocol.as_str(), "x86_64-abi" | "x86_32-abi") {
+        // The x86_32 layouts are decoded (`blk::request`), but its rings
+        // are not served yet.
+        if protocol != "x86_64-abi" {
             return Err(format!(
-                "protocol {protocol:?} is not x86_64-abi or x86_32-abi"
+                "protocol {protocol:?}: only x86_64-abi rings are served"
             ));
         }
+        let be = dev.backend_dir();
+        let target = read_text(xs, &format!("{be}/params"))?;
+        let writable = read_text(xs, &format!("{be}/mode"))? == "w";
+        let storage = FileStorage::open(std::path::Path::new(&target), writable)
+            .map_err(|e| format!("{target}: {e}"))?;
+        let disk = Disk {
+            sectors: storage.size() / 512,
+            read_only: !writable,
+            discard: false,
+            secure_discard: false,
+        };
         let fe = DomId(dev.frontend);
         let specs: Vec<GrantSpec> = q
             .ring_refs
@@ -101,15 +166,29 @@ impl BackendDriver for VbdBack {
             .dom
             .bind_interdomain(fe, Port(q.event_channel))
             .map_err(|e| e.to_string())?;
-        self.connected
-            .insert((dev.frontend, dev.devid), Connection { _ring: ring, port });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (dom, s) = (self.dom.clone(), stop.clone());
+        let thread = std::thread::spawn(move || serve(dom, ring, port, fe, storage, disk, s));
+        self.connected.insert(
+            (dev.frontend, dev.devid),
+            Connection {
+                stop,
+                thread: Some(thread),
+                port,
+            },
+        );
         Ok(())
     }
 
     fn disconnect(&mut self, dev: &Device) {
-        if let Some(c) = self.connected.remove(&(dev.frontend, dev.devid)) {
+        if let Some(mut c) = self.connected.remove(&(dev.frontend, dev.devid)) {
+            // The thread ends within its wait, unmapping the ring as it goes;
+            // then the port is closed.
+            c.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
             let _ = self.dom.close(c.port);
-            // The ring is unmapped as `c` goes.
         }
     }
 }

@@ -1,0 +1,19 @@
+//! The block device of `xen/io/blkif.h`, backend side.
+//!
+//! * [`request`]: a request slot, copied out of the ring, decoded for
+//!   either ABI (`x86_64-abi`, `x86_32-abi`) and validated against the
+//!   disk before any I/O: every field the frontend controls is checked.
+//! * [`storage`]: the storage engines behind one trait (a raw file so far).
+//! * [`serve`]: one request served: the data moved between the guest's
+//!   granted pages and the disk through a [`serve::Mover`], and the
+//!   response status.
+//!
+//! Not built yet: indirect requests (refused with `EOPNOTSUPP`), io_uring,
+//! the NBD engine, persistent grants, multi-queue, blkfront.
+
+#![forbid(unsafe_code)]
+
+pub mod fuzz;
+pub mod request;
+pub mod serve;
+pub mod storage;

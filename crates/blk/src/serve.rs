@@ -1,0 +1,209 @@
+//! Serving requests: each request copied out of the ring and validated
+//! ([`crate::request`]) before anything happens, then its data moved
+//! between the guest's granted pages and the disk, then its response.
+
+use abi::blkif::{self, BlkifResponse};
+use abi::pod::Pod;
+use ring::{BackRing, RingError, RingMem};
+
+use crate::request::{decode, Abi, Disk, Op, Refused, Request, Segment};
+use crate::storage::Storage;
+
+/// A grant the guest did not give, or gave read-only for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad grant")]
+pub struct BadGrant;
+
+/// Moves bytes between the guest's granted pages and ours: the grant
+/// table's side of the backend (grant copy or map, on the platform).
+pub trait Mover {
+    /// Fills `buf` from the segments (the guest's data, for a write), in
+    /// order: each segment's `len()` bytes at its `offset()` in its page.
+    fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant>;
+    /// Writes `buf` into the segments (for a read), in order.
+    fn write_guest(&mut self, segments: &[Segment], buf: &[u8]) -> Result<(), BadGrant>;
+}
+
+/// Counters of what was refused or failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests answered `BLKIF_RSP_OKAY`.
+    pub ok: u64,
+    /// Refused as malformed or out of range.
+    pub bad: u64,
+    /// Refused as not supported.
+    pub unsupported: u64,
+    /// Failed at the grant table (a bad grant).
+    pub grant_errors: u64,
+    /// Failed at the storage.
+    pub io_errors: u64,
+}
+
+/// Serves one validated request; the response status.
+pub fn execute(
+    req: &Request,
+    storage: &dyn Storage,
+    mover: &mut dyn Mover,
+    c: &mut Counters,
+) -> i16 {
+    let bytes = |segs: &[Segment]| segs.iter().map(Segment::len).sum::<usize>();
+    let result = match &req.op {
+        Op::Read { sector, segments } => {
+            let mut buf = vec![0u8; bytes(segments)];
+            match storage.read_at(&mut buf, sector * 512) {
+                Err(_) => Err(false),
+                Ok(()) => mover.write_guest(segments, &buf).map_err(|BadGrant| true),
+            }
+        }
+        Op::Write {
+            sector,
+            segments,
+            flush,
+        } => {
+            let mut buf = vec![0u8; bytes(segments)];
+            match mover.read_guest(segments, &mut buf) {
+                Err(BadGrant) => Err(true),
+                Ok(()) => storage
+                    .write_at(&buf, sector * 512)
+                    .and_then(|()| if *flush { storage.flush() } else { Ok(()) })
+                    .map_err(|_| false),
+            }
+        }
+        Op::Flush => storage.flush().map_err(|_| false),
+        Op::Discard { sector, count, .. } => storage
+            .discard(sector * 512, count * 512)
+            .map_err(|_| false),
+    };
+    match result {
+        Ok(()) => {
+            c.ok += 1;
+            blkif::BLKIF_RSP_OKAY
+        }
+        Err(grant) => {
+            if grant {
+                c.grant_errors += 1;
+            } else {
+                c.io_errors += 1;
+            }
+            blkif::BLKIF_RSP_ERROR
+        }
+    }
+}
+
+/// Decodes, validates and serves one slot; its response.
+pub fn serve_slot(
+    abi: Abi,
+    slot: &[u8],
+    disk: &Disk,
+    storage: &dyn Storage,
+    mover: &mut dyn Mover,
+    c: &mut Counters,
+) -> BlkifResponse {
+    let (id, operation, req) = decode(abi, slot, disk);
+    let status = match req {
+        Ok(r) => execute(&r, storage, mover, c),
+        Err(e) => {
+            match e {
+                Refused::NotSupported(_) => c.unsupported += 1,
+                Refused::Bad(_) => c.bad += 1,
+            }
+            e.status()
+        }
+    };
+    BlkifResponse {
+        id,
+        operation,
+        status,
+        ..BlkifResponse::zeroed()
+    }
+}
+
+/// The x86_64 request slot: the union's size is `blkif_request`'s.
+pub type Slot64 = abi::blkif::BlkifRequest;
+
+/// Serves every request waiting in an x86_64 ring (at most `budget`);
+/// returns how many, and whether the frontend must be notified. A broken
+/// ring (an index the frontend moved where it cannot be) is an error: the
+/// caller disconnects that device only.
+pub fn serve_ring<M: RingMem>(
+    ring: &mut BackRing<M, Slot64, BlkifResponse>,
+    disk: &Disk,
+    storage: &dyn Storage,
+    mover: &mut dyn Mover,
+    c: &mut Counters,
+    budget: usize,
+) -> Result<(usize, bool), RingError> {
+    let mut served = 0;
+    let mut notify = false;
+    loop {
+        while served < budget {
+            // A copy of the slot: the frontend may change the shared one.
+            let Some(slot) = ring.take_request()? else {
+                break;
+            };
+            let rsp = serve_slot(Abi::X86_64, slot.as_bytes(), disk, storage, mover, c);
+            ring.put_response(&rsp)?;
+            served += 1;
+        }
+        notify |= ring.push_responses()?;
+        if served >= budget || !ring.final_check_for_requests()? {
+            return Ok((served, notify));
+        }
+    }
+}
+
+/// [`Mover`] over the platform's grant mapping: each request's segments
+/// are mapped as one batch (read-only when only read), copied, unmapped.
+pub struct GrantMover<G> {
+    mapper: G,
+    domid: platform::DomId,
+}
+
+impl<G: platform::GrantMapper> GrantMover<G> {
+    /// Moves data of domain `domid`'s grants through `mapper`.
+    pub fn new(mapper: G, domid: platform::DomId) -> GrantMover<G> {
+        GrantMover { mapper, domid }
+    }
+
+    fn map(&self, segments: &[Segment], writable: bool) -> Result<G::Mapping, BadGrant> {
+        let specs: Vec<platform::GrantSpec> = segments
+            .iter()
+            .map(|s| platform::GrantSpec {
+                domid: self.domid,
+                gref: platform::GrantRef(s.gref),
+                writable,
+            })
+            .collect();
+        self.mapper.map_grants(&specs).map_err(|_| BadGrant)
+    }
+}
+
+impl<G: platform::GrantMapper> Mover for GrantMover<G> {
+    fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant> {
+        use platform::GrantMapping;
+        let m = self.map(segments, false)?;
+        let mem = m.memory();
+        let mut at = 0;
+        for (i, s) in segments.iter().enumerate() {
+            let off = i * platform::PAGE_SIZE + s.offset();
+            mem.read_bytes(off, &mut buf[at..at + s.len()])
+                .map_err(|_| BadGrant)?;
+            at += s.len();
+        }
+        Ok(())
+    }
+
+    fn write_guest(&mut self, segments: &[Segment], buf: &[u8]) -> Result<(), BadGrant> {
+        use platform::GrantMapping;
+        let m = self.map(segments, true)?;
+        let mem = m.memory();
+        let mut at = 0;
+        for (i, s) in segments.iter().enumerate() {
+            let off = i * platform::PAGE_SIZE + s.offset();
+            mem.write_bytes(off, &buf[at..at + s.len()])
+                .map_err(|_| BadGrant)?;
+            at += s.len();
+        }
+        Ok(())
+    }
+}
