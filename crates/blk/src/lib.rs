@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod front;
 pub mod fuzz;
 pub mod request;
 pub mod serve;

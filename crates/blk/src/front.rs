@@ -1,0 +1,218 @@
+//! blkfront's data path, in the guest: requests into the shared ring, the
+//! data in pages granted to the backend, one request at a time per device
+//! (a caller that needs more at once opens more devices, for now).
+//!
+//! The ring page and its grant, and the event channel, are the xenbus
+//! frontend's (`dom0kit guest`); this takes them over once the device is
+//! `Connected`.
+
+use std::time::{Duration, Instant};
+
+use abi::blkif::{self, BlkifRequest, BlkifRequestSegment, BlkifResponse};
+use abi::pod::Pod;
+use platform::{DomId, EventChannels, GrantRef, GrantTable, OwnMemory, Pfn, Port};
+use ring::FrontRing;
+
+use crate::serve::Slot64;
+
+/// What a request to the backend can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// The backend answered with an error status.
+    #[error("the backend answered {0}")]
+    Status(i16),
+    /// The ring broke or the platform refused.
+    #[error("{0}")]
+    Broken(String),
+    /// No answer in time.
+    #[error("no answer from the backend")]
+    Timeout,
+    /// Not 512-byte aligned, or past the disk.
+    #[error("unaligned or out of range")]
+    Range,
+}
+
+/// Segments per request (a direct request).
+const SEGS: usize = blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
+
+/// A connected device's frontend end.
+pub struct BlkFront<P> {
+    dom: P,
+    ring_pfn: Pfn,
+    port: Port,
+    /// Pages for the data, granted to the backend for the device's life.
+    data: Pfn,
+    grants: Vec<GrantRef>,
+    sectors: u64,
+    next_id: u64,
+    /// The ring index of the next request.
+    next_idx: u32,
+    timeout: Duration,
+}
+
+impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
+    /// Takes over the ring in `ring_pfn` (initialised, granted) and `port`
+    /// for a disk of `sectors`; grants its data pages to `backend`.
+    pub fn new(
+        dom: P,
+        ring_pfn: Pfn,
+        port: Port,
+        backend: DomId,
+        sectors: u64,
+    ) -> Result<Self, FrontError> {
+        let b = |e: platform::Error| FrontError::Broken(e.to_string());
+        // The ring starts empty (SHARED_RING_INIT: both event indices 1).
+        {
+            let page = dom.pages(ring_pfn, 1).map_err(b)?;
+            FrontRing::<_, Slot64, BlkifResponse>::init(page)
+                .map_err(|e| FrontError::Broken(e.to_string()))?;
+        }
+        let data = dom.alloc_pages(SEGS as u64).map_err(b)?;
+        let mut grants = Vec::with_capacity(SEGS);
+        for i in 0..SEGS as u64 {
+            match dom.grant_access(backend, Pfn(data.0 + i), false) {
+                Ok(g) => grants.push(g),
+                Err(e) => {
+                    for g in grants {
+                        let _ = dom.end_access(g);
+                    }
+                    let _ = dom.free_pages(data, SEGS as u64);
+                    return Err(b(e));
+                }
+            }
+        }
+        Ok(BlkFront {
+            dom,
+            ring_pfn,
+            port,
+            data,
+            grants,
+            sectors,
+            next_id: 1,
+            next_idx: 0,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Size in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// One request of at most [`SEGS`] pages; `data` in or out.
+    fn one(
+        &mut self,
+        op: u8,
+        sector: u64,
+        len: usize,
+        data: Option<&[u8]>,
+        out: Option<&mut [u8]>,
+    ) -> Result<(), FrontError> {
+        let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
+        let pages = len.div_ceil(4096);
+        let mut req = BlkifRequest::zeroed();
+        req.operation = op;
+        req.id = self.next_id;
+        self.next_id += 1;
+        req.sector_number = sector;
+        req.nr_segments = pages as u8;
+        let dom = &self.dom;
+        let mem = dom.pages(self.data, SEGS as u64).map_err(|e| broken(&e))?;
+        if let Some(d) = data {
+            mem.write_bytes(0, d).map_err(|e| broken(&e))?;
+        }
+        for p in 0..pages {
+            let bytes = (len - p * 4096).min(4096);
+            req.seg[p] = BlkifRequestSegment {
+                gref: self.grants[p].0,
+                first_sect: 0,
+                last_sect: (bytes / 512 - 1) as u8,
+                _pad0: [0; 2],
+            };
+        }
+        // Between requests everything is exchanged up to `next_idx`.
+        let page = dom.pages(self.ring_pfn, 1).map_err(|e| broken(&e))?;
+        let mut ring: FrontRing<_, Slot64, BlkifResponse> =
+            FrontRing::attach(page, abi::RingIdx(self.next_idx)).map_err(|e| broken(&e))?;
+        ring.put_request(&req).map_err(|e| broken(&e))?;
+        if ring.push_requests().map_err(|e| broken(&e))? {
+            dom.notify(self.port).map_err(|e| broken(&e))?;
+        }
+        self.next_idx = self.next_idx.wrapping_add(1);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let rsp = match ring.take_response().map_err(|e| broken(&e))? {
+                Some(r) => Some(r),
+                None if ring.final_check_for_responses().map_err(|e| broken(&e))? => {
+                    ring.take_response().map_err(|e| broken(&e))?
+                }
+                None => None,
+            };
+            if let Some(r) = rsp {
+                if r.id != req.id {
+                    return Err(FrontError::Broken("a response to another request".into()));
+                }
+                if r.status != blkif::BLKIF_RSP_OKAY {
+                    return Err(FrontError::Status(r.status));
+                }
+                if let Some(o) = out {
+                    mem.read_bytes(0, o).map_err(|e| broken(&e))?;
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(FrontError::Timeout);
+            }
+            let _ = dom.wait(self.port, 100);
+        }
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<(), FrontError> {
+        let end = offset.checked_add(len as u64).ok_or(FrontError::Range)?;
+        if offset % 512 != 0 || len % 512 != 0 || end > self.sectors * 512 {
+            return Err(FrontError::Range);
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (both 512-byte aligned).
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FrontError> {
+        self.check(offset, buf.len())?;
+        for (i, chunk) in buf.chunks_mut(SEGS * 4096).enumerate() {
+            let at = offset + (i * SEGS * 4096) as u64;
+            let len = chunk.len();
+            self.one(blkif::BLKIF_OP_READ, at / 512, len, None, Some(chunk))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset` (both 512-byte aligned).
+    pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), FrontError> {
+        self.check(offset, buf.len())?;
+        for (i, chunk) in buf.chunks(SEGS * 4096).enumerate() {
+            let at = offset + (i * SEGS * 4096) as u64;
+            self.one(
+                blkif::BLKIF_OP_WRITE,
+                at / 512,
+                chunk.len(),
+                Some(chunk),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Everything written is on stable storage (`FLUSH_DISKCACHE`).
+    pub fn flush(&mut self) -> Result<(), FrontError> {
+        self.one(blkif::BLKIF_OP_FLUSH_DISKCACHE, 0, 0, None, None)
+    }
+
+    /// Ends the data grants and frees the pages (the backend must have
+    /// unmapped them: after the device closed).
+    pub fn release(self) {
+        for g in &self.grants {
+            let _ = self.dom.end_access(*g);
+        }
+        let _ = self.dom.free_pages(self.data, SEGS as u64);
+    }
+}
