@@ -15,6 +15,7 @@
 
 pub mod front;
 pub mod fuzz;
+pub mod nbd;
 pub mod request;
 pub mod serve;
 pub mod storage;

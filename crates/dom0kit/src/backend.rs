@@ -108,7 +108,9 @@ impl BackendDriver for VbdBack {
                 .map_err(|e| format!("{target}: {e}"))?;
             file.metadata().map_err(|e| format!("{target}: {e}"))?.len()
         };
-        for (k, v) in [
+        // In a transaction that reads the state first: a device the
+        // toolstack removed meanwhile is not made again by these writes.
+        let keys = [
             ("sectors", (bytes / 512).to_string()),
             ("sector-size", "512".to_string()),
             ("physical-sector-size", "512".to_string()),
@@ -120,10 +122,15 @@ impl BackendDriver for VbdBack {
             ("feature-flush-cache", "1".to_string()),
             ("max-ring-page-order", "0".to_string()),
             ("hotplug-status", "connected".to_string()),
-        ] {
-            xs.write(Tx::NONE, &format!("{be}/{k}"), v.as_bytes())
-                .map_err(|e| e.to_string())?;
-        }
+        ];
+        xenbus::paths::in_transaction(xs, |xs, t| {
+            xs.read(t, &format!("{be}/state"))?;
+            for (k, v) in &keys {
+                xs.write(t, &format!("{be}/{k}"), v.as_bytes())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use platform::{DomId, EventChannels, GrantRef, GrantTable, OwnMemory, Pfn, Port};
 use sim::SimDomain;
@@ -27,13 +28,53 @@ struct VbdRing {
     port: Port,
 }
 
+/// What a device's NBD export serves: blkfront while the device is
+/// connected, nothing (I/O errors) once it is gone.
+struct Slot(Option<blk::nbd::Front<SimDomain>>);
+
+impl blk::nbd::BlockDevice for Slot {
+    fn size(&self) -> u64 {
+        self.0.as_ref().map_or(0, |f| f.size())
+    }
+    fn read_only(&self) -> bool {
+        self.0.as_ref().is_none_or(|f| f.read_only())
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(f) => f.read_at(offset, buf),
+            None => Err(std::io::Error::other("the device is gone")),
+        }
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(f) => f.write_at(offset, buf),
+            None => Err(std::io::Error::other("the device is gone")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(f) => f.flush(),
+            None => Err(std::io::Error::other("the device is gone")),
+        }
+    }
+}
+
+/// A connected device's export.
+struct Export {
+    socket: PathBuf,
+    slot: Arc<Mutex<Slot>>,
+}
+
 /// The vbd frontend: grants a one-page `blkif` ring to the backend and
-/// allocates its event channel.
+/// allocates its event channel; once connected, serves the disk as an NBD
+/// export on `<export dir>/<vdev>.sock`.
 struct VbdFront {
     dom: SimDomain,
     rings: BTreeMap<u32, VbdRing>,
     /// Grants the backend still had mapped when we let go: ended later.
     lingering: Vec<(Pfn, GrantRef)>,
+    export_dir: Option<PathBuf>,
+    exports: BTreeMap<u32, Export>,
 }
 
 impl VbdFront {
@@ -87,11 +128,53 @@ impl FrontendDriver for VbdFront {
         Ok(())
     }
 
-    fn connect<S: Read + Write>(&mut self, _xs: &mut Client<S>, _dev: &Device) -> DriverResult {
+    fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
+        let Some(dir) = self.export_dir.clone() else {
+            return Ok(());
+        };
+        let ring = self.rings.get(&dev.devid).ok_or("no ring")?;
+        let be = dev.backend_dir();
+        let key = |xs: &mut Client<S>, k: &str| {
+            xs.read(Tx::NONE, &format!("{be}/{k}"))
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok())
+        };
+        let sectors: u64 = key(xs, "sectors")
+            .and_then(|s| s.parse().ok())
+            .ok_or("the backend gave no size")?;
+        let info: u32 = key(xs, "info").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let vdev = key(xs, "dev").unwrap_or_else(|| dev.devid.to_string());
+        // The name becomes a file name: only a plain one.
+        if vdev.is_empty() || !vdev.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("vdev {vdev:?} is not a plain name"));
+        }
+        let front = blk::front::BlkFront::new(
+            self.dom.clone(),
+            ring.pfn,
+            ring.port,
+            DomId(dev.backend),
+            sectors,
+        )
+        .map_err(|e| e.to_string())?;
+        let slot = Arc::new(Mutex::new(Slot(Some(blk::nbd::Front {
+            front,
+            read_only: info & abi::blkif::VDISK_READONLY != 0,
+        }))));
+        let socket = dir.join(format!("{vdev}.sock"));
+        blk::nbd::export(&socket, &vdev, slot.clone())
+            .map_err(|e| format!("{}: {e}", socket.display()))?;
+        self.exports.insert(dev.devid, Export { socket, slot });
         Ok(())
     }
 
     fn disconnect(&mut self, dev: &Device) {
+        if let Some(e) = self.exports.remove(&dev.devid) {
+            let _ = std::fs::remove_file(&e.socket);
+            let front = e.slot.lock().ok().and_then(|mut s| s.0.take());
+            if let Some(f) = front {
+                f.front.release();
+            }
+        }
         if let Some(r) = self.rings.remove(&dev.devid) {
             let _ = self.dom.close(r.port);
             self.lingering.push((r.pfn, r.gref));
@@ -103,10 +186,12 @@ impl FrontendDriver for VbdFront {
 /// Runs the guest; returns when its xenstore connection ends.
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let mut hv: Option<PathBuf> = None;
+    let mut export_dir: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--hv" => hv = Some(crate::value(&mut it, a)?.into()),
+            "--export-dir" => export_dir = Some(crate::value(&mut it, a)?.into()),
             _ => return Err(format!("guest: unknown option {a}")),
         }
     }
@@ -148,6 +233,8 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             dom: dom.clone(),
             rings: BTreeMap::new(),
             lingering: Vec::new(),
+            export_dir,
+            exports: BTreeMap::new(),
         },
     );
     // The first request waits until dom0 has introduced us.

@@ -336,6 +336,7 @@ fn the_demo_runs_and_tells_what_happened() {
         "name = \"demo\"",
         "ring-ref = ",
         "vbd 51712 (xvda): backend Connected, frontend Connected",
+        "verified, and in the image file",
         "its xenstore directory is gone",
         "is down",
     ] {
@@ -385,4 +386,45 @@ fn devices_not_built_yet_are_refused_not_dropped() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vif: network devices are not built yet"));
     assert_eq!(h.ok(&["list"]).lines().count(), 2);
+}
+
+#[test]
+fn a_guests_disk_is_an_nbd_export_that_qemu_io_verifies() {
+    let h = Host::up("nbd");
+    let cfg = h.config("disky");
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let sock = h.run_dir().join("domains/disky/xvda.sock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args([
+            "-c",
+            "write -P 0x5c 8192 100k",
+            "-c",
+            "flush",
+            "-c",
+            "read -P 0x5c 8192 100k",
+        ])
+        .arg(&url)
+        .output()
+        .expect("qemu-io (qemu-utils) runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !text.contains("failed"), "{text}");
+    // Through blkfront, the ring, blkback: in the image file.
+    let image = std::fs::read(h.dir.join("disky.img")).unwrap();
+    assert!(image[8192..8192 + 102400].iter().all(|&b| b == 0x5c));
+    assert!(image[..8192].iter().all(|&b| b == 0));
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("\"virtual-size\": 4194304"));
+    h.ok(&["destroy", "disky"]);
+    assert!(!sock.exists(), "the export goes with the device");
 }

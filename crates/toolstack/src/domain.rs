@@ -337,9 +337,16 @@ pub fn detach<S: Read + Write>(
     // A frontend that is gone (its guest died: xenstored removed what the
     // guest owned) will not answer, and a backend that already finished
     // the device will not write Closed again: nothing to wait for.
+    // Nor will a backend that has not taken the device yet (still
+    // Initialising): it probes only devices in that state.
     let frontend_there = xs.read(Tx::NONE, &dev.frontend_dir()).is_ok();
     let backend = dev.backend_state(xs);
-    if !frontend_there || matches!(backend, State::Closed | State::Unknown) {
+    if !frontend_there
+        || matches!(
+            backend,
+            State::Closed | State::Unknown | State::Initialising
+        )
+    {
         dev.remove(xs)?;
         return Ok(true);
     }

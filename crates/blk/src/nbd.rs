@@ -1,0 +1,447 @@
+//! An NBD server (the fixed-newstyle protocol of `nbd/doc/proto.md`) for
+//! a guest's disk, so that host tools (qemu-img, qemu-io, nbdinfo,
+//! nbdcopy, fio's nbd engine) reach it: `NBD_OPT_GO`, `INFO`,
+//! `EXPORT_NAME`, `LIST`, `ABORT`; `READ`, `WRITE` (with `FUA`), `FLUSH`,
+//! `WRITE_ZEROES`, `DISC`; simple replies (structured replies are
+//! declined, as the protocol allows). Several connections at once, each on
+//! its thread, one device behind them.
+//!
+//! Everything a client sends is bounded before it is buffered: an option
+//! of at most 64 KiB, a request of at most 32 MiB (the block size we
+//! advertise).
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+
+/// What the export serves.
+pub trait BlockDevice: Send {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// Reads at a 512-byte aligned offset.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes at a 512-byte aligned offset.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Everything written is on stable storage.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
+const REP_ERR_INVALID: u32 = (1 << 31) | 3;
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+const TFLAG_HAS_FLAGS: u16 = 1;
+const TFLAG_READ_ONLY: u16 = 2;
+const TFLAG_SEND_FLUSH: u16 = 4;
+const TFLAG_SEND_FUA: u16 = 8;
+const TFLAG_SEND_WRITE_ZEROES: u16 = 64;
+const TFLAG_CAN_MULTI_CONN: u16 = 256;
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_FLAG_FUA: u16 = 1;
+const EPERM: u32 = 1;
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+/// The largest request we take (the block size's maximum we advertise).
+pub const MAX_REQUEST: u32 = 32 << 20;
+/// The largest option we read.
+const MAX_OPTION: u32 = 64 << 10;
+
+/// A shared device.
+pub type Shared = Arc<Mutex<dyn BlockDevice>>;
+
+/// Serves `listener` until it fails, a thread per connection.
+pub fn serve(listener: UnixListener, name: String, dev: Shared) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else {
+            continue;
+        };
+        let (name, dev) = (name.clone(), dev.clone());
+        std::thread::spawn(move || {
+            let _ = session(stream, &name, &dev);
+        });
+    }
+}
+
+fn u16_of(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn u32_of(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+fn u64_of(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn option_reply(s: &mut impl Write, opt: u32, ty: u32, data: &[u8]) -> io::Result<()> {
+    let mut b = Vec::with_capacity(20 + data.len());
+    b.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
+    b.extend_from_slice(&opt.to_be_bytes());
+    b.extend_from_slice(&ty.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(data);
+    s.write_all(&b)
+}
+
+fn transmission_flags(dev: &Shared) -> (u64, u16) {
+    let Ok(d) = dev.lock() else {
+        return (0, TFLAG_HAS_FLAGS | TFLAG_READ_ONLY);
+    };
+    let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN;
+    if d.read_only() {
+        f |= TFLAG_READ_ONLY;
+    } else {
+        f |= TFLAG_SEND_WRITE_ZEROES;
+    }
+    (d.size(), f)
+}
+
+/// One client: the handshake, then requests until it disconnects.
+pub fn session<S: Read + Write>(mut s: S, name: &str, dev: &Shared) -> io::Result<()> {
+    s.write_all(&NBDMAGIC.to_be_bytes())?;
+    s.write_all(&IHAVEOPT.to_be_bytes())?;
+    s.write_all(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
+    let mut cflags = [0u8; 4];
+    s.read_exact(&mut cflags)?;
+    let no_zeroes = u32_of(&cflags) & u32::from(FLAG_NO_ZEROES) != 0;
+    loop {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h)?;
+        if u64_of(&h) != IHAVEOPT {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let (opt, len) = (u32_of(&h[8..]), u32_of(&h[12..]));
+        if len > MAX_OPTION {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+        let (size, flags) = transmission_flags(dev);
+        match opt {
+            OPT_EXPORT_NAME => {
+                // No error reply is possible here: any name is ours.
+                s.write_all(&size.to_be_bytes())?;
+                s.write_all(&flags.to_be_bytes())?;
+                if !no_zeroes {
+                    s.write_all(&[0u8; 124])?;
+                }
+                return transmission(s, dev);
+            }
+            OPT_ABORT => {
+                let _ = option_reply(&mut s, opt, REP_ACK, &[]);
+                return Ok(());
+            }
+            OPT_LIST => {
+                let mut d = (name.len() as u32).to_be_bytes().to_vec();
+                d.extend_from_slice(name.as_bytes());
+                option_reply(&mut s, opt, REP_SERVER, &d)?;
+                option_reply(&mut s, opt, REP_ACK, &[])?;
+            }
+            OPT_INFO | OPT_GO => {
+                // name length, name, number of info requests, requests.
+                let ok = data.len() >= 6 && {
+                    let n = u32_of(&data) as usize;
+                    data.len() >= 4 + n + 2
+                        && data.len() == 4 + n + 2 + 2 * usize::from(u16_of(&data[4 + n..]))
+                };
+                if !ok {
+                    option_reply(&mut s, opt, REP_ERR_INVALID, &[])?;
+                    continue;
+                }
+                let mut export = INFO_EXPORT.to_be_bytes().to_vec();
+                export.extend_from_slice(&size.to_be_bytes());
+                export.extend_from_slice(&flags.to_be_bytes());
+                option_reply(&mut s, opt, REP_INFO, &export)?;
+                let mut bs = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                for v in [512u32, 4096, MAX_REQUEST] {
+                    bs.extend_from_slice(&v.to_be_bytes());
+                }
+                option_reply(&mut s, opt, REP_INFO, &bs)?;
+                option_reply(&mut s, opt, REP_ACK, &[])?;
+                if opt == OPT_GO {
+                    return transmission(s, dev);
+                }
+            }
+            // Structured replies, meta contexts, TLS...: declined.
+            _ => option_reply(&mut s, opt, REP_ERR_UNSUP, &[])?,
+        }
+    }
+}
+
+fn reply(s: &mut impl Write, error: u32, handle: u64, data: &[u8]) -> io::Result<()> {
+    let mut b = Vec::with_capacity(16 + data.len());
+    b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    b.extend_from_slice(&error.to_be_bytes());
+    b.extend_from_slice(&handle.to_be_bytes());
+    b.extend_from_slice(data);
+    s.write_all(&b)
+}
+
+fn transmission<S: Read + Write>(mut s: S, dev: &Shared) -> io::Result<()> {
+    loop {
+        let mut h = [0u8; 28];
+        s.read_exact(&mut h)?;
+        if u32_of(&h) != REQUEST_MAGIC {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let (flags, ty, handle) = (u16_of(&h[4..]), u16_of(&h[6..]), u64_of(&h[8..]));
+        let (offset, len) = (u64_of(&h[16..]), u32_of(&h[24..]));
+        if len > MAX_REQUEST {
+            // The stream cannot be followed past an oversized write.
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let mut payload = Vec::new();
+        if ty == CMD_WRITE {
+            payload = vec![0u8; len as usize];
+            s.read_exact(&mut payload)?;
+        }
+        let Ok(mut d) = dev.lock() else {
+            return Err(io::ErrorKind::Other.into());
+        };
+        let in_range = offset
+            .checked_add(u64::from(len))
+            .is_some_and(|end| end <= d.size());
+        let aligned = offset % 512 == 0 && len % 512 == 0;
+        let fail = |e: io::Error| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                EINVAL
+            } else {
+                EIO
+            }
+        };
+        match ty {
+            CMD_READ => {
+                let mut buf = vec![0u8; len as usize];
+                let err = if !in_range || !aligned {
+                    EINVAL
+                } else {
+                    d.read_at(offset, &mut buf).map_or_else(fail, |()| 0)
+                };
+                drop(d);
+                reply(&mut s, err, handle, if err == 0 { &buf } else { &[] })?;
+            }
+            CMD_WRITE | CMD_WRITE_ZEROES => {
+                let err = if d.read_only() {
+                    EPERM
+                } else if !in_range {
+                    ENOSPC
+                } else if !aligned {
+                    EINVAL
+                } else {
+                    if ty == CMD_WRITE_ZEROES {
+                        payload = vec![0u8; len as usize];
+                    }
+                    let r = d.write_at(offset, &payload).and_then(|()| {
+                        if flags & CMD_FLAG_FUA != 0 {
+                            d.flush()
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    r.map_or_else(fail, |()| 0)
+                };
+                drop(d);
+                reply(&mut s, err, handle, &[])?;
+            }
+            CMD_FLUSH => {
+                let err = d.flush().map_or_else(fail, |()| 0);
+                drop(d);
+                reply(&mut s, err, handle, &[])?;
+            }
+            CMD_DISC => return Ok(()),
+            _ => {
+                drop(d);
+                reply(&mut s, EINVAL, handle, &[])?;
+            }
+        }
+    }
+}
+
+impl BlockDevice for crate::storage::MemStorage {
+    fn size(&self) -> u64 {
+        crate::storage::Storage::size(self)
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        crate::storage::Storage::read_at(self, buf, offset)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        crate::storage::Storage::write_at(self, buf, offset)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        crate::storage::Storage::flush(self)
+    }
+}
+
+/// A guest's disk through blkfront, for the export.
+pub struct Front<P> {
+    /// The frontend.
+    pub front: crate::front::BlkFront<P>,
+    /// Whether the backend said the disk is read-only.
+    pub read_only: bool,
+}
+
+impl<P> BlockDevice for Front<P>
+where
+    P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send,
+{
+    fn size(&self) -> u64 {
+        self.front.sectors() * 512
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.front.read(offset, buf).map_err(io::Error::other)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.front.write(offset, buf).map_err(io::Error::other)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.front.flush().map_err(io::Error::other)
+    }
+}
+
+/// Serves `path` (a fresh unix socket) on a thread.
+pub fn export(path: &std::path::Path, name: &str, dev: Shared) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    let name = name.to_string();
+    std::thread::spawn(move || serve(listener, name, dev));
+    Ok(())
+}
+
+/// A client's stream, for tests.
+pub fn connect(path: &std::path::Path) -> io::Result<UnixStream> {
+    UnixStream::connect(path)
+}
+
+/// A minimal NBD client (fixed newstyle, `NBD_OPT_GO`, simple replies):
+/// what the demo and the tests use to reach an export without QEMU.
+pub struct NbdClient {
+    s: UnixStream,
+    /// The export's size in bytes.
+    pub size: u64,
+    handle: u64,
+}
+
+impl NbdClient {
+    /// Connects to the export on `path` and negotiates it.
+    pub fn connect(path: &std::path::Path, name: &str) -> io::Result<NbdClient> {
+        let mut s = UnixStream::connect(path)?;
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello)?;
+        if u64_of(&hello) != NBDMAGIC || u64_of(&hello[8..]) != IHAVEOPT {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        s.write_all(&u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&0u16.to_be_bytes());
+        let mut opt = IHAVEOPT.to_be_bytes().to_vec();
+        opt.extend_from_slice(&OPT_GO.to_be_bytes());
+        opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        opt.extend_from_slice(&data);
+        s.write_all(&opt)?;
+        let mut size = 0;
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h)?;
+            let (ty, len) = (u32_of(&h[12..]), u32_of(&h[16..]));
+            if len > MAX_OPTION {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            let mut d = vec![0u8; len as usize];
+            s.read_exact(&mut d)?;
+            match ty {
+                REP_INFO if d.len() >= 10 && u16_of(&d) == INFO_EXPORT => size = u64_of(&d[2..]),
+                REP_INFO => {}
+                REP_ACK => break,
+                _ => return Err(io::Error::other("the server refused NBD_OPT_GO")),
+            }
+        }
+        Ok(NbdClient { s, size, handle: 0 })
+    }
+
+    fn request(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        self.handle += 1;
+        let mut h = REQUEST_MAGIC.to_be_bytes().to_vec();
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&ty.to_be_bytes());
+        h.extend_from_slice(&self.handle.to_be_bytes());
+        h.extend_from_slice(&offset.to_be_bytes());
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(data);
+        self.s.write_all(&h)?;
+        let mut r = [0u8; 16];
+        self.s.read_exact(&mut r)?;
+        if u32_of(&r) != SIMPLE_REPLY_MAGIC || u64_of(&r[8..]) != self.handle {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let err = u32_of(&r[4..]);
+        if err != 0 {
+            return Err(io::Error::other(format!("NBD error {err}")));
+        }
+        self.s.read_exact(out)
+    }
+
+    /// Reads at `offset`.
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.request(CMD_READ, 0, offset, buf.len() as u32, &[], buf)
+    }
+
+    /// Writes at `offset`.
+    pub fn write(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.request(CMD_WRITE, 0, offset, buf.len() as u32, buf, &mut [])
+    }
+
+    /// `NBD_CMD_FLUSH`.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.request(CMD_FLUSH, 0, 0, 0, &[], &mut [])
+    }
+
+    /// `NBD_CMD_DISC`.
+    pub fn disconnect(mut self) -> io::Result<()> {
+        self.handle += 1;
+        let mut h = REQUEST_MAGIC.to_be_bytes().to_vec();
+        h.extend_from_slice(&0u16.to_be_bytes());
+        h.extend_from_slice(&CMD_DISC.to_be_bytes());
+        h.extend_from_slice(&self.handle.to_be_bytes());
+        h.extend_from_slice(&[0u8; 12]);
+        self.s.write_all(&h)
+    }
+}
