@@ -297,3 +297,21 @@ fn the_fuzz_corpus_replays_cleanly() {
     }
     assert!(n > 0);
 }
+
+#[test]
+fn the_nbd_fuzz_corpus_replays_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nbd_server");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        blk::fuzz::nbd(&std::fs::read(e.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+proptest! {
+    #[test]
+    fn any_nbd_stream_is_survived(data in prop::collection::vec(any::<u8>(), 0..3000)) {
+        blk::fuzz::nbd(&data);
+    }
+}
