@@ -995,3 +995,129 @@ fn bench_in(h: &HostArgs, dir: &Path, guests: usize) -> Result<Vec<Duration>, St
     }
     Ok(times)
 }
+
+/// The workloads of `bench blk` on one NBD export: (4 KiB random reads
+/// per second, 4 KiB random writes per second, 1 MiB sequential write
+/// MiB/s, 1 MiB sequential read MiB/s), one request at a time.
+fn nbd_workloads(socket: &Path, name: &str, size: u64) -> Result<[f64; 4], String> {
+    let e = |e: std::io::Error| format!("{}: {e}", socket.display());
+    let mut c = blk::nbd::NbdClient::connect(socket, name).map_err(e)?;
+    let blocks = size / 4096;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % blocks) * 4096
+    };
+    let mut buf = vec![0u8; 4096];
+    let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        c.read(next(), &mut buf).map_err(e)?;
+    }
+    let rr = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        buf[0] = i as u8;
+        c.write(next(), &buf).map_err(e)?;
+    }
+    c.flush().map_err(e)?;
+    let rw = n as f64 / t.elapsed().as_secs_f64();
+    let big = vec![0x3cu8; 1 << 20];
+    let mib = size >> 20;
+    let t = Instant::now();
+    for i in 0..mib {
+        c.write(i << 20, &big).map_err(e)?;
+    }
+    c.flush().map_err(e)?;
+    let sw = mib as f64 / t.elapsed().as_secs_f64();
+    let mut back = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    for i in 0..mib {
+        c.read(i << 20, &mut back).map_err(e)?;
+    }
+    let sr = mib as f64 / t.elapsed().as_secs_f64();
+    let _ = c.disconnect();
+    Ok([rr, rw, sw, sr])
+}
+
+/// `dom0kit bench blk`: the same workloads on the same 64 MiB image,
+/// through the full PV path (NBD export → blkfront → ring → blkback →
+/// file) and through qemu-nbd serving the file (the NBD hop alone).
+pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err("usage: dom0kit bench blk".into());
+    }
+    let dir = std::env::temp_dir().join(format!("dom0kit-bench-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let image = dir.join("disk.img");
+    let size: u64 = 64 << 20;
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| e.to_string())?;
+    let h = HostArgs {
+        run: RunDir(dir.join("run")),
+        machine_memory: "512M".into(),
+        rest: Vec::new(),
+    };
+    up(&h)?;
+    let pv = (|| {
+        let (hv, mut xs) = connect(&h.run)?;
+        let text = format!(
+            "name = \"bench\"\nmemory = 32\ndisk = [ '{},raw,xvda,rw' ]\n",
+            image.display()
+        );
+        let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
+        let mut spawner = Spawner::new(&h.run);
+        let c = dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| e.to_string())?;
+        wait_connected(&mut xs, &c, Duration::from_secs(10))?;
+        let sock = h.run.domain_dir("bench").join("xvda.sock");
+        wait_for("the export", Duration::from_secs(5), || sock.exists())?;
+        let r = nbd_workloads(&sock, "xvda", size);
+        let _ = dom::destroy(&hv, &mut xs, "bench", Duration::from_secs(5));
+        for mut ch in spawner.children.drain(..) {
+            let _ = ch.wait();
+        }
+        r
+    })();
+    let _ = down(&h);
+    let pv = pv?;
+    let sock = dir.join("qemu-nbd.sock");
+    let mut q = Command::new("qemu-nbd")
+        .args(["-f", "raw", "-x", "xvda", "-k"])
+        .arg(&sock)
+        .arg(&image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("qemu-nbd (qemu-utils): {e}"))?;
+    let hop = wait_for("qemu-nbd", Duration::from_secs(5), || sock.exists())
+        .and_then(|()| nbd_workloads(&sock, "xvda", size));
+    let _ = q.kill();
+    let _ = q.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let hop = hop?;
+    println!(
+        "{:<44} {:>12} {:>14} {:>7}  goal",
+        "benchmark (one request at a time)", "PV path", "NBD hop alone", "ratio"
+    );
+    for (i, (name, unit, goal)) in [
+        ("4 KiB random read", "IOPS", "≥ 0.8"),
+        ("4 KiB random write", "IOPS", "≥ 0.8"),
+        ("1 MiB sequential write", "MiB/s", "≥ 0.9"),
+        ("1 MiB sequential read", "MiB/s", "≥ 0.9"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "{:<44} {:>12.0} {:>14.0} {:>7.2}  {goal} ({unit})",
+            name,
+            pv[i],
+            hop[i],
+            pv[i] / hop[i]
+        );
+    }
+    Ok(())
+}

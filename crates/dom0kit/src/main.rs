@@ -53,6 +53,8 @@ commands:
   bench host [--guests N]
                        time to create a guest until its disk is Connected, from the
                        first guest to the Nth running (default 50)
+  bench blk            the same I/O on one image through the PV path (NBD export, blkfront,
+                       blkback) and through qemu-nbd alone, as ratios
   bench sim [--rounds N | --quick]
                        measure the simulated hypervisor against its physical limits
   version              print the version";
@@ -307,7 +309,12 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("sim") => {}
         Some("xenstore") => return bench_xenstore(&args[1..]),
         Some("host") => return host::bench(&args[1..]),
-        _ => return Err(format!("bench: which? (sim, xenstore, host)\n\n{USAGE}")),
+        Some("blk") => return host::bench_blk(&args[1..]),
+        _ => {
+            return Err(format!(
+                "bench: which? (sim, xenstore, host, blk)\n\n{USAGE}"
+            ))
+        }
     }
     let mut rounds = 1;
     let mut it = args[1..].iter();
