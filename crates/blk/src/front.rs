@@ -48,6 +48,9 @@ pub struct BlkFront<P> {
     /// The ring index of the next request.
     next_idx: u32,
     timeout: Duration,
+    /// A request went unanswered (or the ring broke): the data pages may
+    /// still be the backend's, so nothing more is sent.
+    failed: bool,
 }
 
 impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
@@ -91,6 +94,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             next_id: 1,
             next_idx: 0,
             timeout: Duration::from_secs(30),
+            failed: false,
         })
     }
 
@@ -101,6 +105,26 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
 
     /// One request of at most [`SEGS`] pages; `data` in or out.
     fn one(
+        &mut self,
+        op: u8,
+        sector: u64,
+        len: usize,
+        data: Option<&[u8]>,
+        out: Option<&mut [u8]>,
+    ) -> Result<(), FrontError> {
+        if self.failed {
+            return Err(FrontError::Broken(
+                "an earlier request went unanswered".into(),
+            ));
+        }
+        let r = self.one_inner(op, sector, len, data, out);
+        if matches!(r, Err(FrontError::Timeout | FrontError::Broken(_))) {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn one_inner(
         &mut self,
         op: u8,
         sector: u64,
@@ -169,7 +193,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
 
     fn check(&self, offset: u64, len: usize) -> Result<(), FrontError> {
         let end = offset.checked_add(len as u64).ok_or(FrontError::Range)?;
-        if offset % 512 != 0 || len % 512 != 0 || end > self.sectors * 512 {
+        let size = self.sectors.checked_mul(512).ok_or(FrontError::Range)?;
+        if offset % 512 != 0 || len % 512 != 0 || end > size {
             return Err(FrontError::Range);
         }
         Ok(())
@@ -207,12 +232,16 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         self.one(blkif::BLKIF_OP_FLUSH_DISKCACHE, 0, 0, None, None)
     }
 
-    /// Ends the data grants and frees the pages (the backend must have
-    /// unmapped them: after the device closed).
-    pub fn release(self) {
-        for g in &self.grants {
-            let _ = self.dom.end_access(*g);
+    /// Ends the data grants and frees the pages. A grant the backend
+    /// still has mapped cannot end: then nothing is freed and the
+    /// frontend comes back, to be released again later.
+    pub fn release(mut self) -> Option<Self> {
+        let dom = &self.dom;
+        self.grants.retain(|g| dom.end_access(*g).is_err());
+        if !self.grants.is_empty() {
+            return Some(self);
         }
         let _ = self.dom.free_pages(self.data, SEGS as u64);
+        None
     }
 }

@@ -56,7 +56,25 @@ pub fn requests(data: &[u8]) {
     for slot in data.get(1..).unwrap_or(&[]).chunks(abi.slot_size()) {
         let rsp = serve_slot(abi, slot, &disk, &storage, &mut Pages, &mut c);
         assert!((-2..=0).contains(&rsp.status), "a status blkif.h defines");
+        // The id is echoed (at byte 8 of an x86_64 slot, 4 of an x86_32
+        // one: no padding before it there).
+        if slot.len() == abi.slot_size() {
+            let at = if abi == Abi::X86_32 { 4 } else { 8 };
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&slot[at..at + 8]);
+            assert_eq!(
+                rsp.id,
+                u64::from_le_bytes(id),
+                "the response names its request"
+            );
+        }
     }
+    // Validation let nothing through that the disk refuses: every I/O that
+    // reached the storage was in range.
+    assert_eq!(
+        c.io_errors, 0,
+        "validation let an out-of-range request through"
+    );
 }
 
 /// An NBD client's whole byte stream, fed to the server: the answers go

@@ -45,6 +45,7 @@ const REP_SERVER: u32 = 2;
 const REP_INFO: u32 = 3;
 const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 const REP_ERR_INVALID: u32 = (1 << 31) | 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
 const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
 const TFLAG_HAS_FLAGS: u16 = 1;
@@ -72,15 +73,44 @@ const MAX_OPTION: u32 = 64 << 10;
 /// A shared device.
 pub type Shared = Arc<Mutex<dyn BlockDevice>>;
 
-/// Serves `listener` until it fails, a thread per connection.
-pub fn serve(listener: UnixListener, name: String, dev: Shared) {
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else {
+/// Connections served at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Serves `listener`, a thread per connection (at most
+/// [`MAX_CONNECTIONS`] at once), until `gone` says the export is over.
+pub fn serve(
+    listener: UnixListener,
+    name: String,
+    dev: Shared,
+    gone: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let active = Arc::new(AtomicUsize::new(0));
+    let _ = listener.set_nonblocking(true);
+    while !gone.load(Ordering::Relaxed) {
+        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            std::thread::sleep(std::time::Duration::from_millis(10));
             continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            // Nothing waiting, or out of descriptors: not a busy loop.
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
         };
-        let (name, dev) = (name.clone(), dev.clone());
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        // A client that stops talking for a minute is dropped.
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(60)));
+        let (name, dev, active) = (name.clone(), dev.clone(), active.clone());
+        active.fetch_add(1, Ordering::Relaxed);
         std::thread::spawn(move || {
             let _ = session(stream, &name, &dev);
+            active.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -127,7 +157,12 @@ pub fn session<S: Read + Write>(mut s: S, name: &str, dev: &Shared) -> io::Resul
     s.write_all(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
     let mut cflags = [0u8; 4];
     s.read_exact(&mut cflags)?;
-    let no_zeroes = u32_of(&cflags) & u32::from(FLAG_NO_ZEROES) != 0;
+    let cflags = u32_of(&cflags);
+    // Flags we do not know: the protocol says to drop the client.
+    if cflags & !u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) != 0 {
+        return Err(io::ErrorKind::InvalidData.into());
+    }
+    let no_zeroes = cflags & u32::from(FLAG_NO_ZEROES) != 0;
     loop {
         let mut h = [0u8; 16];
         s.read_exact(&mut h)?;
@@ -155,6 +190,7 @@ pub fn session<S: Read + Write>(mut s: S, name: &str, dev: &Shared) -> io::Resul
                 let _ = option_reply(&mut s, opt, REP_ACK, &[]);
                 return Ok(());
             }
+            OPT_LIST if !data.is_empty() => option_reply(&mut s, opt, REP_ERR_INVALID, &[])?,
             OPT_LIST => {
                 let mut d = (name.len() as u32).to_be_bytes().to_vec();
                 d.extend_from_slice(name.as_bytes());
@@ -170,6 +206,12 @@ pub fn session<S: Read + Write>(mut s: S, name: &str, dev: &Shared) -> io::Resul
                 };
                 if !ok {
                     option_reply(&mut s, opt, REP_ERR_INVALID, &[])?;
+                    continue;
+                }
+                // The default export ("") is ours too.
+                let asked = &data[4..4 + u32_of(&data) as usize];
+                if !asked.is_empty() && asked != name.as_bytes() {
+                    option_reply(&mut s, opt, REP_ERR_UNKNOWN, &[])?;
                     continue;
                 }
                 let mut export = INFO_EXPORT.to_be_bytes().to_vec();
@@ -211,8 +253,13 @@ fn transmission<S: Read + Write>(mut s: S, dev: &Shared) -> io::Result<()> {
         let (flags, ty, handle) = (u16_of(&h[4..]), u16_of(&h[6..]), u64_of(&h[8..]));
         let (offset, len) = (u64_of(&h[16..]), u32_of(&h[24..]));
         if len > MAX_REQUEST {
-            // The stream cannot be followed past an oversized write.
-            return Err(io::ErrorKind::InvalidData.into());
+            // The stream cannot be followed past an oversized write; any
+            // other request gets EINVAL.
+            if ty == CMD_WRITE {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            reply(&mut s, EINVAL, handle, &[])?;
+            continue;
         }
         let mut payload = Vec::new();
         if ty == CMD_WRITE {
@@ -312,7 +359,7 @@ where
     P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send,
 {
     fn size(&self) -> u64 {
-        self.front.sectors() * 512
+        self.front.sectors().saturating_mul(512)
     }
     fn read_only(&self) -> bool {
         self.read_only
@@ -328,13 +375,20 @@ where
     }
 }
 
-/// Serves `path` (a fresh unix socket) on a thread.
-pub fn export(path: &std::path::Path, name: &str, dev: Shared) -> io::Result<()> {
+/// Serves `path` (a fresh unix socket) on a thread, until the returned
+/// flag is set (the listener then closes).
+pub fn export(
+    path: &std::path::Path,
+    name: &str,
+    dev: Shared,
+) -> io::Result<Arc<std::sync::atomic::AtomicBool>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     let name = name.to_string();
-    std::thread::spawn(move || serve(listener, name, dev));
-    Ok(())
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let g = gone.clone();
+    std::thread::spawn(move || serve(listener, name, dev, g));
+    Ok(gone)
 }
 
 /// A client's stream, for tests.

@@ -217,7 +217,10 @@ fn validate(rw: &Rw, discard: Option<(u8, u64, u64)>, disk: &Disk) -> Result<Req
                     last: s.last_sect,
                 });
             }
-            in_range(rw.sector, sectors, disk)?;
+            // A barrier without data only orders and flushes: no range.
+            if n > 0 {
+                in_range(rw.sector, sectors, disk)?;
+            }
             if write {
                 Op::Write {
                     sector: rw.sector,
@@ -231,7 +234,18 @@ fn validate(rw: &Rw, discard: Option<(u8, u64, u64)>, disk: &Disk) -> Result<Req
                 }
             }
         }
-        blkif::BLKIF_OP_FLUSH_DISKCACHE => Op::Flush,
+        blkif::BLKIF_OP_FLUSH_DISKCACHE => {
+            // A write to the disk's cache, as Linux takes it: refused on a
+            // read-only disk; its segments, if any, are not taken (Linux
+            // writes them with a preflush: not built).
+            if disk.read_only {
+                return Err(Refused::Bad("flush of a read-only disk"));
+            }
+            if rw.nr_segments != 0 {
+                return Err(Refused::NotSupported(rw.operation));
+            }
+            Op::Flush
+        }
         blkif::BLKIF_OP_DISCARD => {
             let (flag, sector, count) = discard.ok_or(Refused::Bad("short slot"))?;
             if !disk.discard {

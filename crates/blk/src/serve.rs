@@ -61,12 +61,18 @@ pub fn execute(
             flush,
         } => {
             let mut buf = vec![0u8; bytes(segments)];
-            match mover.read_guest(segments, &mut buf) {
-                Err(BadGrant) => Err(true),
-                Ok(()) => storage
-                    .write_at(&buf, sector * 512)
-                    .and_then(|()| if *flush { storage.flush() } else { Ok(()) })
-                    .map_err(|_| false),
+            if segments.is_empty() {
+                // A barrier without data (its sector unchecked, as Linux
+                // leaves it): only the flush.
+                storage.flush().map_err(|_| false)
+            } else {
+                match mover.read_guest(segments, &mut buf) {
+                    Err(BadGrant) => Err(true),
+                    Ok(()) => storage
+                        .write_at(&buf, sector * 512)
+                        .and_then(|()| if *flush { storage.flush() } else { Ok(()) })
+                        .map_err(|_| false),
+                }
             }
         }
         Op::Flush => storage.flush().map_err(|_| false),

@@ -33,7 +33,12 @@ impl FileStorage {
             .read(true)
             .write(writable)
             .open(path)?;
-        let size = file.metadata()?.len();
+        // A block device's metadata says 0: its end says its size.
+        let size = {
+            use std::io::Seek;
+            let mut f = &file;
+            f.seek(std::io::SeekFrom::End(0))?
+        };
         Ok(FileStorage { file, size })
     }
 }

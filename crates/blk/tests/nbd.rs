@@ -42,6 +42,7 @@ fn qemu_io_writes_and_verifies_patterns() {
         &[
             "write -P 0xab 4096 64k",
             "write -P 0xcd -f 1m 512",
+            "write -P 0xee 2m 8k",
             "write -z 2m 8k",
             "flush",
             "read -P 0xab 4096 64k",

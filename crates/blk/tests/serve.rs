@@ -250,7 +250,7 @@ proptest! {
     /// Writes of random extents, through the ring, leave the disk as a
     /// model of it says; reads give back what the model holds.
     #[test]
-    fn the_disk_follows_a_model(ops in prop::collection::vec((0u64..60, 1usize..4, any::<u8>(), any::<bool>()), 1..30)) {
+    fn the_disk_follows_a_model(ops in prop::collection::vec((0u64..70, 1usize..4, any::<u8>(), any::<bool>()), 1..30)) {
         let mut r = rig(64);
         let mut model = vec![0u8; 64 * 512];
         for (i, (sector, pages, byte, read)) in ops.into_iter().enumerate() {

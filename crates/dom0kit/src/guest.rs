@@ -63,6 +63,7 @@ impl blk::nbd::BlockDevice for Slot {
 struct Export {
     socket: PathBuf,
     slot: Arc<Mutex<Slot>>,
+    gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The vbd frontend: grants a one-page `blkif` ring to the backend and
@@ -75,6 +76,8 @@ struct VbdFront {
     lingering: Vec<(Pfn, GrantRef)>,
     export_dir: Option<PathBuf>,
     exports: BTreeMap<u32, Export>,
+    /// Frontends whose data grants the backend still had mapped.
+    lingering_fronts: Vec<blk::front::BlkFront<SimDomain>>,
 }
 
 impl VbdFront {
@@ -161,20 +164,34 @@ impl FrontendDriver for VbdFront {
             read_only: info & abi::blkif::VDISK_READONLY != 0,
         }))));
         let socket = dir.join(format!("{vdev}.sock"));
-        blk::nbd::export(&socket, &vdev, slot.clone())
-            .map_err(|e| format!("{}: {e}", socket.display()))?;
-        self.exports.insert(dev.devid, Export { socket, slot });
-        Ok(())
+        match blk::nbd::export(&socket, &vdev, slot.clone()) {
+            Ok(gone) => {
+                self.exports
+                    .insert(dev.devid, Export { socket, slot, gone });
+                Ok(())
+            }
+            Err(e) => {
+                let front = slot.lock().ok().and_then(|mut s| s.0.take());
+                if let Some(left) = front.and_then(|f| f.front.release()) {
+                    self.lingering_fronts.push(left);
+                }
+                Err(format!("{}: {e}", socket.display()))
+            }
+        }
     }
 
     fn disconnect(&mut self, dev: &Device) {
         if let Some(e) = self.exports.remove(&dev.devid) {
+            e.gone.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = std::fs::remove_file(&e.socket);
             let front = e.slot.lock().ok().and_then(|mut s| s.0.take());
-            if let Some(f) = front {
-                f.front.release();
+            if let Some(left) = front.and_then(|f| f.front.release()) {
+                self.lingering_fronts.push(left);
             }
         }
+        // Those the backend held before: again.
+        let before = std::mem::take(&mut self.lingering_fronts);
+        self.lingering_fronts = before.into_iter().filter_map(|f| f.release()).collect();
         if let Some(r) = self.rings.remove(&dev.devid) {
             let _ = self.dom.close(r.port);
             self.lingering.push((r.pfn, r.gref));
@@ -235,6 +252,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             lingering: Vec::new(),
             export_dir,
             exports: BTreeMap::new(),
+            lingering_fronts: Vec::new(),
         },
     );
     // The first request waits until dom0 has introduced us.
