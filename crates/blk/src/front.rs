@@ -1,6 +1,6 @@
 //! blkfront's data path, in the guest: requests into the shared ring, the
-//! data in pages granted to the backend, one request at a time per device
-//! (a caller that needs more at once opens more devices, for now).
+//! data in pages granted to the backend, up to 8 requests in flight for
+//! one transfer (one caller at a time per device).
 //!
 //! The ring page and its grant, and the event channel, are the xenbus
 //! frontend's (`dom0kit guest`); this takes them over once the device is
@@ -34,6 +34,10 @@ pub enum FrontError {
 
 /// Segments per request (a direct request).
 const SEGS: usize = blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
+/// Requests in flight at once (a 1 MiB transfer is 24 requests: 3 batches).
+const BATCH: usize = 8;
+/// Data pages: one request's worth per request in flight.
+const PAGES: usize = SEGS * BATCH;
 
 /// A connected device's frontend end.
 pub struct BlkFront<P> {
@@ -70,16 +74,16 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             FrontRing::<_, Slot64, BlkifResponse>::init(page)
                 .map_err(|e| FrontError::Broken(e.to_string()))?;
         }
-        let data = dom.alloc_pages(SEGS as u64).map_err(b)?;
-        let mut grants = Vec::with_capacity(SEGS);
-        for i in 0..SEGS as u64 {
+        let data = dom.alloc_pages(PAGES as u64).map_err(b)?;
+        let mut grants = Vec::with_capacity(PAGES);
+        for i in 0..PAGES as u64 {
             match dom.grant_access(backend, Pfn(data.0 + i), false) {
                 Ok(g) => grants.push(g),
                 Err(e) => {
                     for g in grants {
                         let _ = dom.end_access(g);
                     }
-                    let _ = dom.free_pages(data, SEGS as u64);
+                    let _ = dom.free_pages(data, PAGES as u64);
                     return Err(b(e));
                 }
             }
@@ -103,7 +107,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         self.sectors
     }
 
-    /// One request of at most [`SEGS`] pages; `data` in or out.
+    /// One transfer of at most [`PAGES`] pages, as up to [`BATCH`] requests
+    /// in flight; `data` in or out.
     fn one(
         &mut self,
         op: u8,
@@ -133,38 +138,53 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         out: Option<&mut [u8]>,
     ) -> Result<(), FrontError> {
         let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
-        let pages = len.div_ceil(4096);
-        let mut req = BlkifRequest::zeroed();
-        req.operation = op;
-        req.id = self.next_id;
-        self.next_id += 1;
-        req.sector_number = sector;
-        req.nr_segments = pages as u8;
+        // The data area mirrors the buffer: request k's pages are
+        // `k * SEGS ..`, holding bytes `k * SEGS * 4096 ..` of it.
+        let mut reqs = Vec::new();
+        let chunks = len.div_ceil(SEGS * 4096).max(1);
+        for k in 0..chunks {
+            let start = k * SEGS * 4096;
+            let clen = (len - start.min(len)).min(SEGS * 4096);
+            let pages = clen.div_ceil(4096);
+            let mut req = BlkifRequest::zeroed();
+            req.operation = op;
+            req.id = self.next_id;
+            self.next_id += 1;
+            req.sector_number = sector + (start / 512) as u64;
+            req.nr_segments = pages as u8;
+            for p in 0..pages {
+                let bytes = (clen - p * 4096).min(4096);
+                req.seg[p] = BlkifRequestSegment {
+                    gref: self.grants[k * SEGS + p].0,
+                    first_sect: 0,
+                    last_sect: (bytes / 512 - 1) as u8,
+                    _pad0: [0; 2],
+                };
+            }
+            reqs.push(req);
+        }
         let dom = &self.dom;
-        let mem = dom.pages(self.data, SEGS as u64).map_err(|e| broken(&e))?;
+        let mem = dom.pages(self.data, PAGES as u64).map_err(|e| broken(&e))?;
         if let Some(d) = data {
             mem.write_bytes(0, d).map_err(|e| broken(&e))?;
         }
-        for p in 0..pages {
-            let bytes = (len - p * 4096).min(4096);
-            req.seg[p] = BlkifRequestSegment {
-                gref: self.grants[p].0,
-                first_sect: 0,
-                last_sect: (bytes / 512 - 1) as u8,
-                _pad0: [0; 2],
-            };
-        }
-        // Between requests everything is exchanged up to `next_idx`.
+        // Between batches everything is exchanged up to `next_idx`.
         let page = dom.pages(self.ring_pfn, 1).map_err(|e| broken(&e))?;
         let mut ring: FrontRing<_, Slot64, BlkifResponse> =
             FrontRing::attach(page, abi::RingIdx(self.next_idx)).map_err(|e| broken(&e))?;
-        ring.put_request(&req).map_err(|e| broken(&e))?;
+        for r in &reqs {
+            ring.put_request(r).map_err(|e| broken(&e))?;
+        }
         if ring.push_requests().map_err(|e| broken(&e))? {
             dom.notify(self.port).map_err(|e| broken(&e))?;
         }
-        self.next_idx = self.next_idx.wrapping_add(1);
+        self.next_idx = self.next_idx.wrapping_add(reqs.len() as u32);
+        let (first_id, last_id) = (reqs[0].id, reqs[reqs.len() - 1].id);
+        let mut answered = 0;
+        let mut status = blkif::BLKIF_RSP_OKAY;
         let deadline = Instant::now() + self.timeout;
-        loop {
+        // Every response before the pages are used again, failed or not.
+        while answered < reqs.len() {
             let rsp = match ring.take_response().map_err(|e| broken(&e))? {
                 Some(r) => Some(r),
                 None if ring.final_check_for_responses().map_err(|e| broken(&e))? => {
@@ -172,23 +192,33 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                 }
                 None => None,
             };
-            if let Some(r) = rsp {
-                if r.id != req.id {
-                    return Err(FrontError::Broken("a response to another request".into()));
+            match rsp {
+                Some(r) => {
+                    if r.id < first_id || r.id > last_id {
+                        return Err(FrontError::Broken(
+                            "a response to no request of ours".into(),
+                        ));
+                    }
+                    if r.status != blkif::BLKIF_RSP_OKAY && status == blkif::BLKIF_RSP_OKAY {
+                        status = r.status;
+                    }
+                    answered += 1;
                 }
-                if r.status != blkif::BLKIF_RSP_OKAY {
-                    return Err(FrontError::Status(r.status));
+                None => {
+                    if Instant::now() > deadline {
+                        return Err(FrontError::Timeout);
+                    }
+                    let _ = dom.wait(self.port, 100);
                 }
-                if let Some(o) = out {
-                    mem.read_bytes(0, o).map_err(|e| broken(&e))?;
-                }
-                return Ok(());
             }
-            if Instant::now() > deadline {
-                return Err(FrontError::Timeout);
-            }
-            let _ = dom.wait(self.port, 100);
         }
+        if status != blkif::BLKIF_RSP_OKAY {
+            return Err(FrontError::Status(status));
+        }
+        if let Some(o) = out {
+            mem.read_bytes(0, o).map_err(|e| broken(&e))?;
+        }
+        Ok(())
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<(), FrontError> {
@@ -203,8 +233,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     /// Reads `buf.len()` bytes at `offset` (both 512-byte aligned).
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FrontError> {
         self.check(offset, buf.len())?;
-        for (i, chunk) in buf.chunks_mut(SEGS * 4096).enumerate() {
-            let at = offset + (i * SEGS * 4096) as u64;
+        for (i, chunk) in buf.chunks_mut(PAGES * 4096).enumerate() {
+            let at = offset + (i * PAGES * 4096) as u64;
             let len = chunk.len();
             self.one(blkif::BLKIF_OP_READ, at / 512, len, None, Some(chunk))?;
         }
@@ -214,8 +244,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     /// Writes `buf` at `offset` (both 512-byte aligned).
     pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), FrontError> {
         self.check(offset, buf.len())?;
-        for (i, chunk) in buf.chunks(SEGS * 4096).enumerate() {
-            let at = offset + (i * SEGS * 4096) as u64;
+        for (i, chunk) in buf.chunks(PAGES * 4096).enumerate() {
+            let at = offset + (i * PAGES * 4096) as u64;
             self.one(
                 blkif::BLKIF_OP_WRITE,
                 at / 512,
@@ -241,7 +271,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         if !self.grants.is_empty() {
             return Some(self);
         }
-        let _ = self.dom.free_pages(self.data, SEGS as u64);
+        let _ = self.dom.free_pages(self.data, PAGES as u64);
         None
     }
 }

@@ -1100,7 +1100,7 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
     let hop = hop?;
     println!(
         "{:<44} {:>12} {:>14} {:>7}  goal",
-        "benchmark (one request at a time)", "PV path", "NBD hop alone", "ratio"
+        "benchmark (one NBD request at a time)", "PV path", "NBD hop alone", "ratio"
     );
     for (i, (name, unit, goal)) in [
         ("4 KiB random read", "IOPS", "≥ 0.8"),
