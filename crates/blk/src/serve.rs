@@ -213,3 +213,96 @@ impl<G: platform::GrantMapper> Mover for GrantMover<G> {
         Ok(())
     }
 }
+
+/// [`Mover`] by grant copy (`GNTTABOP_copy`): a request's segments are
+/// copied in one batch to or from bounce pages of our own, with no
+/// mapping; what Linux's blkback gets from persistent grants, without
+/// the frontend's cooperation.
+pub struct CopyMover<P: platform::OwnMemory> {
+    dom: P,
+    domid: platform::DomId,
+    bounce: platform::Pfn,
+}
+
+impl<P: platform::GrantMapper + platform::OwnMemory> CopyMover<P> {
+    /// Copies data of domain `domid`'s grants, through pages of `dom`'s.
+    pub fn new(dom: P, domid: platform::DomId) -> platform::Result<CopyMover<P>> {
+        let bounce = dom.alloc_pages(blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)?;
+        Ok(CopyMover { dom, domid, bounce })
+    }
+
+    fn copy(&self, segments: &[Segment], to_guest: bool) -> Result<(), BadGrant> {
+        use platform::{CopyPtr, GntStatus, GrantCopy};
+        let mut ops: Vec<GrantCopy> = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let guest = CopyPtr::Grant {
+                    domid: self.domid,
+                    gref: platform::GrantRef(s.gref),
+                    offset: s.offset() as u16,
+                };
+                let ours = CopyPtr::Local {
+                    pfn: platform::Pfn(self.bounce.0 + i as u64),
+                    offset: s.offset() as u16,
+                };
+                let (source, dest) = if to_guest {
+                    (ours, guest)
+                } else {
+                    (guest, ours)
+                };
+                GrantCopy {
+                    source,
+                    dest,
+                    len: s.len() as u16,
+                    status: GntStatus::GENERAL_ERROR,
+                }
+            })
+            .collect();
+        self.dom.copy_grants(&mut ops).map_err(|_| BadGrant)?;
+        if ops.iter().all(|o| o.status == GntStatus::OKAY) {
+            Ok(())
+        } else {
+            Err(BadGrant)
+        }
+    }
+}
+
+impl<P: platform::GrantMapper + platform::OwnMemory> Mover for CopyMover<P> {
+    fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant> {
+        self.copy(segments, false)?;
+        let mem = self
+            .dom
+            .pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)
+            .map_err(|_| BadGrant)?;
+        let mut at = 0;
+        for (i, s) in segments.iter().enumerate() {
+            mem.read_bytes(i * 4096 + s.offset(), &mut buf[at..at + s.len()])
+                .map_err(|_| BadGrant)?;
+            at += s.len();
+        }
+        Ok(())
+    }
+
+    fn write_guest(&mut self, segments: &[Segment], buf: &[u8]) -> Result<(), BadGrant> {
+        let mem = self
+            .dom
+            .pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)
+            .map_err(|_| BadGrant)?;
+        let mut at = 0;
+        for (i, s) in segments.iter().enumerate() {
+            mem.write_bytes(i * 4096 + s.offset(), &buf[at..at + s.len()])
+                .map_err(|_| BadGrant)?;
+            at += s.len();
+        }
+        self.copy(segments, true)
+    }
+}
+
+impl<P: platform::OwnMemory> Drop for CopyMover<P> {
+    fn drop(&mut self) {
+        let _ = self
+            .dom
+            .free_pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64);
+    }
+}

@@ -34,6 +34,15 @@ fn request(op: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest
 
 #[test]
 fn a_guests_writes_and_reads_go_through_its_grants() {
+    through_grants(|dom0, domid| Box::new(GrantMover::new(dom0, domid)));
+}
+
+#[test]
+fn the_same_by_grant_copy() {
+    through_grants(|dom0, domid| Box::new(blk::serve::CopyMover::new(dom0, domid).unwrap()));
+}
+
+fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>) {
     let dir = std::env::temp_dir().join(format!("dom0kit-blk-sim-{}", std::process::id()));
     let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
     let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
@@ -73,7 +82,7 @@ fn a_guests_writes_and_reads_go_through_its_grants() {
         discard: false,
         secure_discard: false,
     };
-    let mut mover = GrantMover::new(dom0.clone(), new.domid);
+    let mut mover = mover(dom0.clone(), new.domid);
     let mut c = Counters::default();
     for req in [
         request(blkif::BLKIF_OP_WRITE, 1, 100, &[(w, 0, 7)]),
@@ -86,7 +95,7 @@ fn a_guests_writes_and_reads_go_through_its_grants() {
         front.put_request(&req).unwrap();
     }
     front.push_requests().unwrap();
-    let (n, _) = serve_ring(&mut back, &disk, &storage, &mut mover, &mut c, 64).unwrap();
+    let (n, _) = serve_ring(&mut back, &disk, &storage, &mut *mover, &mut c, 64).unwrap();
     assert_eq!(n, 4);
     let mut statuses = Vec::new();
     while let Some(rsp) = front.take_response().unwrap() {
@@ -102,6 +111,7 @@ fn a_guests_writes_and_reads_go_through_its_grants() {
     assert!(back_in.iter().all(|&b| b == 0x5a));
     assert_eq!(c.grant_errors, 2);
     // Nothing stays mapped: the guest can end every data grant.
+    drop(mover);
     for gref in [w, r, ro] {
         guest.end_access(platform::GrantRef(gref)).unwrap();
     }

@@ -55,11 +55,25 @@ fn serve(
     let Ok(mut back) = BackRing::<_, Slot64, BlkifResponse>::init(ring.memory()) else {
         return;
     };
-    let mut mover = GrantMover::new(dom.clone(), frontend);
+    // Grant copy into bounce pages of ours (no mapping per request); by
+    // mapping if we have no pages to spare.
+    let mut copier;
+    let mut mapper;
+    let mover: &mut dyn blk::serve::Mover = match blk::serve::CopyMover::new(dom.clone(), frontend)
+    {
+        Ok(c) => {
+            copier = c;
+            &mut copier
+        }
+        Err(_) => {
+            mapper = GrantMover::new(dom.clone(), frontend);
+            &mut mapper
+        }
+    };
     let mut counters = Counters::default();
     while !stop.load(Ordering::Relaxed) {
         // A small budget: a stop is seen after at most 8 requests.
-        match serve_ring(&mut back, &disk, &storage, &mut mover, &mut counters, 8) {
+        match serve_ring(&mut back, &disk, &storage, mover, &mut counters, 8) {
             Ok((n, notify)) => {
                 if notify {
                     let _ = dom.notify(port);
