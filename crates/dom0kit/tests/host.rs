@@ -428,3 +428,53 @@ fn a_guests_disk_is_an_nbd_export_that_qemu_io_verifies() {
     h.ok(&["destroy", "disky"]);
     assert!(!sock.exists(), "the export goes with the device");
 }
+
+#[test]
+fn nbdinfo_nbdcopy_and_fio_use_a_guests_disk() {
+    let h = Host::up("nbdtools");
+    let cfg = h.config("tools");
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let sock = h.run_dir().join("domains/tools/xvda.sock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd:?}: {text}");
+        text
+    };
+    let info = run(Command::new("nbdinfo").arg(&url));
+    assert!(info.contains("export-size: 4194304"), "{info}");
+    assert!(
+        info.contains("can_flush: true") && info.contains("can_fua: true"),
+        "{info}"
+    );
+    // nbdcopy a file in and out.
+    let src = h.dir.join("src.raw");
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    run(Command::new("nbdcopy").arg(&src).arg(&url));
+    let out = h.dir.join("out.raw");
+    run(Command::new("nbdcopy").arg(&url).arg(&out));
+    assert_eq!(&std::fs::read(&out).unwrap()[..data.len()], &data[..]);
+    // fio's nbd engine, random writes verified by crc32c.
+    let fio = run(Command::new("fio").args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={url}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=2M",
+        "--iodepth=8",
+        "--verify=crc32c",
+        "--do_verify=1",
+    ]));
+    assert!(fio.contains("err= 0"), "{fio}");
+    h.ok(&["destroy", "tools"]);
+}
