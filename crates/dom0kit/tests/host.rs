@@ -484,3 +484,107 @@ fn nbdinfo_nbdcopy_and_fio_use_a_guests_disk() {
     assert!(fio.contains("err= 0"), "{fio}");
     h.ok(&["destroy", "tools"]);
 }
+
+#[test]
+fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
+    let h = Host::up("backend-kill");
+    let cfg = h.config("steady");
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let sock = h.run_dir().join("domains/steady/xvda.sock");
+    let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+    let qemu_io = |cmds: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw"]);
+        for cmd in cmds {
+            c.args(["-c", cmd]);
+        }
+        let out = c.arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success() && !text.contains("failed"), text)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ok, text) = qemu_io(&["write -P 0x42 0 64k", "flush"]);
+    assert!(ok, "{text}");
+    let first_ring = {
+        let out = Command::new(BIN)
+            .args([
+                "xenstore",
+                "read",
+                "/local/domain/1/device/vbd/51712/ring-ref",
+            ])
+            .env("XENSTORED_PATH", h.run_dir().join("xenstored.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // SIGKILL the backend daemon; the supervisor starts another.
+    let me = h.run_dir().display().to_string();
+    let backend_pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?)
+                .replace('\0', " ");
+            (cmd.contains(&me) && cmd.contains(" backend --hv "))
+                .then(|| e.file_name().to_string_lossy().to_string())
+        })
+        .expect("the backend runs");
+    Command::new("kill")
+        .args(["-KILL", &backend_pid])
+        .status()
+        .unwrap();
+    // The new backend probes the device again and the guest reconnects on
+    // a new ring (a request sent meanwhile to the old one would wait for
+    // an answer that never comes: wait for the new ring first), and
+    // exports it anew; what was flushed is there.
+    let ring_ref = |h: &Host| {
+        let out = Command::new(BIN)
+            .args([
+                "xenstore",
+                "read",
+                "/local/domain/1/device/vbd/51712/ring-ref",
+            ])
+            .env("XENSTORED_PATH", h.run_dir().join("xenstored.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let state = |h: &Host| {
+        let out = Command::new(BIN)
+            .args([
+                "xenstore",
+                "read",
+                "/local/domain/0/backend/vbd/1/51712/state",
+            ])
+            .env("XENSTORED_PATH", h.run_dir().join("xenstored.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (ring_ref(&h) == first_ring || state(&h) != "4") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(
+        ring_ref(&h),
+        first_ring,
+        "the guest did not publish a new ring"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, text) = qemu_io(&["read -P 0x42 0 64k"]);
+    assert!(ok, "{text}");
+    let (ok, text) = qemu_io(&[
+        "write -P 0x43 64k 64k",
+        "flush",
+        "read -P 0x43 64k 64k",
+        "read -P 0x42 0 64k",
+    ]);
+    assert!(ok, "{text}");
+    let image = std::fs::read(h.dir.join("steady.img")).unwrap();
+    assert!(image[65536..131072].iter().all(|&b| b == 0x43));
+    h.ok(&["destroy", "steady"]);
+}

@@ -208,15 +208,28 @@ impl<D: BackendDriver> BackendRunner<D> {
     /// A device that appeared: probed if it is new.
     fn probe<S: Read + Write>(&mut self, xs: &mut Client<S>, key: (u16, u32)) {
         let dev = self.device(key);
-        // Only a new device, as Linux's xenbus_probe_node: one in any
-        // other state is going away (Closed, waiting for the toolstack to
-        // remove it) and must not be probed again.
-        if read_state(xs, &format!("{}/state", dev.backend_dir())) != State::Initialising {
-            return;
-        }
+        // A new device, as Linux's xenbus_probe_node; or one a backend
+        // before us had taken (InitWait, Connected) and still online: we
+        // started over, and probing it again asks the frontend to
+        // reconnect. One in any other state is going away (Closing,
+        // Closed, waiting for the toolstack to remove it) and is left.
+        let be = dev.backend_dir();
+        let machine = match read_state(xs, &format!("{be}/state")) {
+            State::Initialising => Backend::new(),
+            State::InitWait | State::Connected => {
+                let online = xs
+                    .read(Tx::NONE, &format!("{be}/online"))
+                    .is_ok_and(|v| v == b"1");
+                if !online {
+                    return;
+                }
+                Backend::taking_over()
+            }
+            _ => return,
+        };
         let mut d = BackendDevice {
             dev,
-            machine: Backend::new(),
+            machine,
             peer: State::Unknown,
             online: true,
         };

@@ -49,6 +49,10 @@ pub struct Backend {
     online: bool,
     holds: bool,
     gone: bool,
+    /// Taking over a device another backend had: the frontend's
+    /// `Connected` (and its rings) are the old backend's until it
+    /// publishes again.
+    stale: bool,
 }
 
 impl Default for Backend {
@@ -66,6 +70,18 @@ impl Backend {
             online: true,
             holds: false,
             gone: false,
+            stale: false,
+        }
+    }
+
+    /// A backend taking over a device a backend before it (one that
+    /// died) had probed or connected: after [`probe`](Self::probe) it
+    /// waits for the frontend to publish its rings again, whatever state
+    /// the frontend shows now.
+    pub fn taking_over() -> Backend {
+        Backend {
+            stale: true,
+            ..Backend::new()
         }
     }
 
@@ -135,6 +151,11 @@ impl Backend {
         match ev {
             Event::Peer(s) => {
                 self.peer = s;
+                // The old backend's frontend state: not ours to act on.
+                if self.stale && s == State::Connected {
+                    return out;
+                }
+                self.stale = false;
                 match s {
                     // The frontend starts over after we closed: reconnect.
                     State::Initialising => {
@@ -257,8 +278,14 @@ impl Frontend {
             Event::Peer(s) => match s {
                 // The backend waits for us: publish the rings (again, after
                 // a close: reconnection).
+                // The backend waits for us: publish the rings (again, after
+                // a close, or when a backend that had us connected started
+                // over: its old mapping of our rings is gone).
                 State::InitWait => {
-                    if matches!(self.state, State::Initialising | State::Closed) {
+                    if matches!(
+                        self.state,
+                        State::Initialising | State::Closed | State::Connected
+                    ) {
                         self.release(&mut out);
                         self.holds = true;
                         out.push(Action::Setup);

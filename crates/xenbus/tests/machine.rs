@@ -175,3 +175,31 @@ fn a_backend_reconnects_after_closed() {
         [Action::Connect, Action::SetState(State::Connected)]
     );
 }
+
+#[test]
+fn a_backend_taking_over_waits_for_the_frontend_to_publish_again() {
+    let mut b = Backend::taking_over();
+    assert_eq!(b.probe(), [Action::SetState(State::InitWait)]);
+    // The frontend still says Connected: that was the old backend's ring.
+    assert_eq!(b.on(Event::Peer(State::Connected)), []);
+    assert!(!b.holds());
+    // It publishes again.
+    assert_eq!(
+        b.on(Event::Peer(State::Initialised)),
+        [Action::Connect, Action::SetState(State::Connected)]
+    );
+    // The frontend's end: Connected, then the backend starts over.
+    let mut f = Frontend::new();
+    f.on(Event::Peer(State::InitWait));
+    f.on(Event::Peer(State::Connected));
+    assert_eq!(f.state(), State::Connected);
+    assert_eq!(
+        f.on(Event::Peer(State::InitWait)),
+        [
+            Action::Disconnect,
+            Action::Setup,
+            Action::SetState(State::Initialised)
+        ]
+    );
+    assert!(f.holds());
+}
