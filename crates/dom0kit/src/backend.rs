@@ -115,13 +115,11 @@ impl BackendDriver for VbdBack {
             // An empty drive.
             0
         } else {
-            // The disk must be there and as writable as the guest was told.
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .open(&target)
-                .map_err(|e| format!("{target}: {e}"))?;
-            file.metadata().map_err(|e| format!("{target}: {e}"))?.len()
+            // The disk must be there and as writable as the guest was told
+            // (its size from its end: a block device's metadata says 0).
+            FileStorage::open(std::path::Path::new(&target), writable)
+                .map_err(|e| format!("{target}: {e}"))?
+                .size()
         };
         // In a transaction that reads the state first: a device the
         // toolstack removed meanwhile is not made again by these writes.
