@@ -19,18 +19,20 @@ const USAGE: &str = "usage: dom0kit <command> [options]
 
 commands:
   demo                 bring up a simulated Xen host in a private directory, create a guest
-                       with a disk, show its domain, xenstore tree and devices, tear it down
+                       with a disk, show its domain, xenstore tree and devices, write and
+                       verify 8 MiB through its disk, tear it down
   up [--run-dir DIR] [--machine-memory SIZE]
                        start a simulated host (hv, xenstored, backend under a supervisor)
   down | status [--run-dir DIR]
                        stop the host (its guests first) | show what runs
-  create FILE          create a guest from an xl.cfg (or .toml) file
+  create FILE          create a guest from an xl.cfg (or .toml) file; its disks are NBD
+                       exports on DIR/domains/NAME/VDEV.sock
   list                 list domains, as xl list
   destroy NAME|ID      close a guest's devices and destroy it
   block-attach DOMAIN DISKSPEC | block-detach DOMAIN VDEV
                        hotplug a disk (xl-disk-configuration(5) syntax)
                        (these take --run-dir DIR too; default as for hv)
-  guest --hv HV_SOCKET | backend --hv HV_SOCKET --socket XS_SOCKET
+  guest --hv HV_SOCKET [--export-dir DIR] | backend --hv HV_SOCKET --socket XS_SOCKET
                        the processes a host runs (started by create and up)
   hv [options]         run the simulated hypervisor in the foreground
       --run-dir DIR          where hv.sock goes ($DOM0KIT_RUN_DIR, $XDG_RUNTIME_DIR/dom0kit or /run/dom0kit)
