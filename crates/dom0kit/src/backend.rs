@@ -26,7 +26,7 @@ use blk::storage::{FileStorage, Storage};
 use ring::BackRing;
 use sim::client::SimMapping;
 use sim::SimDomain;
-use xenbus::driver::{BackendDriver, BackendRunner, DriverResult};
+use xenbus::driver::{follow_watches, BackendDriver, BackendRunner, DriverResult};
 use xenbus::features;
 use xenbus::paths::Device;
 use xenstore::client::{Client, Tx};
@@ -248,18 +248,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         let ev = xs.read_watch().map_err(|e| err(&e))?;
         vbd.on_event(&mut xs, &ev.path).map_err(|e| err(&e))?;
         // Each frontend's device directory, once per guest.
-        let paths: Vec<String> = vbd
+        let wanted: HashSet<String> = vbd
             .devices()
             .map(|(d, _)| format!("/local/domain/{}/device/{}", d.frontend, d.kind))
             .collect();
-        let now: HashSet<String> = paths.into_iter().collect();
-        for p in now.difference(&watched) {
-            xs.watch(p, "frontend").map_err(|e| err(&e))?;
-        }
-        for p in watched.difference(&now) {
-            // Gone already if xenstored released the domain.
-            let _ = xs.unwatch(p, "frontend");
-        }
-        watched = now;
+        follow_watches(&mut xs, &mut watched, wanted, "frontend").map_err(|e| err(&e))?;
     }
 }

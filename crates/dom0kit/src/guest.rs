@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use platform::{DomId, EventChannels, GrantRef, GrantTable, OwnMemory, Pfn, Port};
 use sim::SimDomain;
-use xenbus::driver::{DriverResult, FrontendDriver, FrontendRunner};
+use xenbus::driver::{follow_watches, DriverResult, FrontendDriver, FrontendRunner};
 use xenbus::paths::Device;
 use xenstore::client::{Client, Tx};
 use xenstore::ring::RingStream;
@@ -263,18 +263,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         vbd.on_event(&mut xs, &ev.path).map_err(|e| err(&e))?;
         // The backends' directories for us too, once per backend domain
         // (not per device: a guest has few watches to spend).
-        let paths: Vec<String> = vbd
+        let wanted: HashSet<String> = vbd
             .devices()
             .map(|(d, _)| format!("/local/domain/{}/backend/{}/{domid}", d.backend, d.kind))
             .collect();
-        let now: HashSet<String> = paths.into_iter().collect();
-        for p in now.difference(&watched) {
-            xs.watch(p, "backend").map_err(|e| err(&e))?;
-        }
-        for p in watched.difference(&now) {
-            // Gone already if xenstored released the domain.
-            let _ = xs.unwatch(p, "backend");
-        }
-        watched = now;
+        follow_watches(&mut xs, &mut watched, wanted, "backend").map_err(|e| err(&e))?;
     }
 }

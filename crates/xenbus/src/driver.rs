@@ -16,6 +16,25 @@ use crate::machine::{Action, Backend, Event, Frontend};
 use crate::paths::{read_state, Device};
 use crate::State;
 
+/// Keeps `watched` (the watches this connection has with `token`) equal
+/// to `wanted`: watches what is new, unwatches what is no longer wanted
+/// (already gone if xenstored released its domain: not an error).
+pub fn follow_watches<S: Read + Write>(
+    xs: &mut Client<S>,
+    watched: &mut std::collections::HashSet<String>,
+    wanted: std::collections::HashSet<String>,
+    token: &str,
+) -> Result<(), ClientError> {
+    for p in wanted.difference(watched) {
+        xs.watch(p, token)?;
+    }
+    for p in watched.difference(&wanted) {
+        let _ = xs.unwatch(p, token);
+    }
+    *watched = wanted;
+    Ok(())
+}
+
 /// A driver failed to set a device up; the device goes to `Closing`.
 pub type DriverResult = Result<(), String>;
 
