@@ -75,13 +75,30 @@ impl Host {
         cfg
     }
 
-    fn xenstore_ls(&self) -> String {
+    /// `dom0kit xenstore ARGS` on this host: its standard output.
+    fn xenstore(&self, args: &[&str]) -> String {
         let out = Command::new(BIN)
-            .args(["xenstore", "ls", "/"])
+            .arg("xenstore")
+            .args(args)
             .env("XENSTORED_PATH", self.run_dir().join("xenstored.sock"))
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn xenstore_ls(&self) -> String {
+        self.xenstore(&["ls", "/"])
+    }
+
+    /// The NBD URL of guest `name`'s `xvda`, once its export is there.
+    fn export(&self, name: &str) -> (PathBuf, String) {
+        let sock = self.run_dir().join(format!("domains/{name}/xvda.sock"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+        (sock, url)
     }
 
     fn free_frames(&self) -> u64 {
@@ -283,16 +300,22 @@ fn a_guest_killed_with_sigkill_is_cleaned_up() {
 }
 
 fn pid_of_guest(run: &Path) -> i32 {
+    pid_of(run, " guest ")
+}
+
+/// The process of this host (by its run directory) whose command line
+/// holds `what`.
+fn pid_of(run: &Path, what: &str) -> i32 {
     let me = run.display().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(&me) && cmd.contains(" guest ") {
+            if cmd.contains(&me) && cmd.contains(what) {
                 return e.file_name().to_str().unwrap().parse().unwrap();
             }
         }
     }
-    panic!("no guest process");
+    panic!("no process with {what:?}");
 }
 
 #[test]
@@ -399,12 +422,7 @@ fn a_guests_disk_is_an_nbd_export_that_qemu_io_verifies() {
     let h = Host::up("nbd");
     let cfg = h.config("disky");
     h.ok(&["create", cfg.to_str().unwrap()]);
-    let sock = h.run_dir().join("domains/disky/xvda.sock");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+    let (sock, url) = h.export("disky");
     let out = Command::new("qemu-io")
         .args(["-f", "raw"])
         .args([
@@ -440,12 +458,7 @@ fn nbdinfo_nbdcopy_and_fio_use_a_guests_disk() {
     let h = Host::up("nbdtools");
     let cfg = h.config("tools");
     h.ok(&["create", cfg.to_str().unwrap()]);
-    let sock = h.run_dir().join("domains/tools/xvda.sock");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+    let (_, url) = h.export("tools");
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
@@ -490,8 +503,7 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
     let h = Host::up("backend-kill");
     let cfg = h.config("steady");
     h.ok(&["create", cfg.to_str().unwrap()]);
-    let sock = h.run_dir().join("domains/steady/xvda.sock");
-    let url = format!("nbd+unix:///xvda?socket={}", sock.display());
+    let (_, url) = h.export("steady");
     let qemu_io = |cmds: &[&str]| {
         let mut c = Command::new("qemu-io");
         c.args(["-f", "raw"]);
@@ -503,36 +515,19 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success() && !text.contains("failed"), text)
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let (ok, text) = qemu_io(&["write -P 0x42 0 64k", "flush"]);
     assert!(ok, "{text}");
-    let first_ring = {
-        let out = Command::new(BIN)
-            .args([
-                "xenstore",
-                "read",
-                "/local/domain/1/device/vbd/51712/ring-ref",
-            ])
-            .env("XENSTORED_PATH", h.run_dir().join("xenstored.sock"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let ring_ref = |h: &Host| {
+        let v = h.xenstore(&["read", "/local/domain/1/device/vbd/51712/ring-ref"]);
+        v.trim().to_string()
     };
+    let state = |h: &Host| {
+        let v = h.xenstore(&["read", "/local/domain/0/backend/vbd/1/51712/state"]);
+        v.trim().to_string()
+    };
+    let first_ring = ring_ref(&h);
     // SIGKILL the backend daemon; the supervisor starts another.
-    let me = h.run_dir().display().to_string();
-    let backend_pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?)
-                .replace('\0', " ");
-            (cmd.contains(&me) && cmd.contains(" backend --hv "))
-                .then(|| e.file_name().to_string_lossy().to_string())
-        })
-        .expect("the backend runs");
+    let backend_pid = pid_of(&h.run_dir(), " backend --hv ").to_string();
     Command::new("kill")
         .args(["-KILL", &backend_pid])
         .status()
@@ -541,30 +536,6 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
     // a new ring (a request sent meanwhile to the old one would wait for
     // an answer that never comes: wait for the new ring first), and
     // exports it anew; what was flushed is there.
-    let ring_ref = |h: &Host| {
-        let out = Command::new(BIN)
-            .args([
-                "xenstore",
-                "read",
-                "/local/domain/1/device/vbd/51712/ring-ref",
-            ])
-            .env("XENSTORED_PATH", h.run_dir().join("xenstored.sock"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let state = |h: &Host| {
-        let out = Command::new(BIN)
-            .args([
-                "xenstore",
-                "read",
-                "/local/domain/0/backend/vbd/1/51712/state",
-            ])
-            .env("XENSTORED_PATH", h.run_dir().join("xenstored.sock"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     let deadline = Instant::now() + Duration::from_secs(15);
     while (ring_ref(&h) == first_ring || state(&h) != "4") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
