@@ -32,6 +32,21 @@ fn request(op: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest
     r
 }
 
+/// A hypervisor, dom0, and a guest of `pages` attached in this process.
+fn host(tag: &str, pages: u64) -> (sim::HvHandle, SimDomain, platform::NewDomain, SimDomain) {
+    let dir = std::env::temp_dir().join(format!("dom0kit-blk-{tag}-{}", std::process::id()));
+    let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
+    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
+    let new = dom0
+        .create_domain(&DomainConfig {
+            pages,
+            grant_frames: 1,
+        })
+        .unwrap();
+    let guest = SimDomain::attach_guest(hv.socket(), &new.token).unwrap();
+    (hv, dom0, new, guest)
+}
+
 #[test]
 fn a_guests_writes_and_reads_go_through_its_grants() {
     through_grants(|dom0, domid| Box::new(GrantMover::new(dom0, domid)));
@@ -43,16 +58,7 @@ fn the_same_by_grant_copy() {
 }
 
 fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>) {
-    let dir = std::env::temp_dir().join(format!("dom0kit-blk-sim-{}", std::process::id()));
-    let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
-    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
-    let new = dom0
-        .create_domain(&DomainConfig {
-            pages: 64,
-            grant_frames: 1,
-        })
-        .unwrap();
-    let guest = SimDomain::attach_guest(hv.socket(), &new.token).unwrap();
+    let (hv, dom0, new, guest) = host("sim", 64);
     let ring_pfn = guest.alloc_pages(1).unwrap();
     let data = guest.alloc_pages(3).unwrap();
     let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
@@ -122,16 +128,7 @@ fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>
 fn blkfront_and_the_backend_loop_move_data_both_ways() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let dir = std::env::temp_dir().join(format!("dom0kit-blk-front-{}", std::process::id()));
-    let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
-    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
-    let new = dom0
-        .create_domain(&DomainConfig {
-            pages: 128,
-            grant_frames: 1,
-        })
-        .unwrap();
-    let guest = SimDomain::attach_guest(hv.socket(), &new.token).unwrap();
+    let (hv, dom0, new, guest) = host("front", 128);
     let ring_pfn = guest.alloc_pages(1).unwrap();
     let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
     let gport = platform::EventChannels::alloc_unbound(&guest, DomId(0)).unwrap();

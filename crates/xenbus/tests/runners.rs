@@ -61,6 +61,20 @@ impl FrontendDriver for Fake {
     }
 }
 
+/// Our xenstored on a thread, and a connection to it; set the flag to
+/// stop it.
+fn daemon(tag: &str) -> (Client, Arc<AtomicBool>) {
+    let socket = std::env::temp_dir().join(format!(
+        "dom0kit-xenbus-{tag}-{}/socket",
+        std::process::id()
+    ));
+    let mut d = xenstored::Daemon::bind(&socket).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
+    (Client::connect(&socket).unwrap(), stop)
+}
+
 fn settle(xs: &mut Client, b: &mut BackendRunner<Fake>, f: &mut FrontendRunner<Fake>) {
     // Watch events are what make the runners look; here each looks in
     // turn until nothing changes.
@@ -72,13 +86,7 @@ fn settle(xs: &mut Client, b: &mut BackendRunner<Fake>, f: &mut FrontendRunner<F
 
 #[test]
 fn runners_connect_reconnect_and_part() {
-    let socket =
-        std::env::temp_dir().join(format!("dom0kit-xenbus-run-{}/socket", std::process::id()));
-    let mut d = xenstored::Daemon::bind(&socket).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
-    let mut xs = Client::connect(&socket).unwrap();
+    let (mut xs, stop) = daemon("run");
     let dev = Device {
         kind: "vbd".into(),
         devid: 51712,
@@ -128,13 +136,7 @@ fn runners_connect_reconnect_and_part() {
 
 #[test]
 fn a_failed_setup_closes_the_device() {
-    let socket =
-        std::env::temp_dir().join(format!("dom0kit-xenbus-fail-{}/socket", std::process::id()));
-    let mut d = xenstored::Daemon::bind(&socket).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
-    let mut xs = Client::connect(&socket).unwrap();
+    let (mut xs, stop) = daemon("fail");
     let dev = Device {
         kind: "vbd".into(),
         devid: 51712,
@@ -162,13 +164,7 @@ fn a_failed_setup_closes_the_device() {
 
 #[test]
 fn runners_look_only_at_the_device_an_event_is_about() {
-    let socket =
-        std::env::temp_dir().join(format!("dom0kit-xenbus-ev-{}/socket", std::process::id()));
-    let mut d = xenstored::Daemon::bind(&socket).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    std::thread::spawn(move || d.run(|| s.load(Ordering::Relaxed)).unwrap());
-    let mut xs = Client::connect(&socket).unwrap();
+    let (mut xs, stop) = daemon("ev");
     let dev = Device {
         kind: "vbd".into(),
         devid: 51712,
