@@ -109,3 +109,42 @@ pub fn nbd(data: &[u8]) {
         std::sync::Arc::new(std::sync::Mutex::new(MemStorage::new(1 << 20)));
     let _ = crate::nbd::session(Scripted { input: data }, "xvda", &disk);
 }
+
+/// A server's whole byte stream, owned; what the client sends goes nowhere.
+struct ServerBytes {
+    input: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for ServerBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl std::io::Write for ServerBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Body of the `nbd_client` fuzz target: arbitrary bytes from an NBD
+/// server to the storage engine's client, through negotiation and a read,
+/// a write, a flush and a zeroing. Nothing may panic or hang, and nothing
+/// the server says sizes a buffer beyond the protocol's bounds.
+pub fn nbd_client(data: &[u8]) {
+    let s = ServerBytes {
+        input: std::io::Cursor::new(data.to_vec()),
+    };
+    let Ok(mut c) = crate::remote::NbdClient::negotiate(Box::new(s), "") else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    let _ = c.read(0, &mut buf);
+    let _ = c.write(4096, &buf[..512]);
+    let _ = c.flush();
+    let _ = c.write_zeroes(0, 8192);
+    let _ = c.read(512, &mut buf[..512]);
+}

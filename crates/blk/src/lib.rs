@@ -3,19 +3,23 @@
 //! * [`request`]: a request slot, copied out of the ring, decoded for
 //!   either ABI (`x86_64-abi`, `x86_32-abi`) and validated against the
 //!   disk before any I/O: every field the frontend controls is checked.
-//! * [`storage`]: the storage engines behind one trait (a raw file so far).
+//! * [`storage`]: the storage engines behind one trait: a raw file or
+//!   block device, and ([`remote`]) a disk on an NBD server.
 //! * [`serve`]: one request served: the data moved between the guest's
 //!   granted pages and the disk through a [`serve::Mover`], and the
 //!   response status.
+//! * [`front`]: blkfront's data path, in the guest process.
+//! * [`nbd`]: the NBD server that exports a guest's disk to host tools.
 //!
 //! Not built yet: indirect requests (refused with `EOPNOTSUPP`), io_uring,
-//! the NBD engine, persistent grants, multi-queue, blkfront.
+//! persistent grants, multi-queue.
 
 #![forbid(unsafe_code)]
 
 pub mod front;
 pub mod fuzz;
 pub mod nbd;
+pub mod remote;
 pub mod request;
 pub mod serve;
 pub mod storage;

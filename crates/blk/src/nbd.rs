@@ -28,37 +28,37 @@ pub trait BlockDevice: Send {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
+pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub(crate) const FLAG_FIXED_NEWSTYLE: u16 = 1;
+pub(crate) const FLAG_NO_ZEROES: u16 = 2;
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
 const OPT_LIST: u32 = 3;
 const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
+pub(crate) const OPT_GO: u32 = 7;
+pub(crate) const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
+pub(crate) const REP_INFO: u32 = 3;
 const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 const REP_ERR_INVALID: u32 = (1 << 31) | 3;
 const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
-const INFO_EXPORT: u16 = 0;
+pub(crate) const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
 const TFLAG_HAS_FLAGS: u16 = 1;
-const TFLAG_READ_ONLY: u16 = 2;
-const TFLAG_SEND_FLUSH: u16 = 4;
+pub(crate) const TFLAG_READ_ONLY: u16 = 2;
+pub(crate) const TFLAG_SEND_FLUSH: u16 = 4;
 const TFLAG_SEND_FUA: u16 = 8;
-const TFLAG_SEND_WRITE_ZEROES: u16 = 64;
+pub(crate) const TFLAG_SEND_WRITE_ZEROES: u16 = 64;
 const TFLAG_CAN_MULTI_CONN: u16 = 256;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_WRITE_ZEROES: u16 = 6;
+pub(crate) const CMD_READ: u16 = 0;
+pub(crate) const CMD_WRITE: u16 = 1;
+pub(crate) const CMD_DISC: u16 = 2;
+pub(crate) const CMD_FLUSH: u16 = 3;
+pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_FLAG_FUA: u16 = 1;
 const EPERM: u32 = 1;
 const EIO: u32 = 5;
@@ -68,7 +68,7 @@ const ENOSPC: u32 = 28;
 /// The largest request we take (the block size's maximum we advertise).
 pub const MAX_REQUEST: u32 = 32 << 20;
 /// The largest option we read.
-const MAX_OPTION: u32 = 64 << 10;
+pub(crate) const MAX_OPTION: u32 = 64 << 10;
 
 /// A shared device.
 pub type Shared = Arc<Mutex<dyn BlockDevice>>;
@@ -115,13 +115,13 @@ pub fn serve(
     }
 }
 
-fn u16_of(b: &[u8]) -> u16 {
+pub(crate) fn u16_of(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }
-fn u32_of(b: &[u8]) -> u32 {
+pub(crate) fn u32_of(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
-fn u64_of(b: &[u8]) -> u64 {
+pub(crate) fn u64_of(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
@@ -394,108 +394,4 @@ pub fn export(
 /// A client's stream, for tests.
 pub fn connect(path: &std::path::Path) -> io::Result<UnixStream> {
     UnixStream::connect(path)
-}
-
-/// A minimal NBD client (fixed newstyle, `NBD_OPT_GO`, simple replies):
-/// what the demo and the tests use to reach an export without QEMU.
-pub struct NbdClient {
-    s: UnixStream,
-    /// The export's size in bytes.
-    pub size: u64,
-    handle: u64,
-}
-
-impl NbdClient {
-    /// Connects to the export on `path` and negotiates it.
-    pub fn connect(path: &std::path::Path, name: &str) -> io::Result<NbdClient> {
-        let mut s = UnixStream::connect(path)?;
-        let mut hello = [0u8; 18];
-        s.read_exact(&mut hello)?;
-        if u64_of(&hello) != NBDMAGIC || u64_of(&hello[8..]) != IHAVEOPT {
-            return Err(io::ErrorKind::InvalidData.into());
-        }
-        s.write_all(&u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
-        let mut data = (name.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(name.as_bytes());
-        data.extend_from_slice(&0u16.to_be_bytes());
-        let mut opt = IHAVEOPT.to_be_bytes().to_vec();
-        opt.extend_from_slice(&OPT_GO.to_be_bytes());
-        opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        opt.extend_from_slice(&data);
-        s.write_all(&opt)?;
-        let mut size = 0;
-        loop {
-            let mut h = [0u8; 20];
-            s.read_exact(&mut h)?;
-            let (ty, len) = (u32_of(&h[12..]), u32_of(&h[16..]));
-            if len > MAX_OPTION {
-                return Err(io::ErrorKind::InvalidData.into());
-            }
-            let mut d = vec![0u8; len as usize];
-            s.read_exact(&mut d)?;
-            match ty {
-                REP_INFO if d.len() >= 10 && u16_of(&d) == INFO_EXPORT => size = u64_of(&d[2..]),
-                REP_INFO => {}
-                REP_ACK => break,
-                _ => return Err(io::Error::other("the server refused NBD_OPT_GO")),
-            }
-        }
-        Ok(NbdClient { s, size, handle: 0 })
-    }
-
-    fn request(
-        &mut self,
-        ty: u16,
-        flags: u16,
-        offset: u64,
-        len: u32,
-        data: &[u8],
-        out: &mut [u8],
-    ) -> io::Result<()> {
-        self.handle += 1;
-        let mut h = REQUEST_MAGIC.to_be_bytes().to_vec();
-        h.extend_from_slice(&flags.to_be_bytes());
-        h.extend_from_slice(&ty.to_be_bytes());
-        h.extend_from_slice(&self.handle.to_be_bytes());
-        h.extend_from_slice(&offset.to_be_bytes());
-        h.extend_from_slice(&len.to_be_bytes());
-        h.extend_from_slice(data);
-        self.s.write_all(&h)?;
-        let mut r = [0u8; 16];
-        self.s.read_exact(&mut r)?;
-        if u32_of(&r) != SIMPLE_REPLY_MAGIC || u64_of(&r[8..]) != self.handle {
-            return Err(io::ErrorKind::InvalidData.into());
-        }
-        let err = u32_of(&r[4..]);
-        if err != 0 {
-            return Err(io::Error::other(format!("NBD error {err}")));
-        }
-        self.s.read_exact(out)
-    }
-
-    /// Reads at `offset`.
-    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.request(CMD_READ, 0, offset, buf.len() as u32, &[], buf)
-    }
-
-    /// Writes at `offset`.
-    pub fn write(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.request(CMD_WRITE, 0, offset, buf.len() as u32, buf, &mut [])
-    }
-
-    /// `NBD_CMD_FLUSH`.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.request(CMD_FLUSH, 0, 0, 0, &[], &mut [])
-    }
-
-    /// `NBD_CMD_DISC`.
-    pub fn disconnect(mut self) -> io::Result<()> {
-        self.handle += 1;
-        let mut h = REQUEST_MAGIC.to_be_bytes().to_vec();
-        h.extend_from_slice(&0u16.to_be_bytes());
-        h.extend_from_slice(&CMD_DISC.to_be_bytes());
-        h.extend_from_slice(&self.handle.to_be_bytes());
-        h.extend_from_slice(&[0u8; 12]);
-        self.s.write_all(&h)
-    }
 }

@@ -288,28 +288,38 @@ proptest! {
 
 #[test]
 fn the_fuzz_corpus_replays_cleanly() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/blk_requests");
+    replay("blk_requests", blk::fuzz::requests);
+}
+
+/// Feeds every input of `fuzz/corpus/<target>` to `body`.
+fn replay(target: &str, body: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
-        blk::fuzz::requests(&std::fs::read(e.unwrap().path()).unwrap());
+        body(&std::fs::read(e.unwrap().path()).unwrap());
         n += 1;
     }
-    assert!(n > 0);
+    assert!(n > 0, "{target}: an empty corpus");
 }
 
 #[test]
 fn the_nbd_fuzz_corpus_replays_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nbd_server");
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        blk::fuzz::nbd(&std::fs::read(e.unwrap().path()).unwrap());
-        n += 1;
-    }
-    assert!(n > 0);
+    replay("nbd_server", blk::fuzz::nbd);
+}
+
+#[test]
+fn the_nbd_client_fuzz_corpus_replays_cleanly() {
+    replay("nbd_client", blk::fuzz::nbd_client);
 }
 
 proptest! {
+    #[test]
+    fn any_nbd_server_stream_is_survived(data in prop::collection::vec(any::<u8>(), 0..3000)) {
+        blk::fuzz::nbd_client(&data);
+    }
+
     #[test]
     fn any_nbd_stream_is_survived(data in prop::collection::vec(any::<u8>(), 0..3000)) {
         blk::fuzz::nbd(&data);

@@ -592,12 +592,20 @@ fn refuse_unbuilt(config: &toolstack::config::DomainConfig) -> Result<(), String
 fn check_targets(config: &toolstack::config::DomainConfig) -> Result<(), String> {
     for (i, d) in config.disks.iter().enumerate() {
         if let Some(t) = &d.target {
-            if !Path::new(t).exists() {
-                return Err(format!("disk[{i}]: target {t:?} does not exist"));
-            }
+            check_target(t).map_err(|e| format!("disk[{i}]: {e}"))?;
         }
     }
     Ok(())
+}
+
+/// A disk's target is an image that is there, or an NBD target that
+/// parses (its server is reached when the backend connects).
+fn check_target(t: &str) -> Result<(), String> {
+    match blk::remote::Target::parse(t) {
+        Some(r) => r.map(drop).map_err(|e| format!("target {t:?}: {e}")),
+        None if Path::new(t).exists() => Ok(()),
+        None => Err(format!("target {t:?} does not exist")),
+    }
 }
 
 /// `dom0kit list`.
@@ -625,8 +633,8 @@ pub(crate) fn block_attach(h: &HostArgs) -> Result<(), String> {
         return Err("usage: dom0kit block-attach DOMAIN DISKSPEC".into());
     };
     let disk = toolstack::disk::parse(spec).map_err(|e| format!("block-attach: {spec}: {e}"))?;
-    if let Some(t) = disk.target.as_ref().filter(|t| !Path::new(t).exists()) {
-        return Err(format!("block-attach: target {t:?} does not exist"));
+    if let Some(t) = &disk.target {
+        check_target(t).map_err(|e| format!("block-attach: {e}"))?;
     }
     let (_, mut xs) = connect(&h.run)?;
     let domid = dom::find(&mut xs, name)
@@ -760,7 +768,7 @@ fn disk_io(socket: &Path, image: &Path) -> Result<(), String> {
     while !socket.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut nbd = blk::nbd::NbdClient::connect(socket, "xvda").map_err(e)?;
+    let mut nbd = blk::remote::NbdClient::connect(socket, "xvda").map_err(e)?;
     let total = 8usize << 20;
     let chunk = 256usize << 10;
     let data: Vec<u8> = (0..total)
@@ -1001,7 +1009,7 @@ fn bench_in(h: &HostArgs, dir: &Path, guests: usize) -> Result<Vec<Duration>, St
 /// MiB/s, 1 MiB sequential read MiB/s), one request at a time.
 fn nbd_workloads(socket: &Path, name: &str, size: u64) -> Result<[f64; 4], String> {
     let e = |e: std::io::Error| format!("{}: {e}", socket.display());
-    let mut c = blk::nbd::NbdClient::connect(socket, name).map_err(e)?;
+    let mut c = blk::remote::NbdClient::connect(socket, name).map_err(e)?;
     let blocks = size / 4096;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {

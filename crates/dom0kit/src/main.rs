@@ -26,7 +26,10 @@ commands:
   down | status [--run-dir DIR]
                        stop the host (its guests first) | show what runs
   create FILE          create a guest from an xl.cfg (or .toml) file; its disks are NBD
-                       exports on DIR/domains/NAME/VDEV.sock
+                       exports on DIR/domains/NAME/VDEV.sock. A disk's target is a raw
+                       file or device, an image of format=qcow|qcow2|vhd|qed (served
+                       through qemu-nbd), or an NBD server: nbd+unix:///EXPORT?socket=PATH,
+                       nbd://HOST[:PORT]/EXPORT, nbd:unix:PATH, nbd:HOST:PORT
   list                 list domains, as xl list
   destroy NAME|ID      close a guest's devices and destroy it
   block-attach DOMAIN DISKSPEC | block-detach DOMAIN VDEV

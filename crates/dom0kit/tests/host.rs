@@ -423,32 +423,17 @@ fn a_guests_disk_is_an_nbd_export_that_qemu_io_verifies() {
     let cfg = h.config("disky");
     h.ok(&["create", cfg.to_str().unwrap()]);
     let (sock, url) = h.export("disky");
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw"])
-        .args([
-            "-c",
-            "write -P 0x5c 8192 100k",
-            "-c",
-            "flush",
-            "-c",
-            "read -P 0x5c 8192 100k",
-        ])
-        .arg(&url)
-        .output()
-        .expect("qemu-io (qemu-utils) runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !text.contains("failed"), "{text}");
+    let (ok, text) = qemu_io(
+        "raw",
+        &url,
+        &["write -P 0x5c 8192 100k", "flush", "read -P 0x5c 8192 100k"],
+    );
+    assert!(ok, "{text}");
     // Through blkfront, the ring, blkback: in the image file.
     let image = std::fs::read(h.dir.join("disky.img")).unwrap();
     assert!(image[8192..8192 + 102400].iter().all(|&b| b == 0x5c));
     assert!(image[..8192].iter().all(|&b| b == 0));
-    let info = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&info.stdout).contains("\"virtual-size\": 4194304"));
+    assert!(qemu_img_info(&url).contains("\"virtual-size\": 4194304"));
     h.ok(&["destroy", "disky"]);
     assert!(!sock.exists(), "the export goes with the device");
 }
@@ -504,17 +489,7 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
     let cfg = h.config("steady");
     h.ok(&["create", cfg.to_str().unwrap()]);
     let (_, url) = h.export("steady");
-    let qemu_io = |cmds: &[&str]| {
-        let mut c = Command::new("qemu-io");
-        c.args(["-f", "raw"]);
-        for cmd in cmds {
-            c.args(["-c", cmd]);
-        }
-        let out = c.arg(&url).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success() && !text.contains("failed"), text)
-    };
+    let qemu_io = |cmds: &[&str]| qemu_io("raw", &url, cmds);
     let (ok, text) = qemu_io(&["write -P 0x42 0 64k", "flush"]);
     assert!(ok, "{text}");
     let ring_ref = |h: &Host| {
@@ -558,4 +533,183 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
     let image = std::fs::read(h.dir.join("steady.img")).unwrap();
     assert!(image[65536..131072].iter().all(|&b| b == 0x43));
     h.ok(&["destroy", "steady"]);
+}
+
+/// Runs `qemu-io` with `cmds` on `image` (a file or an NBD URL): whether
+/// every command succeeded, and what it printed.
+fn qemu_io(format: &str, image: &str, cmds: &[&str]) -> (bool, String) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", format]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = c.arg(image).output().expect("qemu-io (qemu-utils) runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && !text.contains("failed"), text)
+}
+
+/// `qemu-img info --output=json` of `image`.
+fn qemu_img_info(image: &str) -> String {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", image])
+        .output()
+        .expect("qemu-img (qemu-utils) runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn qemu_nbd_processes(image: &Path) -> usize {
+    let me = image.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("qemu-nbd") && c.contains(&me))
+        .count()
+}
+
+#[test]
+fn a_qcow2_image_is_served_through_qemu_nbd_behind_the_backend() {
+    let h = Host::up("qcow2");
+    let image = h.dir.join("disk.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("4M")
+        .output()
+        .expect("qemu-img (qemu-utils) runs");
+    assert!(out.status.success(), "{out:?}");
+    let cfg = h.dir.join("q.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"q\"\nmemory = 16\ndisk = [ 'format=qcow2, vdev=xvda, access=rw, target={}' ]\n",
+            image.display()
+        ),
+    )
+    .unwrap();
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let (_, url) = h.export("q");
+    // The guest sees the virtual disk, not the qcow2 file.
+    assert!(qemu_img_info(&url).contains("\"virtual-size\": 4194304"));
+    let (ok, text) = qemu_io(
+        "raw",
+        &url,
+        &["write -P 0x71 1M 200k", "flush", "read -P 0x71 1M 200k"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(qemu_nbd_processes(&image), 1);
+    h.ok(&["destroy", "q"]);
+    // The helper goes with the device, and the data is in the image.
+    assert_eq!(qemu_nbd_processes(&image), 0);
+    let img = image.to_str().unwrap();
+    let (ok, text) = qemu_io(
+        "qcow2",
+        img,
+        &[
+            "read -P 0x71 1M 200k",
+            "read -P 0 0 1M",
+            "read -P 0 1224k 100k",
+        ],
+    );
+    assert!(ok, "{text}");
+    let check = Command::new("qemu-img")
+        .args(["check", "-q", img])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+}
+
+#[test]
+fn a_disk_on_an_nbd_server_over_unix_and_tcp() {
+    let h = Host::up("nbd-engine");
+    let mut servers = Vec::new();
+    let mut images = Vec::new();
+    let mut targets = Vec::new();
+    for (i, tcp) in [false, true].into_iter().enumerate() {
+        let image = h.dir.join(format!("remote{i}.img"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let mut c = Command::new("qemu-nbd");
+        c.args(["-f", "raw", "-x", "exp", "--persistent"]);
+        let target = if tcp {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            c.args(["-b", "127.0.0.1", "-p", &port.to_string()]);
+            format!("nbd://127.0.0.1:{port}/exp")
+        } else {
+            let sock = h.dir.join("remote.sock");
+            c.arg(format!("--socket={}", sock.display()));
+            format!("nbd+unix:///exp?socket={}", sock.display())
+        };
+        servers.push(c.arg(&image).spawn().expect("qemu-nbd runs"));
+        images.push(image);
+        targets.push(target);
+    }
+    // Both servers up before the guest's disks need them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let up = |t: &str| {
+        Command::new("qemu-img")
+            .args(["info", t])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !(up(&targets[0]) && up(&targets[1])) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cfg = h.dir.join("r.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"r\"\nmemory = 16\ndisk = [ 'vdev=xvda, target={}', 'vdev=xvdb, target={}' ]\n",
+            targets[0], targets[1]
+        ),
+    )
+    .unwrap();
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    for (i, vdev) in ["xvda", "xvdb"].iter().enumerate() {
+        let sock = h.run_dir().join(format!("domains/r/{vdev}.sock"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let url = format!("nbd+unix:///{vdev}?socket={}", sock.display());
+        let pattern = format!("write -P 0x{:x} 4k 96k", 0x30 + i);
+        let (ok, text) = qemu_io("raw", &url, &[&pattern, "flush"]);
+        assert!(ok, "{vdev}: {text}");
+    }
+    h.ok(&["destroy", "r"]);
+    for (i, image) in images.iter().enumerate() {
+        let data = std::fs::read(image).unwrap();
+        assert!(
+            data[4096..4096 + 98304]
+                .iter()
+                .all(|&b| b == 0x30 + i as u8),
+            "{}",
+            image.display()
+        );
+        assert!(data[..4096].iter().all(|&b| b == 0));
+    }
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    // A target that does not parse is refused at create, naming the disk.
+    std::fs::write(
+        &cfg,
+        "name = \"bad\"\ndisk = [ 'vdev=xvda, target=nbd+unix:///exp' ]\n",
+    )
+    .unwrap();
+    let out = h.run(&["create", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("disk[0]") && err.contains("socket="),
+        "{err}"
+    );
 }

@@ -263,7 +263,12 @@ pub fn parse(spec: &str) -> Result<Disk, DiskError> {
     }
     let mut target = target.flatten();
     if let Some(t) = target.as_ref() {
-        if !t.starts_with('/') {
+        // An NBD target (`nbd://`, `nbd+unix://`, QEMU's `nbd:`) is the
+        // backend's to parse, as xl leaves it to QEMU.
+        let nbd = ["nbd:", "nbd+", "nbds:", "nbds+"]
+            .iter()
+            .any(|p| t.starts_with(p));
+        if !t.starts_with('/') && !nbd {
             // A prefix of the deprecated syntax we do not know (tap2:,
             // iscsi:, ...) names a script or backend we do not have.
             if t.contains(':') {

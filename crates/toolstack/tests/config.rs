@@ -116,6 +116,20 @@ fn xl_disk_configuration_equivalences() {
     assert_eq!(empty_cd.target, None);
     let flags = disk::parse("/a,,xvda,no-discard,direct-io-safe,untrusted").unwrap();
     assert!(!flags.discard && flags.direct_io_safe && !flags.trusted);
+    // NBD targets are kept as written, for the backend's NBD engine (xl
+    // hands them to QEMU); a bare device name is still under /dev.
+    for t in [
+        "nbd+unix:///exp?socket=/run/n.sock",
+        "nbd://10.0.0.2:10809/exp",
+        "nbd:unix:/run/n.sock:exportname=e",
+    ] {
+        let d = disk::parse(&format!("vdev=xvda, target={t}")).unwrap();
+        assert_eq!(d.target.as_deref(), Some(t));
+    }
+    assert_eq!(
+        disk::parse("nbd0,raw,xvda").unwrap().target.as_deref(),
+        Some("/dev/nbd0")
+    );
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub trait BackendDriver {
     fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult;
     /// Stops serving and releases what `connect` took.
     fn disconnect(&mut self, dev: &Device);
+    /// The device is gone (after `disconnect` if it was connected): drop
+    /// anything `probe` kept for it.
+    fn remove(&mut self, _dev: &Device) {}
 }
 
 /// What a frontend driver does for one kind of device.
@@ -316,7 +319,7 @@ impl<D: BackendDriver> BackendRunner<D> {
                     }
                 }
                 Action::Disconnect => self.driver.disconnect(&d.dev),
-                Action::Unregister => {}
+                Action::Unregister => self.driver.remove(&d.dev),
             }
         }
     }
