@@ -6,6 +6,8 @@
 //! frontend's (`dom0kit guest`); this takes them over once the device is
 //! `Connected`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi::blkif::{self, BlkifRequest, BlkifRequestSegment, BlkifResponse};
@@ -30,6 +32,10 @@ pub enum FrontError {
     /// Not 512-byte aligned, or past the disk.
     #[error("unaligned or out of range")]
     Range,
+    /// The connection is being replaced ([`BlkFront::aborter`]): the
+    /// transfer did not finish and is to be made again on the next one.
+    #[error("the connection to the backend is being replaced")]
+    Aborted,
 }
 
 /// Segments per request (a direct request).
@@ -52,9 +58,12 @@ pub struct BlkFront<P> {
     /// The ring index of the next request.
     next_idx: u32,
     timeout: Duration,
-    /// A request went unanswered (or the ring broke): the data pages may
-    /// still be the backend's, so nothing more is sent.
+    /// A request went unanswered (or the ring broke, or the connection
+    /// was aborted): the data pages may still be the backend's, so nothing
+    /// more is sent.
     failed: bool,
+    /// Set from outside to stop waiting for the backend.
+    abort: Arc<AtomicBool>,
 }
 
 impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
@@ -99,7 +108,21 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             next_idx: 0,
             timeout: Duration::from_secs(30),
             failed: false,
+            abort: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A flag that, once set, makes a transfer waiting for the backend
+    /// return [`FrontError::Aborted`] (within 100 ms) and this frontend
+    /// send nothing more: for replacing the connection while a transfer is
+    /// in flight.
+    pub fn aborter(&self) -> Arc<AtomicBool> {
+        self.abort.clone()
+    }
+
+    /// Whether [`aborter`](Self::aborter)'s flag is set.
+    pub fn is_aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
     }
 
     /// Size in sectors.
@@ -117,13 +140,20 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         data: Option<&[u8]>,
         out: Option<&mut [u8]>,
     ) -> Result<(), FrontError> {
+        if self.is_aborted() {
+            self.failed = true;
+            return Err(FrontError::Aborted);
+        }
         if self.failed {
             return Err(FrontError::Broken(
                 "an earlier request went unanswered".into(),
             ));
         }
         let r = self.one_inner(op, sector, len, data, out);
-        if matches!(r, Err(FrontError::Timeout | FrontError::Broken(_))) {
+        if matches!(
+            r,
+            Err(FrontError::Timeout | FrontError::Broken(_) | FrontError::Aborted)
+        ) {
             self.failed = true;
         }
         r
@@ -205,6 +235,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                     answered += 1;
                 }
                 None => {
+                    if self.abort.load(Ordering::Relaxed) {
+                        return Err(FrontError::Aborted);
+                    }
                     if Instant::now() > deadline {
                         return Err(FrontError::Timeout);
                     }

@@ -10,6 +10,8 @@
 //!   response status.
 //! * [`front`]: blkfront's data path, in the guest process.
 //! * [`nbd`]: the NBD server that exports a guest's disk to host tools.
+//! * [`reattach`]: a guest's disk that outlives its backend connections:
+//!   a transfer in flight when the backend goes is made again on the next.
 //!
 //! Not built yet: indirect requests (refused with `EOPNOTSUPP`), io_uring,
 //! persistent grants, multi-queue.
@@ -19,6 +21,7 @@
 pub mod front;
 pub mod fuzz;
 pub mod nbd;
+pub mod reattach;
 pub mod remote;
 pub mod request;
 pub mod serve;

@@ -346,35 +346,6 @@ impl BlockDevice for crate::storage::MemStorage {
     }
 }
 
-/// A guest's disk through blkfront, for the export.
-pub struct Front<P> {
-    /// The frontend.
-    pub front: crate::front::BlkFront<P>,
-    /// Whether the backend said the disk is read-only.
-    pub read_only: bool,
-}
-
-impl<P> BlockDevice for Front<P>
-where
-    P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send,
-{
-    fn size(&self) -> u64 {
-        self.front.sectors().saturating_mul(512)
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.front.read(offset, buf).map_err(io::Error::other)
-    }
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.front.write(offset, buf).map_err(io::Error::other)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.front.flush().map_err(io::Error::other)
-    }
-}
-
 /// Serves `path` (a fresh unix socket) on a thread, until the returned
 /// flag is set (the listener then closes).
 pub fn export(

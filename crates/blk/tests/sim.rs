@@ -124,28 +124,46 @@ fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>
     drop(hv);
 }
 
-#[test]
-fn blkfront_and_the_backend_loop_move_data_both_ways() {
+/// One connection of a guest's blkfront to a backend loop in dom0 over
+/// `storage` (a disk of 2048 sectors): a ring, a port, and, if `serve`,
+/// a thread serving it until `stop`.
+struct Connection {
+    front: blk::front::BlkFront<SimDomain>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server: Option<std::thread::JoinHandle<Counters>>,
+}
+
+fn connect(
+    dom0: &SimDomain,
+    guest: &SimDomain,
+    gid: DomId,
+    storage: &std::sync::Arc<MemStorage>,
+    serve: bool,
+) -> Connection {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let (hv, dom0, new, guest) = host("front", 128);
     let ring_pfn = guest.alloc_pages(1).unwrap();
     let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
-    let gport = platform::EventChannels::alloc_unbound(&guest, DomId(0)).unwrap();
-    let mut front =
-        blk::front::BlkFront::new(guest.clone(), ring_pfn, gport, DomId(0), 2048).unwrap();
+    let gport = platform::EventChannels::alloc_unbound(guest, DomId(0)).unwrap();
+    let front = blk::front::BlkFront::new(guest.clone(), ring_pfn, gport, DomId(0), 2048).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    if !serve {
+        return Connection {
+            front,
+            stop,
+            server: None,
+        };
+    }
     // dom0: map the ring, bind the port, serve on a thread.
     let ring_map = dom0
         .map_grants(&[GrantSpec {
-            domid: new.domid,
+            domid: gid,
             gref: ring_ref,
             writable: true,
         }])
         .unwrap();
-    let bport = platform::EventChannels::bind_interdomain(&dom0, new.domid, gport).unwrap();
-    let storage = Arc::new(MemStorage::new(1 << 20));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (d0, st, sp, gid) = (dom0.clone(), storage.clone(), stop.clone(), new.domid);
+    let bport = platform::EventChannels::bind_interdomain(dom0, gid, gport).unwrap();
+    let (d0, st, sp) = (dom0.clone(), storage.clone(), stop.clone());
     let server = std::thread::spawn(move || {
         let mut back: BackRing<_, Slot64, BlkifResponse> =
             BackRing::init(ring_map.memory()).unwrap();
@@ -168,6 +186,31 @@ fn blkfront_and_the_backend_loop_move_data_both_ways() {
         }
         c
     });
+    Connection {
+        front,
+        stop,
+        server: Some(server),
+    }
+}
+
+impl Connection {
+    fn stop(self) -> Counters {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.server.map(|s| s.join().unwrap()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn blkfront_and_the_backend_loop_move_data_both_ways() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let (hv, dom0, new, guest) = host("front", 128);
+    let storage = Arc::new(MemStorage::new(1 << 20));
+    let Connection {
+        mut front,
+        stop,
+        server,
+    } = connect(&dom0, &guest, new.domid, &storage, true);
     // 100 KiB (more than one request's 44 KiB) at an odd sector.
     let data: Vec<u8> = (0..100 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     front.write(512 * 3, &data).unwrap();
@@ -184,9 +227,69 @@ fn blkfront_and_the_backend_loop_move_data_both_ways() {
     assert!(front.read(2048 * 512, &mut [0u8; 512]).is_err());
     assert!(front.write(100, &[0u8; 512]).is_err());
     stop.store(true, Ordering::Relaxed);
-    let c = server.join().unwrap();
+    let c = server.unwrap().join().unwrap();
     assert_eq!(c.bad + c.grant_errors + c.io_errors, 0);
     assert!(c.ok >= 6);
     front.release();
+    drop(hv);
+}
+
+#[test]
+fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next() {
+    use blk::reattach::Reattachable;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let (hv, dom0, new, guest) = host("reattach", 512);
+    let storage = Arc::new(MemStorage::new(1 << 20));
+    // A backend that never answers: the write waits on it.
+    let dead = connect(&dom0, &guest, new.domid, &storage, false);
+    let disk = Arc::new(Reattachable::new(
+        dead.front,
+        false,
+        Duration::from_secs(10),
+    ));
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 253) as u8).collect();
+    let (d, w) = (disk.clone(), data.clone());
+    let writer = std::thread::spawn(move || d.write(4096, &w));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "no backend has answered it");
+    // The connection goes: the transfer stops, and waits.
+    let old = disk.detach().unwrap();
+    assert!(old.is_aborted());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!writer.is_finished(), "it waits for the next connection");
+    // A disk of another size is not this one.
+    let other = blk::front::BlkFront::new(
+        guest.clone(),
+        guest.alloc_pages(1).unwrap(),
+        platform::EventChannels::alloc_unbound(&guest, DomId(0)).unwrap(),
+        DomId(0),
+        4096,
+    )
+    .unwrap();
+    let other = disk.attach(other, false).err().unwrap();
+    assert!(other.release().is_none());
+    assert!(old.release().is_none(), "nothing of it is mapped");
+    // The next connection serves it.
+    let live = connect(&dom0, &guest, new.domid, &storage, true);
+    let Connection {
+        front,
+        stop,
+        server,
+    } = live;
+    disk.attach(front, false).map_err(|_| "attach").unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(&storage.contents()[4096..4096 + data.len()], &data[..]);
+    disk.flush().unwrap();
+    // Removed: what waits fails instead.
+    let front = disk.remove().unwrap();
+    assert!(disk.read(0, &mut [0u8; 512]).is_err());
+    let c = Connection {
+        front,
+        stop,
+        server,
+    }
+    .stop();
+    assert_eq!(c.bad + c.grant_errors + c.io_errors, 0);
     drop(hv);
 }

@@ -28,41 +28,11 @@ struct VbdRing {
     port: Port,
 }
 
-/// What a device's NBD export serves: blkfront while the device is
-/// connected, nothing (I/O errors) once it is gone.
-struct Slot(Option<blk::nbd::Front<SimDomain>>);
-
-impl blk::nbd::BlockDevice for Slot {
-    fn size(&self) -> u64 {
-        self.0.as_ref().map_or(0, |f| f.size())
-    }
-    fn read_only(&self) -> bool {
-        self.0.as_ref().is_none_or(|f| f.read_only())
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        match &mut self.0 {
-            Some(f) => f.read_at(offset, buf),
-            None => Err(std::io::Error::other("the device is gone")),
-        }
-    }
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        match &mut self.0 {
-            Some(f) => f.write_at(offset, buf),
-            None => Err(std::io::Error::other("the device is gone")),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.0 {
-            Some(f) => f.flush(),
-            None => Err(std::io::Error::other("the device is gone")),
-        }
-    }
-}
-
-/// A connected device's export.
+/// A connected device's export: it serves the disk across reconnections
+/// to the backend (`blk::reattach`) until the device goes.
 struct Export {
     socket: PathBuf,
-    slot: Arc<Mutex<Slot>>,
+    disk: Arc<blk::reattach::Reattachable<SimDomain>>,
     gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -159,20 +129,35 @@ impl FrontendDriver for VbdFront {
             sectors,
         )
         .map_err(|e| e.to_string())?;
-        let slot = Arc::new(Mutex::new(Slot(Some(blk::nbd::Front {
+        let read_only = info & abi::blkif::VDISK_READONLY != 0;
+        // Connected again (the backend restarted, or closed and came
+        // back): the export goes on, with what was in flight made again.
+        let front = match self.exports.get(&dev.devid) {
+            Some(e) => match e.disk.attach(front, read_only) {
+                Ok(()) => return Ok(()),
+                // A disk of another size or mode: a new export.
+                Err(front) => {
+                    self.remove(dev);
+                    front
+                }
+            },
+            None => front,
+        };
+        let disk = Arc::new(blk::reattach::Reattachable::new(
             front,
-            read_only: info & abi::blkif::VDISK_READONLY != 0,
-        }))));
+            read_only,
+            blk::reattach::WAIT,
+        ));
         let socket = dir.join(format!("{vdev}.sock"));
-        match blk::nbd::export(&socket, &vdev, slot.clone()) {
+        let shared: blk::nbd::Shared = Arc::new(Mutex::new(disk.clone()));
+        match blk::nbd::export(&socket, &vdev, shared) {
             Ok(gone) => {
                 self.exports
-                    .insert(dev.devid, Export { socket, slot, gone });
+                    .insert(dev.devid, Export { socket, disk, gone });
                 Ok(())
             }
             Err(e) => {
-                let front = slot.lock().ok().and_then(|mut s| s.0.take());
-                if let Some(left) = front.and_then(|f| f.front.release()) {
+                if let Some(left) = disk.remove().and_then(|f| f.release()) {
                     self.lingering_fronts.push(left);
                 }
                 Err(format!("{}: {e}", socket.display()))
@@ -181,11 +166,10 @@ impl FrontendDriver for VbdFront {
     }
 
     fn disconnect(&mut self, dev: &Device) {
-        if let Some(e) = self.exports.remove(&dev.devid) {
-            e.gone.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = std::fs::remove_file(&e.socket);
-            let front = e.slot.lock().ok().and_then(|mut s| s.0.take());
-            if let Some(left) = front.and_then(|f| f.front.release()) {
+        // The export stays, its requests waiting for the next connection;
+        // the frontend goes (a transfer in flight on it stops).
+        if let Some(e) = self.exports.get(&dev.devid) {
+            if let Some(left) = e.disk.detach().and_then(|f| f.release()) {
                 self.lingering_fronts.push(left);
             }
         }
@@ -197,6 +181,16 @@ impl FrontendDriver for VbdFront {
             self.lingering.push((r.pfn, r.gref));
         }
         self.end_lingering();
+    }
+
+    fn remove(&mut self, dev: &Device) {
+        if let Some(e) = self.exports.remove(&dev.devid) {
+            e.gone.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = std::fs::remove_file(&e.socket);
+            if let Some(left) = e.disk.remove().and_then(|f| f.release()) {
+                self.lingering_fronts.push(left);
+            }
+        }
     }
 }
 

@@ -63,6 +63,9 @@ pub trait FrontendDriver {
     /// Releases what `setup` took (also after a `setup` that failed half
     /// way).
     fn disconnect(&mut self, dev: &Device);
+    /// The device is gone (after `disconnect` if it was set up): drop
+    /// what outlives a connection (a disk's export, say).
+    fn remove(&mut self, _dev: &Device) {}
 }
 
 /// What a watch event is about.
@@ -529,7 +532,10 @@ impl<D: FrontendDriver> FrontendRunner<D> {
                     self.driver.disconnect(&d.dev);
                     Ok(())
                 }
-                Action::Unregister => Ok(()),
+                Action::Unregister => {
+                    self.driver.remove(&d.dev);
+                    Ok(())
+                }
             };
             if result.is_err() {
                 queue = d.machine.failed().into();
