@@ -64,6 +64,8 @@ pub struct BlkFront<P> {
     failed: bool,
     /// Set from outside to stop waiting for the backend.
     abort: Arc<AtomicBool>,
+    /// The backend offered `feature-discard`.
+    discard: bool,
 }
 
 impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
@@ -109,6 +111,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             timeout: Duration::from_secs(30),
             failed: false,
             abort: Arc::new(AtomicBool::new(false)),
+            discard: false,
         })
     }
 
@@ -149,7 +152,11 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                 "an earlier request went unanswered".into(),
             ));
         }
-        let r = self.one_inner(op, sector, len, data, out);
+        let r = if op == blkif::BLKIF_OP_DISCARD {
+            self.discard_inner(sector, len as u64 / 512)
+        } else {
+            self.one_inner(op, sector, len, data, out)
+        };
         if matches!(
             r,
             Err(FrontError::Timeout | FrontError::Broken(_) | FrontError::Aborted)
@@ -193,16 +200,34 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             }
             reqs.push(req);
         }
-        let dom = &self.dom;
-        let mem = dom.pages(self.data, PAGES as u64).map_err(|e| broken(&e))?;
         if let Some(d) = data {
+            let mem = self
+                .dom
+                .pages(self.data, PAGES as u64)
+                .map_err(|e| broken(&e))?;
             mem.write_bytes(0, d).map_err(|e| broken(&e))?;
         }
+        self.exchange(&reqs)?;
+        if let Some(o) = out {
+            let mem = self
+                .dom
+                .pages(self.data, PAGES as u64)
+                .map_err(|e| broken(&e))?;
+            mem.read_bytes(0, o).map_err(|e| broken(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `reqs` (at most a ring's worth) and waits for all their
+    /// responses, failed or not, before the data pages are used again.
+    fn exchange(&mut self, reqs: &[BlkifRequest]) -> Result<(), FrontError> {
+        let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
+        let dom = &self.dom;
         // Between batches everything is exchanged up to `next_idx`.
         let page = dom.pages(self.ring_pfn, 1).map_err(|e| broken(&e))?;
         let mut ring: FrontRing<_, Slot64, BlkifResponse> =
             FrontRing::attach(page, abi::RingIdx(self.next_idx)).map_err(|e| broken(&e))?;
-        for r in &reqs {
+        for r in reqs {
             ring.put_request(r).map_err(|e| broken(&e))?;
         }
         if ring.push_requests().map_err(|e| broken(&e))? {
@@ -213,7 +238,6 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         let mut answered = 0;
         let mut status = blkif::BLKIF_RSP_OKAY;
         let deadline = Instant::now() + self.timeout;
-        // Every response before the pages are used again, failed or not.
         while answered < reqs.len() {
             let rsp = match ring.take_response().map_err(|e| broken(&e))? {
                 Some(r) => Some(r),
@@ -248,10 +272,24 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         if status != blkif::BLKIF_RSP_OKAY {
             return Err(FrontError::Status(status));
         }
-        if let Some(o) = out {
-            mem.read_bytes(0, o).map_err(|e| broken(&e))?;
-        }
         Ok(())
+    }
+
+    fn discard_inner(&mut self, sector: u64, count: u64) -> Result<(), FrontError> {
+        let d = blkif::BlkifRequestDiscard {
+            operation: blkif::BLKIF_OP_DISCARD,
+            flag: 0,
+            handle: 0,
+            _pad0: [0; 4],
+            id: self.next_id,
+            sector_number: sector,
+            nr_sectors: count,
+        };
+        self.next_id += 1;
+        // The same slot, in the discard layout.
+        let mut req = BlkifRequest::zeroed();
+        req.as_bytes_mut()[..d.as_bytes().len()].copy_from_slice(d.as_bytes());
+        self.exchange(&[req])
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<(), FrontError> {
@@ -288,6 +326,33 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             )?;
         }
         Ok(())
+    }
+
+    /// Whether the backend offered `feature-discard` (as [`set_discard`]
+    /// was told).
+    ///
+    /// [`set_discard`]: Self::set_discard
+    pub fn can_discard(&self) -> bool {
+        self.discard
+    }
+
+    /// The backend offers `feature-discard`.
+    pub fn set_discard(&mut self, on: bool) {
+        self.discard = on;
+    }
+
+    /// Gives `len` bytes at `offset` back (`BLKIF_OP_DISCARD`, both
+    /// 512-byte aligned); their contents become unspecified.
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), FrontError> {
+        if !self.discard {
+            return Err(FrontError::Status(blkif::BLKIF_RSP_EOPNOTSUPP));
+        }
+        let len = usize::try_from(len).map_err(|_| FrontError::Range)?;
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.one(blkif::BLKIF_OP_DISCARD, offset / 512, len, None, None)
     }
 
     /// Everything written is on stable storage (`FLUSH_DISKCACHE`).

@@ -2,8 +2,8 @@
 //! a guest's disk, so that host tools (qemu-img, qemu-io, nbdinfo,
 //! nbdcopy, fio's nbd engine) reach it: `NBD_OPT_GO`, `INFO`,
 //! `EXPORT_NAME`, `LIST`, `ABORT`; `READ`, `WRITE` (with `FUA`), `FLUSH`,
-//! `WRITE_ZEROES`, `DISC`; simple replies (structured replies are
-//! declined, as the protocol allows). Several connections at once, each on
+//! `WRITE_ZEROES`, `TRIM` (if the disk discards), `DISC`; simple replies
+//! (structured replies are declined, as the protocol allows). Several connections at once, each on
 //! its thread, one device behind them.
 //!
 //! Everything a client sends is bounded before it is buffered: an option
@@ -26,6 +26,15 @@ pub trait BlockDevice: Send {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Everything written is on stable storage.
     fn flush(&mut self) -> io::Result<()>;
+    /// Whether [`discard`](Self::discard) works (`NBD_FLAG_SEND_TRIM`).
+    fn can_discard(&self) -> bool {
+        false
+    }
+    /// Gives the range back (`NBD_CMD_TRIM`: its contents become
+    /// unspecified).
+    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -52,12 +61,14 @@ const TFLAG_HAS_FLAGS: u16 = 1;
 pub(crate) const TFLAG_READ_ONLY: u16 = 2;
 pub(crate) const TFLAG_SEND_FLUSH: u16 = 4;
 const TFLAG_SEND_FUA: u16 = 8;
+const TFLAG_SEND_TRIM: u16 = 32;
 pub(crate) const TFLAG_SEND_WRITE_ZEROES: u16 = 64;
 const TFLAG_CAN_MULTI_CONN: u16 = 256;
 pub(crate) const CMD_READ: u16 = 0;
 pub(crate) const CMD_WRITE: u16 = 1;
 pub(crate) const CMD_DISC: u16 = 2;
 pub(crate) const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
 pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_FLAG_FUA: u16 = 1;
 const EPERM: u32 = 1;
@@ -146,6 +157,9 @@ fn transmission_flags(dev: &Shared) -> (u64, u16) {
         f |= TFLAG_READ_ONLY;
     } else {
         f |= TFLAG_SEND_WRITE_ZEROES;
+        if d.can_discard() {
+            f |= TFLAG_SEND_TRIM;
+        }
     }
     (d.size(), f)
 }
@@ -291,18 +305,22 @@ fn transmission<S: Read + Write>(mut s: S, dev: &Shared) -> io::Result<()> {
                 drop(d);
                 reply(&mut s, err, handle, if err == 0 { &buf } else { &[] })?;
             }
-            CMD_WRITE | CMD_WRITE_ZEROES => {
+            CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM => {
                 let err = if d.read_only() {
                     EPERM
+                } else if ty == CMD_TRIM && !d.can_discard() {
+                    EINVAL
                 } else if !in_range {
                     ENOSPC
                 } else if !aligned {
                     EINVAL
                 } else {
-                    if ty == CMD_WRITE_ZEROES {
-                        payload = vec![0u8; len as usize];
-                    }
-                    let r = d.write_at(offset, &payload).and_then(|()| {
+                    let r = match ty {
+                        CMD_TRIM => d.discard(offset, u64::from(len)),
+                        CMD_WRITE_ZEROES => d.write_at(offset, &vec![0u8; len as usize]),
+                        _ => d.write_at(offset, &payload),
+                    };
+                    let r = r.and_then(|()| {
                         if flags & CMD_FLAG_FUA != 0 {
                             d.flush()
                         } else {
@@ -343,6 +361,12 @@ impl BlockDevice for crate::storage::MemStorage {
     }
     fn flush(&mut self) -> io::Result<()> {
         crate::storage::Storage::flush(self)
+    }
+    fn can_discard(&self) -> bool {
+        true
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        crate::storage::Storage::discard(self, offset, len)
     }
 }
 

@@ -35,6 +35,7 @@ pub struct Reattachable<P> {
     abort: Mutex<Arc<std::sync::atomic::AtomicBool>>,
     sectors: u64,
     read_only: bool,
+    discard: bool,
     wait: Duration,
 }
 
@@ -47,6 +48,7 @@ where
     pub fn new(front: BlkFront<P>, read_only: bool, wait: Duration) -> Self {
         Reattachable {
             sectors: front.sectors(),
+            discard: front.can_discard(),
             abort: Mutex::new(front.aborter()),
             state: Mutex::new(State {
                 front: Some(front),
@@ -86,10 +88,14 @@ where
     }
 
     /// Serves the disk by `front` from now on; a frontend for a disk of
-    /// another size or mode, or for a removed disk, is handed back.
+    /// another size, mode or discard support, or for a removed disk, is
+    /// handed back.
     pub fn attach(&self, front: BlkFront<P>, read_only: bool) -> Result<(), BlkFront<P>> {
         let mut s = self.lock();
-        if s.removed || front.sectors() != self.sectors || read_only != self.read_only {
+        let same = front.sectors() == self.sectors
+            && read_only == self.read_only
+            && front.can_discard() == self.discard;
+        if s.removed || !same {
             return Err(front);
         }
         if let Ok(mut a) = self.abort.lock() {
@@ -163,6 +169,11 @@ where
     pub fn flush(&self) -> io::Result<()> {
         self.run(BlkFront::flush)
     }
+
+    /// Gives a range back (512-byte aligned), if the backend discards.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.run(|f| f.discard(offset, len))
+    }
 }
 
 impl<P> crate::nbd::BlockDevice for Arc<Reattachable<P>>
@@ -183,5 +194,11 @@ where
     }
     fn flush(&mut self) -> io::Result<()> {
         Reattachable::flush(self)
+    }
+    fn can_discard(&self) -> bool {
+        self.discard
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        Reattachable::discard(self, offset, len)
     }
 }

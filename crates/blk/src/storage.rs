@@ -61,15 +61,21 @@ impl Storage for FileStorage {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        // Without punching holes (no unsafe here): zeroes, a page at a time.
-        let zeros = vec![0u8; 4096];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], offset + done)?;
-            done += n as u64;
+        match crate::sys::punch_hole(&self.file, offset, len) {
+            Ok(()) => Ok(()),
+            // A file system without holes: zeroes, a page at a time.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                let zeros = vec![0u8; 4096];
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(zeros.len() as u64) as usize;
+                    self.file.write_all_at(&zeros[..n], offset + done)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 }
 

@@ -44,10 +44,13 @@ fn qemu_io_writes_and_verifies_patterns() {
             "write -P 0xcd -f 1m 512",
             "write -P 0xee 2m 8k",
             "write -z 2m 8k",
+            "write -P 0x99 3m 64k",
+            "discard 3m 32k",
             "flush",
             "read -P 0xab 4096 64k",
             "read -P 0xcd 1m 512",
             "read -P 0 2m 8k",
+            "read -P 0x99 3178496 32k",
         ],
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
@@ -55,6 +58,8 @@ fn qemu_io_writes_and_verifies_patterns() {
     let bytes = disk.lock().unwrap().contents();
     assert!(bytes[4096..4096 + 65536].iter().all(|&b| b == 0xab));
     assert!(bytes[1 << 20..(1 << 20) + 512].iter().all(|&b| b == 0xcd));
+    // A trim reached the disk (MemStorage zeroes what it discards).
+    assert!(bytes[3 << 20..(3 << 20) + 32768].iter().all(|&b| b == 0));
     // A pattern that is not there is caught: the test can fail.
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw", "-c", "read -P 0x77 4096 4k"])

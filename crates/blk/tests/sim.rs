@@ -170,7 +170,7 @@ fn connect(
         let disk = Disk {
             sectors: 2048,
             read_only: false,
-            discard: false,
+            discard: true,
             secure_discard: false,
         };
         let mut mover = GrantMover::new(d0.clone(), gid);
@@ -223,6 +223,14 @@ fn blkfront_and_the_backend_loop_move_data_both_ways() {
         &data[..]
     );
     assert_eq!(storage.flushes.load(Ordering::Relaxed), 1);
+    // A discard only once the backend offers it, then it is done.
+    assert!(front.discard(512 * 3, 4096).is_err());
+    front.set_discard(true);
+    front.discard(512 * 3, 4096).unwrap();
+    assert!(storage.contents()[512 * 3..512 * 3 + 4096]
+        .iter()
+        .all(|&b| b == 0));
+    assert!(front.discard(2040 * 512, 8192).is_err(), "past the end");
     // Out of range and unaligned never reach the ring.
     assert!(front.read(2048 * 512, &mut [0u8; 512]).is_err());
     assert!(front.write(100, &[0u8; 512]).is_err());

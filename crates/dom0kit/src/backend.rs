@@ -9,7 +9,8 @@
 //! (`Connected`), serves the ring on a thread per device (READ, WRITE,
 //! WRITE_BARRIER, FLUSH_DISKCACHE through `blk::serve`, data by grant
 //! copy), and lets go when the frontend or the toolstack closes the
-//! device. Not yet: discard, indirect requests, persistent grants,
+//! device. Discard is offered on writable disks (no secure discard). Not
+//! yet: indirect requests, persistent grants,
 //! multi-queue, x86_32 rings, io_uring (the rest of issue 6). Opening a
 //! disk happens on the watch loop: an NBD server that does not answer
 //! holds every device's handshake up to its 30 s timeout.
@@ -264,6 +265,13 @@ fn read_text<S: Read + Write>(xs: &mut Client<S>, path: &str) -> Result<String, 
     String::from_utf8(v).map_err(|_| format!("{path}: not text"))
 }
 
+/// Whether the disk is offered for discard: writable, and not turned off
+/// by the toolstack (`discard-enable`, from xl's `no-discard`).
+fn discards<S: Read + Write>(xs: &mut Client<S>, dev: &Device, writable: bool) -> bool {
+    let enable = read_text(xs, &format!("{}/discard-enable", dev.backend_dir()));
+    writable && enable.map_or(true, |v| v != "0")
+}
+
 impl VbdBack {
     fn storage<S: Read + Write>(
         &self,
@@ -299,7 +307,7 @@ impl BackendDriver for VbdBack {
         };
         // In a transaction that reads the state first: a device the
         // toolstack removed meanwhile is not made again by these writes.
-        let keys = [
+        let mut keys = vec![
             ("sectors", (bytes / 512).to_string()),
             ("sector-size", "512".to_string()),
             ("physical-sector-size", "512".to_string()),
@@ -312,6 +320,17 @@ impl BackendDriver for VbdBack {
             ("max-ring-page-order", "0".to_string()),
             ("hotplug-status", "connected".to_string()),
         ];
+        // Every engine discards (a file by punching a hole); no secure
+        // erase. The frontend is told the granularity of a file system
+        // block.
+        if discards(xs, dev, writable) {
+            keys.extend([
+                ("feature-discard", "1".to_string()),
+                ("discard-granularity", "4096".to_string()),
+                ("discard-alignment", "0".to_string()),
+                ("discard-secure", "0".to_string()),
+            ]);
+        }
         xenbus::paths::in_transaction(xs, |xs, t| {
             xs.read(t, &format!("{be}/state"))?;
             for (k, v) in &keys {
@@ -346,7 +365,7 @@ impl BackendDriver for VbdBack {
         let disk = Disk {
             sectors: storage.size() / 512,
             read_only: !writable,
-            discard: false,
+            discard: discards(xs, dev, writable),
             secure_discard: false,
         };
         let fe = DomId(dev.frontend);

@@ -121,7 +121,7 @@ impl FrontendDriver for VbdFront {
         if vdev.is_empty() || !vdev.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(format!("vdev {vdev:?} is not a plain name"));
         }
-        let front = blk::front::BlkFront::new(
+        let mut front = blk::front::BlkFront::new(
             self.dom.clone(),
             ring.pfn,
             ring.port,
@@ -130,6 +130,7 @@ impl FrontendDriver for VbdFront {
         )
         .map_err(|e| e.to_string())?;
         let read_only = info & abi::blkif::VDISK_READONLY != 0;
+        front.set_discard(!read_only && key(xs, "feature-discard").is_some_and(|v| v == "1"));
         // Connected again (the backend restarted, or closed and came
         // back): the export goes on, with what was in flight made again.
         let front = match self.exports.get(&dev.devid) {

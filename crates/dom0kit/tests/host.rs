@@ -764,3 +764,63 @@ fn a_disk_on_an_nbd_server_over_unix_and_tcp() {
         "{err}"
     );
 }
+
+#[test]
+fn a_discard_through_the_export_punches_a_hole_in_the_image() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Host::up("discard");
+    let cfg = h.config("trim");
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let be = "/local/domain/0/backend/vbd/1/51712";
+    assert_eq!(
+        h.xenstore(&["read", &format!("{be}/feature-discard")])
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        h.xenstore(&["read", &format!("{be}/discard-secure")])
+            .trim(),
+        "0"
+    );
+    let (_, url) = h.export("trim");
+    let info = Command::new("nbdinfo").arg(&url).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("can_trim: true"));
+    let image = h.dir.join("trim.img");
+    let (ok, text) = qemu_io("raw", &url, &["write -P 0x66 0 2M", "flush"]);
+    assert!(ok, "{text}");
+    let full = std::fs::metadata(&image).unwrap().blocks();
+    // qemu-io's discard is NBD_CMD_TRIM → BLKIF_OP_DISCARD → a hole.
+    let (ok, text) = qemu_io(
+        "raw",
+        &url,
+        &[
+            "discard 64k 1M",
+            "flush",
+            "read -P 0 64k 1M",
+            "read -P 0x66 0 64k",
+            "read -P 0x66 1088k 960k",
+        ],
+    );
+    assert!(ok, "{text}");
+    let after = std::fs::metadata(&image).unwrap().blocks();
+    assert!(
+        after + 2000 <= full,
+        "1 MiB given back: {full} -> {after} blocks"
+    );
+    h.ok(&["destroy", "trim"]);
+    // no-discard: not offered.
+    let cfg = h.dir.join("nd.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"nd\"\ndisk = [ '{},raw,xvda,rw,no-discard' ]\n",
+            image.display()
+        ),
+    )
+    .unwrap();
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let (_, url) = h.export("nd");
+    let info = Command::new("nbdinfo").arg(&url).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("can_trim: false"));
+    h.ok(&["destroy", "nd"]);
+}
