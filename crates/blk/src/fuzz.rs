@@ -121,6 +121,8 @@ impl std::io::Read for ServerBytes {
     }
 }
 
+impl crate::remote::Conn for ServerBytes {}
+
 impl std::io::Write for ServerBytes {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         Ok(buf.len())

@@ -39,7 +39,7 @@ pub trait BlockDevice: Send {
 
 pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub(crate) const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 pub(crate) const FLAG_FIXED_NEWSTYLE: u16 = 1;
@@ -57,13 +57,13 @@ const REP_ERR_INVALID: u32 = (1 << 31) | 3;
 const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
 pub(crate) const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
-const TFLAG_HAS_FLAGS: u16 = 1;
+pub(crate) const TFLAG_HAS_FLAGS: u16 = 1;
 pub(crate) const TFLAG_READ_ONLY: u16 = 2;
 pub(crate) const TFLAG_SEND_FLUSH: u16 = 4;
 const TFLAG_SEND_FUA: u16 = 8;
 const TFLAG_SEND_TRIM: u16 = 32;
 pub(crate) const TFLAG_SEND_WRITE_ZEROES: u16 = 64;
-const TFLAG_CAN_MULTI_CONN: u16 = 256;
+pub(crate) const TFLAG_CAN_MULTI_CONN: u16 = 256;
 pub(crate) const CMD_READ: u16 = 0;
 pub(crate) const CMD_WRITE: u16 = 1;
 pub(crate) const CMD_DISC: u16 = 2;

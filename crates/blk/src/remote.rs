@@ -7,23 +7,30 @@
 //!   `nbd+unix:///EXPORT?socket=PATH`) and QEMU's older
 //!   `nbd:unix:PATH[:exportname=NAME]` and `nbd:HOST:PORT[:exportname=NAME]`.
 //! * [`NbdClient`]: fixed newstyle, `NBD_OPT_GO`, simple replies, one
-//!   request at a time.
-//! * [`NbdStorage`]: a [`Storage`] over a client. A connection that breaks
-//!   is made again once per request (reads and writes are idempotent); an
-//!   error the server replies with is the request's error.
+//!   request at a time. A handshake and a request each have one deadline
+//!   (30 s, all of it: a server that trickles bytes cannot stretch it), a
+//!   TCP connection 10 s, and a server at most 64 option replies.
+//! * [`NbdStorage`]: a [`Storage`] over a client. A connection that
+//!   breaks (closed or reset) is made again once per request (reads and
+//!   writes are idempotent); a request that timed out is not sent again
+//!   (the server may still act on it); an error the server replies with is
+//!   the request's error, and after a failed READ the connection is not
+//!   used again. Writes acknowledged on a lost connection and not flushed
+//!   fail the next flush, unless the server promises
+//!   `NBD_FLAG_CAN_MULTI_CONN`.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::nbd::{
     u16_of, u32_of, u64_of, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO_EXPORT, MAX_OPTION, NBDMAGIC, OPT_GO,
-    REP_ACK, REP_INFO, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH,
-    TFLAG_SEND_WRITE_ZEROES,
+    REPLY_MAGIC, REP_ACK, REP_INFO, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, TFLAG_CAN_MULTI_CONN,
+    TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH, TFLAG_SEND_WRITE_ZEROES,
 };
 use crate::storage::Storage;
 
@@ -56,11 +63,13 @@ impl Target {
     /// `None` if `s` is not an NBD target at all (a file name, say);
     /// otherwise the target or what is wrong with it.
     pub fn parse(s: &str) -> Option<Result<Target, String>> {
+        // A URI's fragment means nothing to us.
+        let uri = |s: &'_ str| s.split_once('#').map_or(s, |(u, _)| u).to_string();
         if let Some(rest) = s.strip_prefix("nbd+unix://") {
-            return Some(unix_uri(rest));
+            return Some(unix_uri(&uri(rest)));
         }
         if let Some(rest) = s.strip_prefix("nbd://") {
-            return Some(tcp_uri(rest));
+            return Some(tcp_uri(&uri(rest)));
         }
         if s.starts_with("nbds://") || s.starts_with("nbds+unix://") {
             return Some(Err("NBD over TLS (nbds) is not supported".into()));
@@ -75,10 +84,13 @@ impl Target {
 }
 
 fn unix_uri(rest: &str) -> Result<Target, String> {
-    // nbd+unix:///EXPORT?socket=PATH: no authority.
-    let rest = rest
-        .strip_prefix('/')
-        .ok_or("nbd+unix:// takes no host: nbd+unix:///EXPORT?socket=PATH")?;
+    // nbd+unix:///EXPORT?socket=PATH: no authority (and the path may be
+    // left out).
+    let rest = match rest.strip_prefix('/') {
+        Some(r) => r,
+        None if rest.starts_with('?') => rest,
+        None => return Err("nbd+unix:// takes no host: nbd+unix:///EXPORT?socket=PATH".into()),
+    };
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let socket = query
         .split('&')
@@ -97,18 +109,9 @@ fn unix_uri(rest: &str) -> Result<Target, String> {
 fn tcp_uri(rest: &str) -> Result<Target, String> {
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("nbd://: unclosed [ in the host")?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err("nbd://: no host".into());
-    }
+    // Userinfo is allowed, and means nothing without TLS.
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = host_port(authority).map_err(|e| format!("nbd://: {e}"))?;
     let port = match port {
         None | Some("") => DEFAULT_PORT,
         Some(p) => p.parse().map_err(|_| format!("nbd://: bad port {p:?}"))?,
@@ -135,19 +138,37 @@ fn legacy(rest: &str) -> Result<Target, String> {
             export,
         });
     }
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or("nbd:HOST:PORT or nbd:unix:PATH")?;
-    if host.is_empty() {
-        return Err("nbd:HOST:PORT: no host".into());
-    }
+    let (host, port) = host_port(rest).map_err(|e| format!("nbd:HOST:PORT: {e}"))?;
+    let port = port.ok_or("nbd:HOST:PORT or nbd:unix:PATH")?;
     let port = port
         .parse()
         .map_err(|_| format!("nbd:HOST:PORT: bad port {port:?}"))?;
     Ok(Target {
-        address: Address::Tcp(host.to_string(), port),
+        address: Address::Tcp(host, port),
         export,
     })
+}
+
+/// `HOST[:PORT]` or `[V6]:PORT`: the host without brackets, and the port
+/// if there is one.
+fn host_port(a: &str) -> Result<(String, Option<&str>), String> {
+    let (host, port) = if let Some(v6) = a.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("junk after ]")?),
+        };
+        (h, port)
+    } else {
+        match a.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    Ok((host.to_string(), port))
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
@@ -158,6 +179,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
         if b[i] == b'%' {
             let hex = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("bad %-escape in {s:?}"))?;
             out.push(hex);
@@ -170,8 +192,81 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
 }
 
-pub(crate) trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+/// A stream to a server whose reads and writes can be bounded in time.
+pub(crate) trait Conn: Read + Write + Send {
+    /// Bounds each later read and write to `t`.
+    fn set_timeout(&self, _t: Duration) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for UnixStream {
+    fn set_timeout(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Conn for TcpStream {
+    fn set_timeout(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+/// Reads all of `buf` before `deadline` (a server that trickles bytes
+/// cannot stretch a request past it).
+fn read_by(s: &mut dyn Conn, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        s.set_timeout(left(deadline)?)?;
+        match s.read(&mut buf[done..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` before `deadline`.
+fn write_by(s: &mut dyn Conn, buf: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        s.set_timeout(left(deadline)?)?;
+        match s.write(&buf[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out(e)),
+        }
+    }
+    Ok(())
+}
+
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(d)
+}
+
+/// A socket timeout is reported as `WouldBlock`: it is a timeout.
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::ErrorKind::TimedOut.into()
+    } else {
+        e
+    }
+}
+
+/// Option replies a server may send to our one `NBD_OPT_GO`.
+const MAX_REPLIES: usize = 64;
+
+/// How long a TCP connection may take to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A minimal NBD client (fixed newstyle, `NBD_OPT_GO`, simple replies):
 /// the NBD storage engine's, and what the demo and the tests use to reach
@@ -183,6 +278,8 @@ pub struct NbdClient {
     /// The export's transmission flags (`NBD_FLAG_*`).
     pub flags: u16,
     handle: u64,
+    /// How long one request may take, all of it.
+    pub timeout: Duration,
 }
 
 impl NbdClient {
@@ -197,17 +294,22 @@ impl NbdClient {
     /// Connects to `target` and negotiates its export.
     pub fn open(target: &Target) -> io::Result<NbdClient> {
         let s: Box<dyn Conn> = match &target.address {
-            Address::Unix(p) => {
-                let s = UnixStream::connect(p)?;
-                s.set_read_timeout(Some(TIMEOUT))?;
-                s.set_write_timeout(Some(TIMEOUT))?;
-                Box::new(s)
-            }
+            Address::Unix(p) => Box::new(UnixStream::connect(p)?),
             Address::Tcp(h, port) => {
-                let s = TcpStream::connect((h.as_str(), *port))?;
+                use std::net::ToSocketAddrs;
+                let mut last = io::Error::from(io::ErrorKind::NotFound);
+                let mut stream = None;
+                for a in (h.as_str(), *port).to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                        Ok(s) => {
+                            stream = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let s = stream.ok_or(last)?;
                 s.set_nodelay(true)?;
-                s.set_read_timeout(Some(TIMEOUT))?;
-                s.set_write_timeout(Some(TIMEOUT))?;
                 Box::new(s)
             }
         };
@@ -217,15 +319,20 @@ impl NbdClient {
     /// Negotiates export `name` over `s`, whatever the stream (the fuzz
     /// target's is scripted).
     pub(crate) fn negotiate(mut s: Box<dyn Conn>, name: &str) -> io::Result<NbdClient> {
+        let deadline = Instant::now() + TIMEOUT;
+        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
         let mut hello = [0u8; 18];
-        s.read_exact(&mut hello)?;
-        if u64_of(&hello) != NBDMAGIC || u64_of(&hello[8..]) != IHAVEOPT {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a fixed-newstyle NBD server",
-            ));
+        read_by(&mut *s, &mut hello, deadline)?;
+        let server_flags = u16_of(&hello[16..]);
+        if u64_of(&hello) != NBDMAGIC
+            || u64_of(&hello[8..]) != IHAVEOPT
+            || server_flags & FLAG_FIXED_NEWSTYLE == 0
+        {
+            return Err(bad("not a fixed-newstyle NBD server"));
         }
-        s.write_all(&u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
+        // NO_ZEROES only if offered (the protocol says MUST NOT otherwise).
+        let ours = FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES);
+        write_by(&mut *s, &u32::from(ours).to_be_bytes(), deadline)?;
         let mut data = (name.len() as u32).to_be_bytes().to_vec();
         data.extend_from_slice(name.as_bytes());
         data.extend_from_slice(&0u16.to_be_bytes());
@@ -233,20 +340,35 @@ impl NbdClient {
         opt.extend_from_slice(&OPT_GO.to_be_bytes());
         opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
         opt.extend_from_slice(&data);
-        s.write_all(&opt)?;
+        write_by(&mut *s, &opt, deadline)?;
         let mut export = None;
+        let mut replies = 0;
         loop {
+            replies += 1;
+            if replies > MAX_REPLIES {
+                return Err(bad("too many option replies"));
+            }
             let mut h = [0u8; 20];
-            s.read_exact(&mut h)?;
+            read_by(&mut *s, &mut h, deadline)?;
             let (ty, len) = (u32_of(&h[12..]), u32_of(&h[16..]));
+            if u64_of(&h) != REPLY_MAGIC || u32_of(&h[8..]) != OPT_GO {
+                return Err(bad("bad option reply"));
+            }
             if len > MAX_OPTION {
-                return Err(io::ErrorKind::InvalidData.into());
+                return Err(bad("oversized option reply"));
             }
             let mut d = vec![0u8; len as usize];
-            s.read_exact(&mut d)?;
+            read_by(&mut *s, &mut d, deadline)?;
             match ty {
                 REP_INFO if d.len() >= 12 && u16_of(&d) == INFO_EXPORT => {
-                    export = Some((u64_of(&d[2..]), u16_of(&d[10..])));
+                    let flags = u16_of(&d[10..]);
+                    // Flags without HAS_FLAGS mean nothing.
+                    let flags = if flags & TFLAG_HAS_FLAGS != 0 {
+                        flags
+                    } else {
+                        0
+                    };
+                    export = Some((u64_of(&d[2..]), flags));
                 }
                 REP_INFO => {}
                 REP_ACK => break,
@@ -258,14 +380,13 @@ impl NbdClient {
                 }
             }
         }
-        let (size, flags) = export.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "the server sent no export info")
-        })?;
+        let (size, flags) = export.ok_or_else(|| bad("the server sent no export info"))?;
         Ok(NbdClient {
             s,
             size,
             flags,
             handle: 0,
+            timeout: TIMEOUT,
         })
     }
 
@@ -291,9 +412,10 @@ impl NbdClient {
         h.extend_from_slice(&offset.to_be_bytes());
         h.extend_from_slice(&len.to_be_bytes());
         h.extend_from_slice(data);
-        self.s.write_all(&h)?;
+        let deadline = Instant::now() + self.timeout;
+        write_by(&mut *self.s, &h, deadline)?;
         let mut r = [0u8; 16];
-        self.s.read_exact(&mut r)?;
+        read_by(&mut *self.s, &mut r, deadline)?;
         if u32_of(&r) != SIMPLE_REPLY_MAGIC || u64_of(&r[8..]) != self.handle {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -302,10 +424,15 @@ impl NbdClient {
         }
         let err = u32_of(&r[4..]);
         if err != 0 {
-            // The server's answer, not the connection's: no retry.
-            return Err(io::Error::other(ServerError(err)));
+            // The server's answer, not the connection's. After a failed
+            // READ the protocol lets the server send the length anyway:
+            // the stream cannot be trusted past it.
+            return Err(io::Error::other(ServerError {
+                errno: err,
+                stream_ok: ty != CMD_READ,
+            }));
         }
-        self.s.read_exact(out)
+        read_by(&mut *self.s, out, deadline)
     }
 
     /// Reads at `offset`.
@@ -336,32 +463,82 @@ impl NbdClient {
         h.extend_from_slice(&CMD_DISC.to_be_bytes());
         h.extend_from_slice(&self.handle.to_be_bytes());
         h.extend_from_slice(&[0u8; 12]);
-        self.s.write_all(&h)
+        write_by(&mut *self.s, &h, Instant::now() + TIMEOUT)
     }
 }
 
 /// An error the server replied with (an `errno` value of the protocol).
 #[derive(Debug)]
-pub struct ServerError(pub u32);
+pub struct ServerError {
+    /// The error.
+    pub errno: u32,
+    /// Whether the connection can go on being used.
+    pub stream_ok: bool,
+}
 
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the NBD server replied with error {}", self.0)
+        write!(f, "the NBD server replied with error {}", self.errno)
     }
 }
 
 impl std::error::Error for ServerError {}
 
-fn is_server_error(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<ServerError>())
+/// What became of a request that failed.
+enum Failure {
+    /// The server answered with an error; the stream may go on or not.
+    Server { stream_ok: bool },
+    /// The connection broke (closed or reset): a retry on a new one is
+    /// safe, the old one can apply nothing more.
+    Broken,
+    /// No answer in time, or nonsense: the server may still act on the
+    /// request, so nothing is sent again.
+    Other,
+}
+
+fn failure(e: &io::Error) -> Failure {
+    if let Some(se) = e.get_ref().and_then(|i| i.downcast_ref::<ServerError>()) {
+        return Failure::Server {
+            stream_ok: se.stream_ok,
+        };
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected
+        | io::ErrorKind::WriteZero => Failure::Broken,
+        _ => Failure::Other,
+    }
 }
 
 /// A disk on an NBD server.
 pub struct NbdStorage {
     target: Target,
-    client: Mutex<Option<NbdClient>>,
+    conn: Mutex<Connection>,
     size: u64,
     flags: u16,
+    timeout: Duration,
+}
+
+/// The connection, and what its loss may have cost.
+struct Connection {
+    client: Option<NbdClient>,
+    /// Writes acknowledged since the last flush.
+    dirty: bool,
+    /// A connection with acknowledged, unflushed writes was lost, and the
+    /// server does not promise that a flush on another covers them
+    /// (`NBD_FLAG_CAN_MULTI_CONN`): the next flush fails.
+    lost_writes: bool,
+}
+
+/// What a request does to the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
 }
 
 /// Writes of zeroes where the server has no `WRITE_ZEROES`, at most this
@@ -383,7 +560,12 @@ impl NbdStorage {
             target,
             size: c.size,
             flags: c.flags,
-            client: Mutex::new(Some(c)),
+            timeout: c.timeout,
+            conn: Mutex::new(Connection {
+                client: Some(c),
+                dirty: false,
+                lost_writes: false,
+            }),
         })
     }
 
@@ -392,37 +574,76 @@ impl NbdStorage {
         self.flags
     }
 
-    /// Runs `f` on the connection, made again once if it broke (to an
-    /// export of the same size).
-    fn with<T>(&self, mut f: impl FnMut(&mut NbdClient) -> io::Result<T>) -> io::Result<T> {
-        let mut guard = self
-            .client
+    /// Bounds each request, all of it, to `t` (30 s unless set).
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.timeout = t;
+        if let Ok(mut c) = self.conn.lock() {
+            if let Some(c) = c.client.as_mut() {
+                c.timeout = t;
+            }
+        }
+    }
+
+    /// Runs `f` (a request of `kind`) on the connection, made again once
+    /// if it broke (to an export of the same size).
+    fn with<T>(
+        &self,
+        kind: Kind,
+        mut f: impl FnMut(&mut NbdClient) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut conn = self
+            .conn
             .lock()
             .map_err(|_| io::Error::other("NBD connection poisoned"))?;
+        if kind == Kind::Flush && conn.lost_writes {
+            conn.lost_writes = false;
+            conn.dirty = false;
+            return Err(io::Error::other(
+                "writes acknowledged on a lost NBD connection may not be on stable storage",
+            ));
+        }
         let mut retried = false;
         loop {
-            let mut c = match guard.take() {
+            let mut c = match conn.client.take() {
                 Some(c) => c,
-                None => self.reopen()?,
+                None => {
+                    let c = self.reopen()?;
+                    if conn.dirty && self.flags & TFLAG_CAN_MULTI_CONN == 0 {
+                        conn.lost_writes = true;
+                    }
+                    c
+                }
             };
-            match f(&mut c) {
+            let r = f(&mut c);
+            let e = match r {
                 Ok(v) => {
-                    *guard = Some(c);
+                    conn.client = Some(c);
+                    match kind {
+                        Kind::Write => conn.dirty = true,
+                        Kind::Flush => conn.dirty = false,
+                        Kind::Read => {}
+                    }
                     return Ok(v);
                 }
-                Err(e) if is_server_error(&e) => {
-                    *guard = Some(c);
+                Err(e) => e,
+            };
+            match failure(&e) {
+                Failure::Server { stream_ok } => {
+                    if stream_ok {
+                        conn.client = Some(c);
+                    }
                     return Err(e);
                 }
-                // The stream may be mid-reply: it is dropped, not reused.
-                Err(e) if retried => return Err(e),
-                Err(_) => retried = true,
+                // Dropped, not reused: it may be mid-reply.
+                Failure::Broken if !retried => retried = true,
+                Failure::Broken | Failure::Other => return Err(e),
             }
         }
     }
 
     fn reopen(&self) -> io::Result<NbdClient> {
-        let c = NbdClient::open(&self.target)?;
+        let mut c = NbdClient::open(&self.target)?;
+        c.timeout = self.timeout;
         if c.size != self.size {
             return Err(io::Error::other("the NBD export changed size"));
         }
@@ -436,11 +657,11 @@ impl Storage for NbdStorage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.with(|c| c.read(offset, buf))
+        self.with(Kind::Read, |c| c.read(offset, buf))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.with(|c| c.write(offset, buf))
+        self.with(Kind::Write, |c| c.write(offset, buf))
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -448,7 +669,7 @@ impl Storage for NbdStorage {
         if self.flags & TFLAG_SEND_FLUSH == 0 {
             return Ok(());
         }
-        self.with(NbdClient::flush)
+        self.with(Kind::Flush, NbdClient::flush)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -458,9 +679,9 @@ impl Storage for NbdStorage {
             let n = (len - done).min(ZERO_CHUNK as u64);
             let at = offset + done;
             if self.flags & TFLAG_SEND_WRITE_ZEROES != 0 {
-                self.with(|c| c.write_zeroes(at, n as u32))?;
+                self.with(Kind::Write, |c| c.write_zeroes(at, n as u32))?;
             } else {
-                self.with(|c| c.write(at, &zeros[..n as usize]))?;
+                self.with(Kind::Write, |c| c.write(at, &zeros[..n as usize]))?;
             }
             done += n;
         }
@@ -470,8 +691,8 @@ impl Storage for NbdStorage {
 
 impl Drop for NbdStorage {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.client.lock() {
-            if let Some(c) = g.take() {
+        if let Ok(mut g) = self.conn.lock() {
+            if let Some(c) = g.client.take() {
                 let _ = c.disconnect();
             }
         }
@@ -520,6 +741,11 @@ mod tests {
             ok("nbd:localhost:10810:exportname=d"),
             tcp("localhost", 10810, "d")
         );
+        assert_eq!(ok("nbd:[::1]:10809"), tcp("::1", 10809, ""));
+        assert_eq!(ok("nbd://user@h:7/e"), tcp("h", 7, "e"));
+        assert_eq!(ok("nbd://h/e#frag"), tcp("h", 10809, "e"));
+        assert_eq!(ok("nbd+unix://?socket=/s"), unix("/s", ""));
+        assert_eq!(ok("nbd://[::1]/e"), tcp("::1", 10809, "e"));
     }
 
     #[test]
@@ -540,6 +766,9 @@ mod tests {
             "nbd::1",
             "nbd:h:99999",
             "nbd://h/%zz",
+            "nbd://h/%+1",
+            "nbd://[::1]x/e",
+            "nbd:[::1",
         ] {
             let r = Target::parse(bad);
             assert!(matches!(r, Some(Err(_))), "{bad}: {r:?}");

@@ -127,3 +127,114 @@ fn a_read_only_export_is_refused_for_writing_and_errors_are_the_servers() {
     t.export = "nope".into();
     assert!(NbdStorage::open(t, false).is_err());
 }
+
+/// A server that negotiates (one export of 1 MiB) and then does what
+/// `then` says with the connection.
+fn fake_server(sock: &Path, then: fn(std::os::unix::net::UnixStream)) {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_file(sock);
+    let l = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let mut s = s.unwrap();
+            let mut hello = 0x4e42_444d_4147_4943u64.to_be_bytes().to_vec();
+            hello.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes());
+            hello.extend_from_slice(&3u16.to_be_bytes());
+            s.write_all(&hello).unwrap();
+            let mut buf = [0u8; 4 + 16];
+            s.read_exact(&mut buf).unwrap();
+            let len = u32::from_be_bytes(buf[16..20].try_into().unwrap());
+            let mut opt = vec![0u8; len as usize];
+            s.read_exact(&mut opt).unwrap();
+            let rep = |ty: u32, data: &[u8]| {
+                let mut r = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+                r.extend_from_slice(&7u32.to_be_bytes());
+                r.extend_from_slice(&ty.to_be_bytes());
+                r.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                r.extend_from_slice(data);
+                r
+            };
+            let mut info = 0u16.to_be_bytes().to_vec();
+            info.extend_from_slice(&(1u64 << 20).to_be_bytes());
+            info.extend_from_slice(&(1u16 | 4).to_be_bytes());
+            s.write_all(&rep(3, &info)).unwrap();
+            s.write_all(&rep(1, &[])).unwrap();
+            std::thread::spawn(move || then(s));
+        }
+    });
+}
+
+#[test]
+fn a_server_that_trickles_its_reply_times_out_and_is_not_sent_the_request_again() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static REQUESTS: AtomicUsize = AtomicUsize::new(0);
+    let d = dir("trickle");
+    let sock = d.join("s");
+    fake_server(&sock, |mut s| {
+        let mut req = [0u8; 28];
+        while s.read_exact(&mut req).is_ok() {
+            REQUESTS.fetch_add(1, Ordering::Relaxed);
+            // One byte of the reply header every 100 ms, for ever.
+            for b in 0x6744_6698u32.to_be_bytes().iter().cycle() {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    let mut s = NbdStorage::open(target(&sock), false).unwrap();
+    s.set_timeout(Duration::from_millis(700));
+    let t = Instant::now();
+    let e = s.read_at(&mut [0u8; 512], 0).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A request that timed out may still be acted on: it is not sent again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(REQUESTS.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn unflushed_writes_on_a_lost_connection_fail_the_next_flush() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+    let d = dir("lost");
+    let sock = d.join("s");
+    // Every request is answered; the first connection closes after its
+    // first write. The server does not offer CAN_MULTI_CONN.
+    fake_server(&sock, |mut s| {
+        let first = CONNECTIONS.fetch_add(1, Ordering::Relaxed) == 0;
+        let mut req = [0u8; 28];
+        while s.read_exact(&mut req).is_ok() {
+            let ty = u16::from_be_bytes([req[6], req[7]]);
+            let len = u32::from_be_bytes(req[24..28].try_into().unwrap());
+            if ty == 1 {
+                let mut data = vec![0u8; len as usize];
+                s.read_exact(&mut data).unwrap();
+            }
+            let mut r = 0x6744_6698u32.to_be_bytes().to_vec();
+            r.extend_from_slice(&0u32.to_be_bytes());
+            r.extend_from_slice(&req[8..16]);
+            if ty == 0 {
+                r.extend_from_slice(&vec![0u8; len as usize]);
+            }
+            s.write_all(&r).unwrap();
+            if first && ty == 1 {
+                return;
+            }
+        }
+    });
+    let s = NbdStorage::open(target(&sock), true).unwrap();
+    s.write_at(&[1; 512], 0).unwrap();
+    // Sent again on a new connection: fine, but the first write was only
+    // in the lost connection's cache.
+    s.write_at(&[2; 512], 512).unwrap();
+    assert!(
+        s.flush().is_err(),
+        "the lost write is not known to be stable"
+    );
+    s.flush().unwrap();
+    assert_eq!(CONNECTIONS.load(Ordering::Relaxed), 2);
+}

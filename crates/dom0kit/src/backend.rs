@@ -13,7 +13,8 @@
 //! yet: indirect requests, persistent grants,
 //! multi-queue, x86_32 rings, io_uring (the rest of issue 6). Opening a
 //! disk happens on the watch loop: an NBD server that does not answer
-//! holds every device's handshake up to its 30 s timeout.
+//! holds every device's handshake for up to 40 s (a 10 s TCP connect, a
+//! 30 s handshake); a qemu-nbd helper for up to 10 s.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
@@ -136,8 +137,10 @@ impl QemuNbd {
             if !writable {
                 c.arg("--read-only");
             }
-            // Without --persistent it serves one connection: ours. If we
-            // die, it sees the socket close and exits.
+            // Persistent, so that a connection that breaks can be made
+            // again; it ends with us (SIGTERM: it flushes and exits).
+            c.arg("--persistent");
+            die_with_us(&mut c);
             let mut child = c
                 .arg(image)
                 .spawn()
@@ -194,11 +197,35 @@ impl Storage for QemuNbd {
     }
 }
 
+/// Has `c`'s process sent SIGTERM when ours exits.
+#[allow(unsafe_code)]
+fn die_with_us(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec; it
+    // makes one async-signal-safe system call and touches no memory of
+    // the parent's.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Drop for QemuNbd {
     fn drop(&mut self) {
-        // Our disconnect ends it (after it has flushed the image); a helper
-        // that hangs is killed.
+        // Disconnected, then asked to stop (SIGTERM: it flushes the image
+        // and exits); a helper that hangs is killed.
         drop(self.nbd.take());
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            #[allow(unsafe_code)]
+            // SAFETY: a signal to our own child, which we have not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -6,8 +6,10 @@
 //! real domU), and then speaks xenstore over the ring like a domU does,
 //! running its frontends.
 //!
-//! Frontends so far: vbd, up to `Connected` (the shared ring granted, the
-//! event channel bound). The block data path is issue 6's.
+//! Frontends so far: vbd. It grants the ring and allocates the event
+//! channel, and once `Connected` serves the disk through blkfront
+//! (`blk::front`) as an NBD export on `<export dir>/<vdev>.sock`, which
+//! outlives reconnections to the backend (`blk::reattach`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};

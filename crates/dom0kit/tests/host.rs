@@ -468,7 +468,7 @@ fn nbdinfo_nbdcopy_and_fio_use_a_guests_disk() {
     run(Command::new("nbdcopy").arg(&url).arg(&out));
     assert_eq!(&std::fs::read(&out).unwrap()[..data.len()], &data[..]);
     // fio's nbd engine, random writes verified by crc32c.
-    let fio = run(Command::new("fio").args([
+    let fio = run(Command::new("fio").current_dir(&h.dir).args([
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri={url}"),
@@ -552,6 +552,7 @@ fn writes_in_flight_when_the_backend_is_killed_are_made_again_and_verify() {
     // 24 MiB of sequential writes at 16 MiB/s, then every block read back
     // and checked: the backend dies in the middle of the writes.
     let fio = Command::new("fio")
+        .current_dir(&h.dir)
         .args([
             "--name=crash",
             "--ioengine=nbd",
@@ -649,6 +650,16 @@ fn a_qcow2_image_is_served_through_qemu_nbd_behind_the_backend() {
         &url,
         &["write -P 0x71 1M 200k", "flush", "read -P 0x71 1M 200k"],
     );
+    assert!(ok, "{text}");
+    assert_eq!(qemu_nbd_processes(&image), 1);
+    // The backend dies: its helper goes with it (releasing the image's
+    // lock), and the next backend's helper serves the disk.
+    let backend_pid = pid_of(&h.run_dir(), " backend --hv ");
+    Command::new("kill")
+        .args(["-KILL", &backend_pid.to_string()])
+        .status()
+        .unwrap();
+    let (ok, text) = qemu_io("raw", &url, &["read -P 0x71 1M 200k"]);
     assert!(ok, "{text}");
     assert_eq!(qemu_nbd_processes(&image), 1);
     h.ok(&["destroy", "q"]);
