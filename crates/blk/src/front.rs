@@ -1,6 +1,7 @@
 //! blkfront's data path, in the guest: requests into the shared ring, the
-//! data in pages granted to the backend, up to 8 requests in flight for
-//! one transfer (one caller at a time per device).
+//! data in pages granted to the backend (264: 24 requests' worth, so that
+//! a 1 MiB transfer is one exchange), and [`BlkFront::batch`] for several
+//! small transfers in one exchange (one caller at a time per device).
 //!
 //! The ring page and its grant, and the event channel, are the xenbus
 //! frontend's (`dom0kit guest`); this takes them over once the device is
@@ -38,10 +39,61 @@ pub enum FrontError {
     Aborted,
 }
 
+/// One read or write of a [`BlkFront::batch`] (512-byte aligned).
+pub enum Io<'a> {
+    /// Read into `buf` from `offset`.
+    Read {
+        /// Where on the disk.
+        offset: u64,
+        /// What it reads into.
+        buf: &'a mut [u8],
+    },
+    /// Write `data` at `offset`.
+    Write {
+        /// Where on the disk.
+        offset: u64,
+        /// What it writes.
+        data: &'a [u8],
+    },
+}
+
+impl Io<'_> {
+    /// Where on the disk.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Io::Read { offset, .. } | Io::Write { offset, .. } => *offset,
+        }
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Io::Read { buf, .. } => buf.len(),
+            Io::Write { data, .. } => data.len(),
+        }
+    }
+
+    /// Whether it moves nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The first failure among a transfer's statuses.
+fn first_error(statuses: &[i16]) -> Result<(), FrontError> {
+    match statuses.iter().find(|&&s| s != blkif::BLKIF_RSP_OKAY) {
+        Some(&s) => Err(FrontError::Status(s)),
+        None => Ok(()),
+    }
+}
+
 /// Segments per request (a direct request).
 const SEGS: usize = blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
-/// Requests in flight at once (a 1 MiB transfer is 24 requests: 3 batches).
-const BATCH: usize = 8;
+/// Requests in flight at once for one transfer (a 1 MiB transfer is 24
+/// requests: one exchange).
+const BATCH: usize = 24;
+/// Slots of a one-page ring (`__RING_SIZE` of 112-byte requests).
+const RING_SLOTS: usize = 32;
 /// Data pages: one request's worth per request in flight.
 const PAGES: usize = SEGS * BATCH;
 
@@ -175,31 +227,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         out: Option<&mut [u8]>,
     ) -> Result<(), FrontError> {
         let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
-        // The data area mirrors the buffer: request k's pages are
-        // `k * SEGS ..`, holding bytes `k * SEGS * 4096 ..` of it.
+        // The data area mirrors the buffer.
         let mut reqs = Vec::new();
-        let chunks = len.div_ceil(SEGS * 4096).max(1);
-        for k in 0..chunks {
-            let start = k * SEGS * 4096;
-            let clen = (len - start.min(len)).min(SEGS * 4096);
-            let pages = clen.div_ceil(4096);
-            let mut req = BlkifRequest::zeroed();
-            req.operation = op;
-            req.id = self.next_id;
-            self.next_id += 1;
-            req.sector_number = sector + (start / 512) as u64;
-            req.nr_segments = pages as u8;
-            for p in 0..pages {
-                let bytes = (clen - p * 4096).min(4096);
-                req.seg[p] = BlkifRequestSegment {
-                    gref: self.grants[k * SEGS + p].0,
-                    first_sect: 0,
-                    last_sect: (bytes / 512 - 1) as u8,
-                    _pad0: [0; 2],
-                };
-            }
-            reqs.push(req);
-        }
+        self.requests(op, sector, len, 0, &mut reqs);
         if let Some(d) = data {
             let mem = self
                 .dom
@@ -207,7 +237,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                 .map_err(|e| broken(&e))?;
             mem.write_bytes(0, d).map_err(|e| broken(&e))?;
         }
-        self.exchange(&reqs)?;
+        first_error(&self.exchange(&reqs)?)?;
         if let Some(o) = out {
             let mem = self
                 .dom
@@ -219,8 +249,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     }
 
     /// Sends `reqs` (at most a ring's worth) and waits for all their
-    /// responses, failed or not, before the data pages are used again.
-    fn exchange(&mut self, reqs: &[BlkifRequest]) -> Result<(), FrontError> {
+    /// responses, failed or not, before the data pages are used again;
+    /// their statuses, in the order of `reqs`.
+    fn exchange(&mut self, reqs: &[BlkifRequest]) -> Result<Vec<i16>, FrontError> {
         let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
         let dom = &self.dom;
         // Between batches everything is exchanged up to `next_idx`.
@@ -236,7 +267,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         self.next_idx = self.next_idx.wrapping_add(reqs.len() as u32);
         let (first_id, last_id) = (reqs[0].id, reqs[reqs.len() - 1].id);
         let mut answered = 0;
-        let mut status = blkif::BLKIF_RSP_OKAY;
+        let mut statuses = vec![blkif::BLKIF_RSP_OKAY; reqs.len()];
+        let mut seen = vec![false; reqs.len()];
         let deadline = Instant::now() + self.timeout;
         while answered < reqs.len() {
             let rsp = match ring.take_response().map_err(|e| broken(&e))? {
@@ -253,9 +285,11 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                             "a response to no request of ours".into(),
                         ));
                     }
-                    if r.status != blkif::BLKIF_RSP_OKAY && status == blkif::BLKIF_RSP_OKAY {
-                        status = r.status;
+                    let k = (r.id - first_id) as usize;
+                    if std::mem::replace(&mut seen[k], true) {
+                        return Err(FrontError::Broken("two responses to one request".into()));
                     }
+                    statuses[k] = r.status;
                     answered += 1;
                 }
                 None => {
@@ -269,10 +303,151 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                 }
             }
         }
-        if status != blkif::BLKIF_RSP_OKAY {
-            return Err(FrontError::Status(status));
+        Ok(statuses)
+    }
+
+    /// The requests of one transfer of `len` bytes at `sector`, its data
+    /// in the data pages from `first_page` on: request k's pages are
+    /// `first_page + k * SEGS ..`, holding bytes `k * SEGS * 4096 ..`.
+    fn requests(
+        &mut self,
+        op: u8,
+        sector: u64,
+        len: usize,
+        first_page: usize,
+        reqs: &mut Vec<BlkifRequest>,
+    ) {
+        let chunks = len.div_ceil(SEGS * 4096).max(1);
+        for k in 0..chunks {
+            let start = k * SEGS * 4096;
+            let clen = (len - start.min(len)).min(SEGS * 4096);
+            let pages = clen.div_ceil(4096);
+            let mut req = BlkifRequest::zeroed();
+            req.operation = op;
+            req.id = self.next_id;
+            self.next_id += 1;
+            req.sector_number = sector + (start / 512) as u64;
+            req.nr_segments = pages as u8;
+            for p in 0..pages {
+                let bytes = (clen - p * 4096).min(4096);
+                req.seg[p] = BlkifRequestSegment {
+                    gref: self.grants[first_page + k * SEGS + p].0,
+                    first_sect: 0,
+                    last_sect: (bytes / 512 - 1) as u8,
+                    _pad0: [0; 2],
+                };
+            }
+            reqs.push(req);
         }
-        Ok(())
+    }
+
+    /// Several reads and writes at once: as many as fit the data pages
+    /// and the ring go out together, so that the backend serves them in
+    /// one wakeup. Each gets its own result; the outer error is the
+    /// connection's ([`FrontError::Broken`], `Timeout`, `Aborted`), after
+    /// which nothing more is sent.
+    pub fn batch(&mut self, ios: &mut [Io<'_>]) -> Result<Vec<Result<(), FrontError>>, FrontError> {
+        if self.is_aborted() {
+            self.failed = true;
+            return Err(FrontError::Aborted);
+        }
+        if self.failed {
+            return Err(FrontError::Broken(
+                "an earlier request went unanswered".into(),
+            ));
+        }
+        let r = self.batch_inner(ios);
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn batch_inner(
+        &mut self,
+        ios: &mut [Io<'_>],
+    ) -> Result<Vec<Result<(), FrontError>>, FrontError> {
+        let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
+        let mut results: Vec<Result<(), FrontError>> = ios
+            .iter()
+            .map(|io| self.check(io.offset(), io.len()))
+            .collect();
+        let mut i = 0;
+        while i < ios.len() {
+            // Refused, empty, or too large to share the pages: alone.
+            if results[i].is_err() || ios[i].is_empty() || ios[i].len() > PAGES * 4096 {
+                if results[i].is_ok() && !ios[i].is_empty() {
+                    let r = match &mut ios[i] {
+                        Io::Read { offset, buf } => self.read(*offset, buf),
+                        Io::Write { offset, data } => self.write(*offset, data),
+                    };
+                    results[i] = match r {
+                        Err(
+                            e @ (FrontError::Broken(_) | FrontError::Timeout | FrontError::Aborted),
+                        ) => return Err(e),
+                        r => r,
+                    };
+                }
+                i += 1;
+                continue;
+            }
+            // ios[i..j] together: their pages one after another.
+            let (mut reqs, mut owner, mut first_page) = (Vec::new(), Vec::new(), Vec::new());
+            let mut pages = 0;
+            let mut j = i;
+            while j < ios.len() {
+                let len = ios[j].len();
+                let n = len.div_ceil(4096);
+                let nreq = n.div_ceil(SEGS);
+                let fits = results[j].is_ok()
+                    && len > 0
+                    && pages + n <= PAGES
+                    && reqs.len() + nreq <= RING_SLOTS;
+                if !fits {
+                    break;
+                }
+                let op = match ios[j] {
+                    Io::Read { .. } => blkif::BLKIF_OP_READ,
+                    Io::Write { .. } => blkif::BLKIF_OP_WRITE,
+                };
+                let before = reqs.len();
+                self.requests(op, ios[j].offset() / 512, len, pages, &mut reqs);
+                owner.extend(std::iter::repeat_n(j, reqs.len() - before));
+                first_page.push(pages);
+                pages += n;
+                j += 1;
+            }
+            {
+                let mem = self
+                    .dom
+                    .pages(self.data, PAGES as u64)
+                    .map_err(|e| broken(&e))?;
+                for (k, io) in ios[i..j].iter().enumerate() {
+                    if let Io::Write { data, .. } = io {
+                        mem.write_bytes(first_page[k] * 4096, data)
+                            .map_err(|e| broken(&e))?;
+                    }
+                }
+            }
+            let statuses = self.exchange(&reqs)?;
+            for (k, &st) in statuses.iter().enumerate() {
+                if st != blkif::BLKIF_RSP_OKAY && results[owner[k]].is_ok() {
+                    results[owner[k]] = Err(FrontError::Status(st));
+                }
+            }
+            let mem = self
+                .dom
+                .pages(self.data, PAGES as u64)
+                .map_err(|e| broken(&e))?;
+            for (k, io) in ios[i..j].iter_mut().enumerate() {
+                if let (Io::Read { buf, .. }, Ok(())) = (io, &results[i + k]) {
+                    mem.read_bytes(first_page[k] * 4096, buf)
+                        .map_err(|e| broken(&e))?;
+                }
+            }
+            i = j;
+        }
+        Ok(results)
     }
 
     fn discard_inner(&mut self, sector: u64, count: u64) -> Result<(), FrontError> {
@@ -289,7 +464,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         // The same slot, in the discard layout.
         let mut req = BlkifRequest::zeroed();
         req.as_bytes_mut()[..d.as_bytes().len()].copy_from_slice(d.as_bytes());
-        self.exchange(&[req])
+        first_error(&self.exchange(&[req])?)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<(), FrontError> {

@@ -10,8 +10,10 @@
 //! of at most 64 KiB, a request of at most 32 MiB (the block size we
 //! advertise).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+
+pub use crate::front::Io;
 use std::sync::{Arc, Mutex};
 
 /// What the export serves.
@@ -34,6 +36,16 @@ pub trait BlockDevice: Send {
     /// unspecified).
     fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Several reads and writes (each checked against the disk already),
+    /// each with its result: one by one unless the device does better.
+    fn batch(&mut self, ios: &mut [Io<'_>]) -> Vec<io::Result<()>> {
+        ios.iter_mut()
+            .map(|io| match io {
+                Io::Read { offset, buf } => self.read_at(*offset, buf),
+                Io::Write { offset, data } => self.write_at(*offset, data),
+            })
+            .collect()
     }
 }
 
@@ -257,92 +269,231 @@ fn reply(s: &mut impl Write, error: u32, handle: u64, data: &[u8]) -> io::Result
     s.write_all(&b)
 }
 
-fn transmission<S: Read + Write>(mut s: S, dev: &Shared) -> io::Result<()> {
-    loop {
-        let mut h = [0u8; 28];
-        s.read_exact(&mut h)?;
-        if u32_of(&h) != REQUEST_MAGIC {
+/// A request as it came, its payload read.
+struct Request {
+    flags: u16,
+    ty: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+    payload: Vec<u8>,
+}
+
+/// Requests served together when they have all arrived already.
+const MAX_BATCH: usize = 32;
+
+/// Whether a request may share a batch: a plain read or write (a FUA
+/// write is answered after a flush of its own).
+fn batchable(flags: u16, ty: u16) -> bool {
+    (ty == CMD_READ || ty == CMD_WRITE) && flags & CMD_FLAG_FUA == 0
+}
+
+/// Whether `buf` (what is buffered from the client) starts with a whole
+/// batchable request, payload included: it can be taken without waiting.
+fn next_ready(buf: &[u8]) -> bool {
+    if buf.len() < 28 || u32_of(buf) != REQUEST_MAGIC {
+        return false;
+    }
+    let (flags, ty, len) = (u16_of(&buf[4..]), u16_of(&buf[6..]), u32_of(&buf[24..]));
+    batchable(flags, ty)
+        && len <= MAX_REQUEST
+        && (ty != CMD_WRITE || buf.len() >= 28 + len as usize)
+}
+
+/// The next request; `None` if it was oversized and already answered.
+fn read_request<S: Read + Write>(r: &mut BufReader<S>) -> io::Result<Option<Request>> {
+    let mut h = [0u8; 28];
+    r.read_exact(&mut h)?;
+    if u32_of(&h) != REQUEST_MAGIC {
+        return Err(io::ErrorKind::InvalidData.into());
+    }
+    let (flags, ty, handle) = (u16_of(&h[4..]), u16_of(&h[6..]), u64_of(&h[8..]));
+    let (offset, len) = (u64_of(&h[16..]), u32_of(&h[24..]));
+    if len > MAX_REQUEST {
+        // The stream cannot be followed past an oversized write; any
+        // other request gets EINVAL.
+        if ty == CMD_WRITE {
             return Err(io::ErrorKind::InvalidData.into());
         }
-        let (flags, ty, handle) = (u16_of(&h[4..]), u16_of(&h[6..]), u64_of(&h[8..]));
-        let (offset, len) = (u64_of(&h[16..]), u32_of(&h[24..]));
-        if len > MAX_REQUEST {
-            // The stream cannot be followed past an oversized write; any
-            // other request gets EINVAL.
-            if ty == CMD_WRITE {
-                return Err(io::ErrorKind::InvalidData.into());
-            }
-            reply(&mut s, EINVAL, handle, &[])?;
+        reply(r.get_mut(), EINVAL, handle, &[])?;
+        return Ok(None);
+    }
+    let mut payload = Vec::new();
+    if ty == CMD_WRITE {
+        payload = vec![0u8; len as usize];
+        r.read_exact(&mut payload)?;
+    }
+    Ok(Some(Request {
+        flags,
+        ty,
+        handle,
+        offset,
+        len,
+        payload,
+    }))
+}
+
+fn errno(e: &io::Error) -> u32 {
+    if e.kind() == io::ErrorKind::InvalidInput {
+        EINVAL
+    } else {
+        EIO
+    }
+}
+
+fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
+    // Buffered, so that requests that have already arrived are seen and
+    // served together (a client with many in flight gets them answered in
+    // one exchange with the backend).
+    let mut r = BufReader::with_capacity(256 << 10, s);
+    loop {
+        let Some(first) = read_request(&mut r)? else {
             continue;
+        };
+        if first.ty == CMD_DISC {
+            return Ok(());
         }
-        let mut payload = Vec::new();
-        if ty == CMD_WRITE {
-            payload = vec![0u8; len as usize];
-            s.read_exact(&mut payload)?;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && batchable(batch[0].flags, batch[0].ty)
+            && next_ready(r.buffer())
+        {
+            if let Some(q) = read_request(&mut r)? {
+                batch.push(q);
+            }
         }
         let Ok(mut d) = dev.lock() else {
             return Err(io::ErrorKind::Other.into());
         };
-        let in_range = offset
-            .checked_add(u64::from(len))
-            .is_some_and(|end| end <= d.size());
-        let aligned = offset % 512 == 0 && len % 512 == 0;
-        let fail = |e: io::Error| {
-            if e.kind() == io::ErrorKind::InvalidInput {
+        let mut out = Vec::new();
+        if batchable(batch[0].flags, batch[0].ty) {
+            serve_batch(&mut *d, &batch, &mut out)?;
+        } else {
+            serve_one(&mut *d, &batch[0], &mut out)?;
+        }
+        drop(d);
+        r.get_mut().write_all(&out)?;
+    }
+}
+
+/// Reads and writes, checked one by one, done as one batch; the replies
+/// in `out`, in order.
+fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request], out: &mut Vec<u8>) -> io::Result<()> {
+    let (size, ro) = (d.size(), d.read_only());
+    let mut errs: Vec<u32> = batch
+        .iter()
+        .map(|q| {
+            let in_range = q
+                .offset
+                .checked_add(u64::from(q.len))
+                .is_some_and(|end| end <= size);
+            let aligned = q.offset % 512 == 0 && q.len % 512 == 0;
+            match q.ty {
+                CMD_READ if !in_range || !aligned => EINVAL,
+                CMD_WRITE if ro => EPERM,
+                CMD_WRITE if !in_range => ENOSPC,
+                CMD_WRITE if !aligned => EINVAL,
+                _ => 0,
+            }
+        })
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = batch
+        .iter()
+        .zip(&errs)
+        .map(|(q, &e)| {
+            if q.ty == CMD_READ && e == 0 {
+                vec![0u8; q.len as usize]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let mut which = Vec::new();
+    let mut ios: Vec<Io<'_>> = Vec::new();
+    for (k, (q, buf)) in batch.iter().zip(bufs.iter_mut()).enumerate() {
+        if errs[k] != 0 {
+            continue;
+        }
+        which.push(k);
+        ios.push(if q.ty == CMD_READ {
+            Io::Read {
+                offset: q.offset,
+                buf: buf.as_mut_slice(),
+            }
+        } else {
+            Io::Write {
+                offset: q.offset,
+                data: &q.payload,
+            }
+        });
+    }
+    let results = d.batch(&mut ios);
+    drop(ios);
+    for (k, r) in which.into_iter().zip(results) {
+        if let Err(e) = r {
+            errs[k] = errno(&e);
+        }
+    }
+    for (k, q) in batch.iter().enumerate() {
+        let data: &[u8] = if q.ty == CMD_READ && errs[k] == 0 {
+            &bufs[k]
+        } else {
+            &[]
+        };
+        reply(out, errs[k], q.handle, data)?;
+    }
+    Ok(())
+}
+
+/// Any other request (or a FUA write), alone.
+fn serve_one(d: &mut dyn BlockDevice, q: &Request, out: &mut Vec<u8>) -> io::Result<()> {
+    let (offset, len, flags, ty) = (q.offset, q.len, q.flags, q.ty);
+    let in_range = offset
+        .checked_add(u64::from(len))
+        .is_some_and(|end| end <= d.size());
+    let aligned = offset % 512 == 0 && len % 512 == 0;
+    let fail = |e: io::Error| errno(&e);
+    match ty {
+        CMD_READ => {
+            let mut buf = vec![0u8; len as usize];
+            let err = if !in_range || !aligned {
                 EINVAL
             } else {
-                EIO
-            }
-        };
-        match ty {
-            CMD_READ => {
-                let mut buf = vec![0u8; len as usize];
-                let err = if !in_range || !aligned {
-                    EINVAL
-                } else {
-                    d.read_at(offset, &mut buf).map_or_else(fail, |()| 0)
-                };
-                drop(d);
-                reply(&mut s, err, handle, if err == 0 { &buf } else { &[] })?;
-            }
-            CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM => {
-                let err = if d.read_only() {
-                    EPERM
-                } else if ty == CMD_TRIM && !d.can_discard() {
-                    EINVAL
-                } else if !in_range {
-                    ENOSPC
-                } else if !aligned {
-                    EINVAL
-                } else {
-                    let r = match ty {
-                        CMD_TRIM => d.discard(offset, u64::from(len)),
-                        CMD_WRITE_ZEROES => d.write_at(offset, &vec![0u8; len as usize]),
-                        _ => d.write_at(offset, &payload),
-                    };
-                    let r = r.and_then(|()| {
-                        if flags & CMD_FLAG_FUA != 0 {
-                            d.flush()
-                        } else {
-                            Ok(())
-                        }
-                    });
-                    r.map_or_else(fail, |()| 0)
-                };
-                drop(d);
-                reply(&mut s, err, handle, &[])?;
-            }
-            CMD_FLUSH => {
-                let err = d.flush().map_or_else(fail, |()| 0);
-                drop(d);
-                reply(&mut s, err, handle, &[])?;
-            }
-            CMD_DISC => return Ok(()),
-            _ => {
-                drop(d);
-                reply(&mut s, EINVAL, handle, &[])?;
-            }
+                d.read_at(offset, &mut buf).map_or_else(fail, |()| 0)
+            };
+            reply(out, err, q.handle, if err == 0 { &buf } else { &[] })
         }
+        CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM => {
+            let err = if d.read_only() {
+                EPERM
+            } else if ty == CMD_TRIM && !d.can_discard() {
+                EINVAL
+            } else if !in_range {
+                ENOSPC
+            } else if !aligned {
+                EINVAL
+            } else {
+                let r = match ty {
+                    CMD_TRIM => d.discard(offset, u64::from(len)),
+                    CMD_WRITE_ZEROES => d.write_at(offset, &vec![0u8; len as usize]),
+                    _ => d.write_at(offset, &q.payload),
+                };
+                let r = r.and_then(|()| {
+                    if flags & CMD_FLAG_FUA != 0 {
+                        d.flush()
+                    } else {
+                        Ok(())
+                    }
+                });
+                r.map_or_else(fail, |()| 0)
+            };
+            reply(out, err, q.handle, &[])
+        }
+        CMD_FLUSH => {
+            let err = d.flush().map_or_else(fail, |()| 0);
+            reply(out, err, q.handle, &[])
+        }
+        _ => reply(out, EINVAL, q.handle, &[]),
     }
 }
 

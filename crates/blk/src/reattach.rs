@@ -170,6 +170,21 @@ where
         self.run(BlkFront::flush)
     }
 
+    /// Several reads and writes in one exchange with the backend (all of
+    /// them again on the next connection if this one goes meanwhile).
+    pub fn batch(&self, ios: &mut [crate::front::Io<'_>]) -> Vec<io::Result<()>> {
+        match self.run(|f| f.batch(ios)) {
+            Ok(rs) => rs
+                .into_iter()
+                .map(|r| r.map_err(io::Error::other))
+                .collect(),
+            Err(e) => ios
+                .iter()
+                .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                .collect(),
+        }
+    }
+
     /// Gives a range back (512-byte aligned), if the backend discards.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.run(|f| f.discard(offset, len))
@@ -200,5 +215,8 @@ where
     }
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
         Reattachable::discard(self, offset, len)
+    }
+    fn batch(&mut self, ios: &mut [crate::front::Io<'_>]) -> Vec<io::Result<()>> {
+        Reattachable::batch(self, ios)
     }
 }

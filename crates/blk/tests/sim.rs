@@ -40,7 +40,7 @@ fn host(tag: &str, pages: u64) -> (sim::HvHandle, SimDomain, platform::NewDomain
     let new = dom0
         .create_domain(&DomainConfig {
             pages,
-            grant_frames: 1,
+            grant_frames: 4,
         })
         .unwrap();
     let guest = SimDomain::attach_guest(hv.socket(), &new.token).unwrap();
@@ -204,7 +204,7 @@ impl Connection {
 fn blkfront_and_the_backend_loop_move_data_both_ways() {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    let (hv, dom0, new, guest) = host("front", 128);
+    let (hv, dom0, new, guest) = host("front", 512);
     let storage = Arc::new(MemStorage::new(1 << 20));
     let Connection {
         mut front,
@@ -223,6 +223,52 @@ fn blkfront_and_the_backend_loop_move_data_both_ways() {
         &data[..]
     );
     assert_eq!(storage.flushes.load(Ordering::Relaxed), 1);
+    // A batch: writes and reads in one exchange, each with its result;
+    // one past the end fails alone, one too large for the pages goes alone.
+    {
+        use blk::front::Io;
+        let a = vec![0x11u8; 4096];
+        let b = vec![0x22u8; 8192];
+        let big = vec![0x33u8; 400 * 1024];
+        let (mut ra, mut rb) = (vec![0u8; 4096], vec![0u8; 8192]);
+        let mut ios = [
+            Io::Write {
+                offset: 0,
+                data: &a,
+            },
+            Io::Write {
+                offset: 64 << 10,
+                data: &b,
+            },
+            Io::Write {
+                offset: 2048 * 512,
+                data: &a,
+            },
+            Io::Write {
+                offset: 128 << 10,
+                data: &big,
+            },
+        ];
+        let rs = front.batch(&mut ios).unwrap();
+        assert!(rs[0].is_ok() && rs[1].is_ok() && rs[3].is_ok(), "{rs:?}");
+        assert!(matches!(rs[2], Err(blk::front::FrontError::Range)));
+        let mut ios = [
+            Io::Read {
+                offset: 0,
+                buf: &mut ra,
+            },
+            Io::Read {
+                offset: 64 << 10,
+                buf: &mut rb,
+            },
+        ];
+        assert!(front.batch(&mut ios).unwrap().iter().all(Result::is_ok));
+        assert_eq!((ra, rb), (a, b));
+        let c = storage.contents();
+        assert!(c[128 << 10..(128 << 10) + big.len()]
+            .iter()
+            .all(|&x| x == 0x33));
+    }
     // A discard only once the backend offers it, then it is done.
     assert!(front.discard(512 * 3, 4096).is_err());
     front.set_discard(true);
@@ -247,7 +293,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     use blk::reattach::Reattachable;
     use std::sync::Arc;
     use std::time::Duration;
-    let (hv, dom0, new, guest) = host("reattach", 512);
+    let (hv, dom0, new, guest) = host("reattach", 1200);
     let storage = Arc::new(MemStorage::new(1 << 20));
     // A backend that never answers: the write waits on it.
     let dead = connect(&dom0, &guest, new.domid, &storage, false);
