@@ -58,8 +58,10 @@ commands:
   bench host [--guests N]
                        time to create a guest until its disk is Connected, from the
                        first guest to the Nth running (default 50)
-  bench blk            the same I/O on one image through the PV path (NBD export, blkfront,
-                       blkback) and through qemu-nbd alone, as ratios
+  bench blk [--fio-seconds N]
+                       the same I/O on one image through the PV path (NBD export, blkfront,
+                       blkback) and through qemu-nbd alone, as ratios: one request at a
+                       time, then fio at queue depth 32 (and fio's io_uring on the file)
   bench sim [--rounds N | --quick]
                        measure the simulated hypervisor against its physical limits
   version              print the version";
