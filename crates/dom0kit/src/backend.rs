@@ -80,8 +80,9 @@ fn serve(
     };
     let mut counters = Counters::default();
     while !stop.load(Ordering::Relaxed) {
-        // A small budget: a stop is seen after at most 8 requests.
-        match serve_ring(&mut back, &disk, &*storage, mover, &mut counters, 8) {
+        // A budget of a ring's worth: a stop is seen after at most 32
+        // requests.
+        match serve_ring(&mut back, &disk, &*storage, mover, &mut counters, 32) {
             Ok((n, notify)) => {
                 if notify {
                     let _ = dom.notify(port);
