@@ -92,8 +92,6 @@ const SEGS: usize = blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
 /// Requests in flight at once for one transfer (a 1 MiB transfer is 24
 /// requests: one exchange).
 const BATCH: usize = 24;
-/// Slots of a one-page ring (`__RING_SIZE` of 112-byte requests).
-const RING_SLOTS: usize = 32;
 /// Data pages: one request's worth per request in flight.
 const PAGES: usize = SEGS * BATCH;
 
@@ -101,9 +99,15 @@ const PAGES: usize = SEGS * BATCH;
 pub struct BlkFront<P> {
     dom: P,
     ring_pfn: Pfn,
+    /// Pages of the ring (`2^ring-page-order`).
+    ring_pages: u64,
+    /// Its slots (`__RING_SIZE`).
+    slots: usize,
     port: Port,
     /// Pages for the data, granted to the backend for the device's life.
     data: Pfn,
+    /// How many ([`PAGES`], fewer in a small guest).
+    pages: usize,
     grants: Vec<GrantRef>,
     sectors: u64,
     next_id: u64,
@@ -121,32 +125,39 @@ pub struct BlkFront<P> {
 }
 
 impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
-    /// Takes over the ring in `ring_pfn` (initialised, granted) and `port`
-    /// for a disk of `sectors`; grants its data pages to `backend`.
+    /// Takes over the ring in the `ring_pages` pages from `ring_pfn`
+    /// (granted) and `port` for a disk of `sectors`; grants its data pages
+    /// to `backend`.
     pub fn new(
         dom: P,
         ring_pfn: Pfn,
+        ring_pages: u64,
         port: Port,
         backend: DomId,
         sectors: u64,
     ) -> Result<Self, FrontError> {
         let b = |e: platform::Error| FrontError::Broken(e.to_string());
         // The ring starts empty (SHARED_RING_INIT: both event indices 1).
-        {
-            let page = dom.pages(ring_pfn, 1).map_err(b)?;
+        let slots = {
+            let page = dom.pages(ring_pfn, ring_pages).map_err(b)?;
             FrontRing::<_, Slot64, BlkifResponse>::init(page)
-                .map_err(|e| FrontError::Broken(e.to_string()))?;
-        }
-        let data = dom.alloc_pages(PAGES as u64).map_err(b)?;
-        let mut grants = Vec::with_capacity(PAGES);
-        for i in 0..PAGES as u64 {
+                .map_err(|e| FrontError::Broken(e.to_string()))?
+                .size() as usize
+        };
+        // A small guest gets fewer pages (one request's at the least).
+        let (data, pages) = [PAGES, SEGS * 8, SEGS]
+            .iter()
+            .find_map(|&n| dom.alloc_pages(n as u64).ok().map(|p| (p, n)))
+            .ok_or_else(|| FrontError::Broken("no memory for the data pages".into()))?;
+        let mut grants = Vec::with_capacity(pages);
+        for i in 0..pages as u64 {
             match dom.grant_access(backend, Pfn(data.0 + i), false) {
                 Ok(g) => grants.push(g),
                 Err(e) => {
                     for g in grants {
                         let _ = dom.end_access(g);
                     }
-                    let _ = dom.free_pages(data, PAGES as u64);
+                    let _ = dom.free_pages(data, pages as u64);
                     return Err(b(e));
                 }
             }
@@ -154,8 +165,11 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         Ok(BlkFront {
             dom,
             ring_pfn,
+            ring_pages,
+            slots,
             port,
             data,
+            pages,
             grants,
             sectors,
             next_id: 1,
@@ -233,7 +247,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         if let Some(d) = data {
             let mem = self
                 .dom
-                .pages(self.data, PAGES as u64)
+                .pages(self.data, self.pages as u64)
                 .map_err(|e| broken(&e))?;
             mem.write_bytes(0, d).map_err(|e| broken(&e))?;
         }
@@ -241,7 +255,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         if let Some(o) = out {
             let mem = self
                 .dom
-                .pages(self.data, PAGES as u64)
+                .pages(self.data, self.pages as u64)
                 .map_err(|e| broken(&e))?;
             mem.read_bytes(0, o).map_err(|e| broken(&e))?;
         }
@@ -255,7 +269,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
         let dom = &self.dom;
         // Between batches everything is exchanged up to `next_idx`.
-        let page = dom.pages(self.ring_pfn, 1).map_err(|e| broken(&e))?;
+        let page = dom
+            .pages(self.ring_pfn, self.ring_pages)
+            .map_err(|e| broken(&e))?;
         let mut ring: FrontRing<_, Slot64, BlkifResponse> =
             FrontRing::attach(page, abi::RingIdx(self.next_idx)).map_err(|e| broken(&e))?;
         for r in reqs {
@@ -375,7 +391,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         let mut i = 0;
         while i < ios.len() {
             // Refused, empty, or too large to share the pages: alone.
-            if results[i].is_err() || ios[i].is_empty() || ios[i].len() > PAGES * 4096 {
+            if results[i].is_err() || ios[i].is_empty() || ios[i].len() > self.pages * 4096 {
                 if results[i].is_ok() && !ios[i].is_empty() {
                     let r = match &mut ios[i] {
                         Io::Read { offset, buf } => self.read(*offset, buf),
@@ -401,8 +417,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                 let nreq = n.div_ceil(SEGS);
                 let fits = results[j].is_ok()
                     && len > 0
-                    && pages + n <= PAGES
-                    && reqs.len() + nreq <= RING_SLOTS;
+                    && pages + n <= self.pages
+                    && reqs.len() + nreq <= self.slots;
                 if !fits {
                     break;
                 }
@@ -420,7 +436,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             {
                 let mem = self
                     .dom
-                    .pages(self.data, PAGES as u64)
+                    .pages(self.data, self.pages as u64)
                     .map_err(|e| broken(&e))?;
                 for (k, io) in ios[i..j].iter().enumerate() {
                     if let Io::Write { data, .. } = io {
@@ -437,7 +453,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             }
             let mem = self
                 .dom
-                .pages(self.data, PAGES as u64)
+                .pages(self.data, self.pages as u64)
                 .map_err(|e| broken(&e))?;
             for (k, io) in ios[i..j].iter_mut().enumerate() {
                 if let (Io::Read { buf, .. }, Ok(())) = (io, &results[i + k]) {
@@ -479,8 +495,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     /// Reads `buf.len()` bytes at `offset` (both 512-byte aligned).
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FrontError> {
         self.check(offset, buf.len())?;
-        for (i, chunk) in buf.chunks_mut(PAGES * 4096).enumerate() {
-            let at = offset + (i * PAGES * 4096) as u64;
+        let chunk_len = self.pages * 4096;
+        for (i, chunk) in buf.chunks_mut(chunk_len).enumerate() {
+            let at = offset + (i * chunk_len) as u64;
             let len = chunk.len();
             self.one(blkif::BLKIF_OP_READ, at / 512, len, None, Some(chunk))?;
         }
@@ -490,8 +507,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     /// Writes `buf` at `offset` (both 512-byte aligned).
     pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), FrontError> {
         self.check(offset, buf.len())?;
-        for (i, chunk) in buf.chunks(PAGES * 4096).enumerate() {
-            let at = offset + (i * PAGES * 4096) as u64;
+        let chunk_len = self.pages * 4096;
+        for (i, chunk) in buf.chunks(chunk_len).enumerate() {
+            let at = offset + (i * chunk_len) as u64;
             self.one(
                 blkif::BLKIF_OP_WRITE,
                 at / 512,
@@ -544,7 +562,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         if !self.grants.is_empty() {
             return Some(self);
         }
-        let _ = self.dom.free_pages(self.data, PAGES as u64);
+        let _ = self.dom.free_pages(self.data, self.pages as u64);
         None
     }
 }

@@ -3,8 +3,10 @@
 //! nbdcopy, fio's nbd engine) reach it: `NBD_OPT_GO`, `INFO`,
 //! `EXPORT_NAME`, `LIST`, `ABORT`; `READ`, `WRITE` (with `FUA`), `FLUSH`,
 //! `WRITE_ZEROES`, `TRIM` (if the disk discards), `DISC`; simple replies
-//! (structured replies are declined, as the protocol allows). Several connections at once, each on
-//! its thread, one device behind them.
+//! (structured replies are declined, as the protocol allows). Several
+//! connections at once, each on its thread, one device behind them; the
+//! plain reads and writes of a connection that have already arrived (up
+//! to 32 and 1 MiB) are served as one batch.
 //!
 //! Everything a client sends is bounded before it is buffered: an option
 //! of at most 64 KiB, a request of at most 32 MiB (the block size we
@@ -372,21 +374,28 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
         let Ok(mut d) = dev.lock() else {
             return Err(io::ErrorKind::Other.into());
         };
-        // The replies of a batch go out together.
-        let mut out = io::BufWriter::with_capacity(64 << 10, r.get_mut());
-        if batchable(batch[0].flags, batch[0].ty) {
-            serve_batch(&mut *d, &batch, &mut out)?;
+        let replies = if batchable(batch[0].flags, batch[0].ty) {
+            serve_batch(&mut *d, &batch)
         } else {
-            serve_one(&mut *d, &batch[0], &mut out)?;
-        }
+            vec![serve_one(&mut *d, &batch[0])]
+        };
+        // Not under the device's lock: a client slow to read its replies
+        // holds up no one else. The replies of a batch go out together.
         drop(d);
+        let mut out = io::BufWriter::with_capacity(64 << 10, r.get_mut());
+        for (err, handle, data) in &replies {
+            reply(&mut out, *err, *handle, data)?;
+        }
         out.flush()?;
     }
 }
 
 /// Reads and writes, checked one by one, done as one batch; the replies
 /// in `out`, in order.
-fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request], out: &mut impl Write) -> io::Result<()> {
+/// A reply: error, handle, data.
+type Reply = (u32, u64, Vec<u8>);
+
+fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request]) -> Vec<Reply> {
     let (size, ro) = (d.size(), d.read_only());
     let mut errs: Vec<u32> = batch
         .iter()
@@ -437,24 +446,32 @@ fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request], out: &mut impl Write)
     }
     let results = d.batch(&mut ios);
     drop(ios);
-    for (k, r) in which.into_iter().zip(results) {
-        if let Err(e) = r {
-            errs[k] = errno(&e);
+    // One result per request; one missing is a failure, not a success.
+    let mut results = results.into_iter();
+    for k in which {
+        match results.next() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => errs[k] = errno(&e),
+            None => errs[k] = EIO,
         }
     }
-    for (k, q) in batch.iter().enumerate() {
-        let data: &[u8] = if q.ty == CMD_READ && errs[k] == 0 {
-            &bufs[k]
-        } else {
-            &[]
-        };
-        reply(out, errs[k], q.handle, data)?;
-    }
-    Ok(())
+    batch
+        .iter()
+        .zip(bufs)
+        .enumerate()
+        .map(|(k, (q, buf))| {
+            let data = if q.ty == CMD_READ && errs[k] == 0 {
+                buf
+            } else {
+                Vec::new()
+            };
+            (errs[k], q.handle, data)
+        })
+        .collect()
 }
 
 /// Any other request (or a FUA write), alone.
-fn serve_one(d: &mut dyn BlockDevice, q: &Request, out: &mut impl Write) -> io::Result<()> {
+fn serve_one(d: &mut dyn BlockDevice, q: &Request) -> Reply {
     let (offset, len, flags, ty) = (q.offset, q.len, q.flags, q.ty);
     let in_range = offset
         .checked_add(u64::from(len))
@@ -469,7 +486,7 @@ fn serve_one(d: &mut dyn BlockDevice, q: &Request, out: &mut impl Write) -> io::
             } else {
                 d.read_at(offset, &mut buf).map_or_else(fail, |()| 0)
             };
-            reply(out, err, q.handle, if err == 0 { &buf } else { &[] })
+            (err, q.handle, if err == 0 { buf } else { Vec::new() })
         }
         CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM => {
             let err = if d.read_only() {
@@ -495,13 +512,13 @@ fn serve_one(d: &mut dyn BlockDevice, q: &Request, out: &mut impl Write) -> io::
                 });
                 r.map_or_else(fail, |()| 0)
             };
-            reply(out, err, q.handle, &[])
+            (err, q.handle, Vec::new())
         }
         CMD_FLUSH => {
             let err = d.flush().map_or_else(fail, |()| 0);
-            reply(out, err, q.handle, &[])
+            (err, q.handle, Vec::new())
         }
-        _ => reply(out, EINVAL, q.handle, &[]),
+        _ => (EINVAL, q.handle, Vec::new()),
     }
 }
 

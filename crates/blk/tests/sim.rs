@@ -139,13 +139,22 @@ fn connect(
     gid: DomId,
     storage: &std::sync::Arc<MemStorage>,
     serve: bool,
+    ring_pages: u64,
 ) -> Connection {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let ring_pfn = guest.alloc_pages(1).unwrap();
-    let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
+    let ring_pfn = guest.alloc_pages(ring_pages).unwrap();
+    let ring_refs: Vec<_> = (0..ring_pages)
+        .map(|i| {
+            guest
+                .grant_access(DomId(0), platform::Pfn(ring_pfn.0 + i), false)
+                .unwrap()
+        })
+        .collect();
     let gport = platform::EventChannels::alloc_unbound(guest, DomId(0)).unwrap();
-    let front = blk::front::BlkFront::new(guest.clone(), ring_pfn, gport, DomId(0), 2048).unwrap();
+    let front =
+        blk::front::BlkFront::new(guest.clone(), ring_pfn, ring_pages, gport, DomId(0), 2048)
+            .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     if !serve {
         return Connection {
@@ -155,13 +164,15 @@ fn connect(
         };
     }
     // dom0: map the ring, bind the port, serve on a thread.
-    let ring_map = dom0
-        .map_grants(&[GrantSpec {
+    let specs: Vec<GrantSpec> = ring_refs
+        .iter()
+        .map(|&gref| GrantSpec {
             domid: gid,
-            gref: ring_ref,
+            gref,
             writable: true,
-        }])
-        .unwrap();
+        })
+        .collect();
+    let ring_map = dom0.map_grants(&specs).unwrap();
     let bport = platform::EventChannels::bind_interdomain(dom0, gid, gport).unwrap();
     let (d0, st, sp) = (dom0.clone(), storage.clone(), stop.clone());
     let server = std::thread::spawn(move || {
@@ -210,7 +221,7 @@ fn blkfront_and_the_backend_loop_move_data_both_ways() {
         mut front,
         stop,
         server,
-    } = connect(&dom0, &guest, new.domid, &storage, true);
+    } = connect(&dom0, &guest, new.domid, &storage, true, 4);
     // 100 KiB (more than one request's 44 KiB) at an odd sector.
     let data: Vec<u8> = (0..100 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     front.write(512 * 3, &data).unwrap();
@@ -263,7 +274,22 @@ fn blkfront_and_the_backend_loop_move_data_both_ways() {
             },
         ];
         assert!(front.batch(&mut ios).unwrap().iter().all(Result::is_ok));
-        assert_eq!((ra, rb), (a, b));
+        assert_eq!((&ra, &rb), (&a, &b));
+        // 40 requests at once: more than a one-page ring holds, not more
+        // than this four-page one (128 slots).
+        let mut bufs = vec![vec![0u8; 4096]; 40];
+        let mut ios: Vec<Io<'_>> = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(k, buf)| Io::Read {
+                offset: (k as u64 % 2) * (64 << 10),
+                buf,
+            })
+            .collect();
+        assert!(front.batch(&mut ios).unwrap().iter().all(Result::is_ok));
+        drop(ios);
+        assert!(bufs.iter().step_by(2).all(|x| x == &a));
+        assert!(bufs.iter().skip(1).step_by(2).all(|x| x[..] == b[..4096]));
         let c = storage.contents();
         assert!(c[128 << 10..(128 << 10) + big.len()]
             .iter()
@@ -296,7 +322,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     let (hv, dom0, new, guest) = host("reattach", 1200);
     let storage = Arc::new(MemStorage::new(1 << 20));
     // A backend that never answers: the write waits on it.
-    let dead = connect(&dom0, &guest, new.domid, &storage, false);
+    let dead = connect(&dom0, &guest, new.domid, &storage, false, 1);
     let disk = Arc::new(Reattachable::new(
         dead.front,
         false,
@@ -316,6 +342,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     let other = blk::front::BlkFront::new(
         guest.clone(),
         guest.alloc_pages(1).unwrap(),
+        1,
         platform::EventChannels::alloc_unbound(&guest, DomId(0)).unwrap(),
         DomId(0),
         4096,
@@ -325,7 +352,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     assert!(other.release().is_none());
     assert!(old.release().is_none(), "nothing of it is mapped");
     // The next connection serves it.
-    let live = connect(&dom0, &guest, new.domid, &storage, true);
+    let live = connect(&dom0, &guest, new.domid, &storage, true, 1);
     let Connection {
         front,
         stop,

@@ -276,6 +276,9 @@ fn open_storage(
     )?))
 }
 
+/// The largest `ring-page-order` we take (`XENBUS_MAX_RING_GRANT_ORDER`).
+const MAX_RING_ORDER: u32 = 4;
+
 struct VbdBack {
     dom: SimDomain,
     /// Where helpers put their sockets.
@@ -345,7 +348,8 @@ impl BackendDriver for VbdBack {
                 (u8::from(cdrom) * 3 + if writable { 0 } else { 4 }).to_string(),
             ),
             ("feature-flush-cache", "1".to_string()),
-            ("max-ring-page-order", "0".to_string()),
+            // As Linux's blkback: rings of up to 16 pages.
+            ("max-ring-page-order", MAX_RING_ORDER.to_string()),
             ("hotplug-status", "connected".to_string()),
         ];
         // Every engine discards (a file by punching a hole); no secure
@@ -371,8 +375,8 @@ impl BackendDriver for VbdBack {
     }
 
     fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
-        let rings =
-            features::queue_rings(xs, &dev.frontend_dir(), 0, 1).map_err(|e| e.to_string())?;
+        let rings = features::queue_rings(xs, &dev.frontend_dir(), MAX_RING_ORDER, 1)
+            .map_err(|e| e.to_string())?;
         let q = &rings[0];
         let protocol = read_text(xs, &format!("{}/protocol", dev.frontend_dir()))
             .unwrap_or_else(|_| "x86_64-abi".into());

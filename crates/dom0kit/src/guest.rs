@@ -23,12 +23,17 @@ use xenbus::paths::Device;
 use xenstore::client::{Client, Tx};
 use xenstore::ring::RingStream;
 
-/// One vbd frontend's ring: its page, its grant, its port.
+/// One vbd frontend's ring: its pages (`2^order` from `pfn`), their
+/// grants, its port.
 struct VbdRing {
     pfn: Pfn,
-    gref: GrantRef,
+    grefs: Vec<GrantRef>,
     port: Port,
 }
+
+/// The ring order blkfront asks for when the backend offers it (4 pages,
+/// 128 requests).
+const RING_ORDER: u32 = 2;
 
 /// A connected device's export: it serves the disk across reconnections
 /// to the backend (`blk::reattach`) until the device goes.
@@ -38,8 +43,9 @@ struct Export {
     gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The vbd frontend: grants a one-page `blkif` ring to the backend and
-/// allocates its event channel; once connected, serves the disk as an NBD
+/// The vbd frontend: grants a `blkif` ring to the backend (of
+/// [`RING_ORDER`] if the backend offers it) and allocates its event
+/// channel; once connected, serves the disk as an NBD
 /// export on `<export dir>/<vdev>.sock`.
 struct VbdFront {
     dom: SimDomain,
@@ -71,32 +77,61 @@ impl FrontendDriver for VbdFront {
         self.end_lingering();
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let backend = DomId(dev.backend);
-        let pfn = self.dom.alloc_pages(1).map_err(|x| e(&x))?;
+        // As Linux's blkfront: the largest order both ends allow.
+        let offered: u32 = xs
+            .read(
+                Tx::NONE,
+                &format!("{}/max-ring-page-order", dev.backend_dir()),
+            )
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let order = offered.min(RING_ORDER);
+        let pages = 1u64 << order;
+        let pfn = self.dom.alloc_pages(pages).map_err(|x| e(&x))?;
         // An empty ring: every index zero.
-        let page = self.dom.pages(pfn, 1).map_err(|x| e(&x))?;
-        page.fill(0, platform::PAGE_SIZE, 0).map_err(|x| e(&x))?;
-        let gref = match self.dom.grant_access(backend, pfn, false) {
-            Ok(g) => g,
-            Err(x) => {
-                let _ = self.dom.free_pages(pfn, 1);
-                return Err(e(&x));
+        let mem = self.dom.pages(pfn, pages).map_err(|x| e(&x))?;
+        mem.fill(0, mem.len(), 0).map_err(|x| e(&x))?;
+        let mut grefs = Vec::new();
+        let undo = |dom: &SimDomain, grefs: &[GrantRef]| {
+            for g in grefs {
+                let _ = dom.end_access(*g);
             }
+            let _ = dom.free_pages(pfn, pages);
         };
+        for i in 0..pages {
+            match self.dom.grant_access(backend, Pfn(pfn.0 + i), false) {
+                Ok(g) => grefs.push(g),
+                Err(x) => {
+                    undo(&self.dom, &grefs);
+                    return Err(e(&x));
+                }
+            }
+        }
         let port = match self.dom.alloc_unbound(backend) {
             Ok(p) => p,
             Err(x) => {
-                let _ = self.dom.end_access(gref);
-                let _ = self.dom.free_pages(pfn, 1);
+                undo(&self.dom, &grefs);
                 return Err(e(&x));
             }
         };
-        self.rings.insert(dev.devid, VbdRing { pfn, gref, port });
         let fe = dev.frontend_dir();
-        for (k, v) in [
-            ("ring-ref", gref.0.to_string()),
-            ("event-channel", port.0.to_string()),
-            ("protocol", "x86_64-abi".to_string()),
-        ] {
+        let mut keys: Vec<(String, String)> = if order == 0 {
+            vec![("ring-ref".into(), grefs[0].0.to_string())]
+        } else {
+            let mut k = vec![("ring-page-order".into(), order.to_string())];
+            for (i, g) in grefs.iter().enumerate() {
+                k.push((format!("ring-ref{i}"), g.0.to_string()));
+            }
+            k
+        };
+        self.rings.insert(dev.devid, VbdRing { pfn, grefs, port });
+        keys.extend([
+            ("event-channel".into(), port.0.to_string()),
+            ("protocol".into(), "x86_64-abi".to_string()),
+        ]);
+        for (k, v) in &keys {
             xs.write(Tx::NONE, &format!("{fe}/{k}"), v.as_bytes())
                 .map_err(|x| e(&x))?;
         }
@@ -126,6 +161,7 @@ impl FrontendDriver for VbdFront {
         let mut front = blk::front::BlkFront::new(
             self.dom.clone(),
             ring.pfn,
+            ring.grefs.len() as u64,
             ring.port,
             DomId(dev.backend),
             sectors,
@@ -181,7 +217,9 @@ impl FrontendDriver for VbdFront {
         self.lingering_fronts = before.into_iter().filter_map(|f| f.release()).collect();
         if let Some(r) = self.rings.remove(&dev.devid) {
             let _ = self.dom.close(r.port);
-            self.lingering.push((r.pfn, r.gref));
+            for (i, g) in r.grefs.iter().enumerate() {
+                self.lingering.push((Pfn(r.pfn.0 + i as u64), *g));
+            }
         }
         self.end_lingering();
     }

@@ -408,6 +408,9 @@ fn on_crash(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16) -> Vec<Ch
         return Vec::new();
     }
     let _ = dom::destroy(hv, xs, &domid.to_string(), Duration::from_millis(500));
+    if let Some(n) = &name {
+        remove_exports(run, n);
+    }
     let restart = matches!(
         action,
         OnEvent::Restart | OnEvent::CoredumpRestart | OnEvent::RenameRestart
@@ -622,9 +625,31 @@ pub(crate) fn destroy(h: &HostArgs) -> Result<(), String> {
         return Err("usage: dom0kit destroy NAME|ID".into());
     };
     let (hv, mut xs) = connect(&h.run)?;
+    // Its name, for its exports (NAME or ID may be given).
+    let named = dom::find(&mut xs, name)
+        .ok()
+        .flatten()
+        .and_then(|id| xs.read(Tx::NONE, &format!("/local/domain/{id}/name")).ok())
+        .and_then(|v| String::from_utf8(v).ok());
     dom::destroy(&hv, &mut xs, name, Duration::from_secs(5))
         .map_err(|e| format!("destroy: {e}"))?;
+    if let Some(n) = named {
+        remove_exports(&h.run, &n);
+    }
     Ok(())
+}
+
+/// Removes a destroyed guest's NBD export sockets (a guest removes each
+/// when its device goes, but may be gone itself before it could).
+fn remove_exports(run: &RunDir, name: &str) {
+    let Ok(entries) = std::fs::read_dir(run.domain_dir(name)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.path().extension().is_some_and(|x| x == "sock") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// `dom0kit block-attach DOMAIN DISKSPEC`.
@@ -1134,8 +1159,9 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
             _ => return Err("usage: dom0kit bench blk [--fio-seconds N]".into()),
         }
     }
+    // fio with its nbd engine (built with libnbd).
     let fio = Command::new("fio")
-        .arg("--version")
+        .arg("--enghelp=nbd")
         .output()
         .is_ok_and(|o| o.status.success());
     let dir = std::env::temp_dir().join(format!("dom0kit-bench-blk-{}", std::process::id()));
@@ -1263,7 +1289,7 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
                 );
             }
         }
-        _ => println!("\nfio is not installed: its rows are left out"),
+        _ => println!("\nfio with its nbd engine is not installed: its rows are left out"),
     }
     Ok(())
 }

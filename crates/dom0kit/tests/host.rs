@@ -363,7 +363,9 @@ fn the_demo_runs_and_tells_what_happened() {
         "created domain demo (id 1)",
         "demo                                         1",
         "name = \"demo\"",
-        "ring-ref = ",
+        "ring-page-order = \"2\"",
+        "ring-ref3 = ",
+        "max-ring-page-order = \"4\"",
         "vbd 51712 (xvda): backend Connected, frontend Connected",
         "verified, and in the image file",
         "its xenstore directory is gone",
@@ -493,7 +495,7 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
     let (ok, text) = qemu_io(&["write -P 0x42 0 64k", "flush"]);
     assert!(ok, "{text}");
     let ring_ref = |h: &Host| {
-        let v = h.xenstore(&["read", "/local/domain/1/device/vbd/51712/ring-ref"]);
+        let v = h.xenstore(&["read", "/local/domain/1/device/vbd/51712/ring-ref0"]);
         v.trim().to_string()
     };
     let state = |h: &Host| {
