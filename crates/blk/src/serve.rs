@@ -127,12 +127,54 @@ pub fn serve_slot(
 /// The x86_64 request slot: the union's size is `blkif_request`'s.
 pub type Slot64 = abi::blkif::BlkifRequest;
 
-/// Serves every request waiting in an x86_64 ring (at most `budget`);
+/// A request ABI a ring can carry (the frontend's `protocol` key): its
+/// slot and response layouts.
+pub trait RingAbi {
+    /// A request slot (the size of the request union).
+    type Slot: abi::pod::Pod;
+    /// A response.
+    type Response: abi::pod::Pod;
+    /// Which one, for decoding.
+    const ABI: Abi;
+    /// `r` in this ABI's layout.
+    fn response(r: &BlkifResponse) -> Self::Response;
+}
+
+/// `x86_64-abi`.
+pub struct Abi64;
+
+/// `x86_32-abi`: 4-byte alignment, no padding before the 64-bit fields.
+pub struct Abi32;
+
+impl RingAbi for Abi64 {
+    type Slot = Slot64;
+    type Response = BlkifResponse;
+    const ABI: Abi = Abi::X86_64;
+    fn response(r: &BlkifResponse) -> BlkifResponse {
+        *r
+    }
+}
+
+impl RingAbi for Abi32 {
+    type Slot = abi::blkif::x86_32::BlkifRequest;
+    type Response = abi::blkif::x86_32::BlkifResponse;
+    const ABI: Abi = Abi::X86_32;
+    fn response(r: &BlkifResponse) -> Self::Response {
+        abi::blkif::x86_32::BlkifResponse {
+            id: r.id,
+            operation: r.operation,
+            _pad0: 0,
+            status: r.status,
+        }
+    }
+}
+
+/// Serves every request waiting in a ring of ABI `A` (at most `budget`);
 /// returns how many, and whether the frontend must be notified. A broken
 /// ring (an index the frontend moved where it cannot be) is an error: the
 /// caller disconnects that device only.
-pub fn serve_ring<M: RingMem>(
-    ring: &mut BackRing<M, Slot64, BlkifResponse>,
+pub fn serve_ring<M: RingMem, A: RingAbi>(
+    ring: &mut BackRing<M, A::Slot, A::Response>,
     disk: &Disk,
     storage: &dyn Storage,
     mover: &mut dyn Mover,
@@ -147,8 +189,8 @@ pub fn serve_ring<M: RingMem>(
             let Some(slot) = ring.take_request()? else {
                 break;
             };
-            let rsp = serve_slot(Abi::X86_64, slot.as_bytes(), disk, storage, mover, c);
-            ring.put_response(&rsp)?;
+            let rsp = serve_slot(A::ABI, slot.as_bytes(), disk, storage, mover, c);
+            ring.put_response(&A::response(&rsp))?;
             served += 1;
         }
         notify |= ring.push_responses()?;

@@ -99,7 +99,7 @@ impl Rig {
             self.front.put_request(r).unwrap();
         }
         self.front.push_requests().unwrap();
-        let (n, _) = serve_ring(
+        let (n, _) = serve_ring::<_, blk::serve::Abi64>(
             &mut self.back,
             &self.disk,
             &self.storage,
@@ -324,4 +324,70 @@ proptest! {
     fn any_nbd_stream_is_survived(data in prop::collection::vec(any::<u8>(), 0..3000)) {
         blk::fuzz::nbd(&data);
     }
+}
+
+#[test]
+fn an_x86_32_ring_is_served_in_its_own_layout() {
+    use abi::blkif::x86_32;
+    let mem: &'static OwnedMem = Box::leak(Box::new(OwnedMem::new(4096)));
+    let mut front: FrontRing<_, x86_32::BlkifRequest, x86_32::BlkifResponse> =
+        FrontRing::init(mem.as_volatile()).unwrap();
+    let mut back: BackRing<_, x86_32::BlkifRequest, x86_32::BlkifResponse> =
+        BackRing::init(mem.as_volatile()).unwrap();
+    // 108-byte requests: 32 of them in a page, as for x86_64.
+    assert_eq!(front.size(), 32);
+    let mut guest = Guest::default();
+    guest.pages.insert(7, vec![0x5a; 4096]);
+    guest.pages.insert(8, vec![0; 4096]);
+    let storage = MemStorage::new(64 << 10);
+    let disk = Disk {
+        sectors: 128,
+        read_only: false,
+        discard: false,
+        secure_discard: false,
+    };
+    let seg = |gref| BlkifRequestSegment {
+        gref,
+        first_sect: 0,
+        last_sect: 7,
+        _pad0: [0; 2],
+    };
+    let mut w = x86_32::BlkifRequest::zeroed();
+    w.operation = blkif::BLKIF_OP_WRITE;
+    w.nr_segments = 1;
+    w.id = 0x1122_3344_5566_7788;
+    w.sector_number = 8;
+    w.seg[0] = seg(7);
+    let mut r = w;
+    r.operation = blkif::BLKIF_OP_READ;
+    r.id = 2;
+    r.seg[0] = seg(8);
+    let mut bad = w;
+    bad.id = 3;
+    bad.sector_number = 128;
+    for q in [w, r, bad] {
+        front.put_request(&q).unwrap();
+    }
+    front.push_requests().unwrap();
+    let mut c = Counters::default();
+    let (n, _) =
+        serve_ring::<_, blk::serve::Abi32>(&mut back, &disk, &storage, &mut guest, &mut c, 8)
+            .unwrap();
+    assert_eq!(n, 3);
+    let rsps: Vec<_> = std::iter::from_fn(|| front.take_response().unwrap()).collect();
+    let got: Vec<(u64, u8, i16)> = rsps.iter().map(|r| (r.id, r.operation, r.status)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                0x1122_3344_5566_7788,
+                blkif::BLKIF_OP_WRITE,
+                blkif::BLKIF_RSP_OKAY
+            ),
+            (2, blkif::BLKIF_OP_READ, blkif::BLKIF_RSP_OKAY),
+            (3, blkif::BLKIF_OP_WRITE, blkif::BLKIF_RSP_ERROR),
+        ]
+    );
+    assert!(guest.pages[&8].iter().all(|&b| b == 0x5a));
+    assert!(storage.contents()[4096..8192].iter().all(|&b| b == 0x5a));
 }

@@ -101,7 +101,9 @@ fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>
         front.put_request(&req).unwrap();
     }
     front.push_requests().unwrap();
-    let (n, _) = serve_ring(&mut back, &disk, &storage, &mut *mover, &mut c, 64).unwrap();
+    let (n, _) =
+        serve_ring::<_, blk::serve::Abi64>(&mut back, &disk, &storage, &mut *mover, &mut c, 64)
+            .unwrap();
     assert_eq!(n, 4);
     let mut statuses = Vec::new();
     while let Some(rsp) = front.take_response().unwrap() {
@@ -187,7 +189,9 @@ fn connect(
         let mut mover = GrantMover::new(d0.clone(), gid);
         let mut c = Counters::default();
         while !sp.load(Ordering::Relaxed) {
-            let (n, notify) = serve_ring(&mut back, &disk, &*st, &mut mover, &mut c, 64).unwrap();
+            let (n, notify) =
+                serve_ring::<_, blk::serve::Abi64>(&mut back, &disk, &*st, &mut mover, &mut c, 64)
+                    .unwrap();
             if notify {
                 platform::EventChannels::notify(&d0, bport).unwrap();
             }

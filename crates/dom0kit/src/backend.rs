@@ -11,7 +11,8 @@
 //! copy), and lets go when the frontend or the toolstack closes the
 //! device. Discard is offered on writable disks (no secure discard). Not
 //! yet: indirect requests, persistent grants,
-//! multi-queue, x86_32 rings, io_uring (the rest of issue 6). Opening a
+//! multi-queue, io_uring (the rest of issue 6). Rings of either request
+//! ABI (`protocol` x86_64-abi or x86_32-abi) are served. Opening a
 //! disk happens on the watch loop: an NBD server that does not answer
 //! holds every device's handshake for up to 40 s (a 10 s TCP connect, a
 //! 30 s handshake); a qemu-nbd helper for up to 10 s.
@@ -26,10 +27,9 @@ use platform::{DomId, EventChannels, GrantMapper, GrantRef, GrantSpec, Port};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use abi::blkif::BlkifResponse;
 use blk::remote::{Address, NbdStorage, Target};
 use blk::request::Disk;
-use blk::serve::{serve_ring, Counters, GrantMover, Slot64};
+use blk::serve::{serve_ring, Abi32, Abi64, Counters, GrantMover, RingAbi};
 use blk::storage::{FileStorage, Storage};
 use ring::BackRing;
 use sim::client::SimMapping;
@@ -39,7 +39,6 @@ use xenbus::features;
 use xenbus::paths::Device;
 use xenstore::client::{Client, Tx};
 
-/// A connected vbd: the frontend's ring mapped, its port bound.
 /// A connected vbd: its ring served by a thread of its own until `stop`.
 struct Connection {
     stop: Arc<AtomicBool>,
@@ -50,7 +49,7 @@ struct Connection {
 /// Serves one device's ring: requests as they come (the frontend's
 /// notifications wake it), responses pushed and notified as `ring.h` asks.
 /// A broken ring stops it; the device then waits for the toolstack.
-fn serve(
+fn serve<A: RingAbi>(
     dom: SimDomain,
     ring: SimMapping,
     port: Port,
@@ -60,7 +59,7 @@ fn serve(
     stop: Arc<AtomicBool>,
 ) {
     use platform::GrantMapping;
-    let Ok(mut back) = BackRing::<_, Slot64, BlkifResponse>::init(ring.memory()) else {
+    let Ok(mut back) = BackRing::<_, A::Slot, A::Response>::init(ring.memory()) else {
         return;
     };
     // Grant copy into bounce pages of ours (no mapping per request); by
@@ -82,7 +81,7 @@ fn serve(
     while !stop.load(Ordering::Relaxed) {
         // A budget of a ring's worth: a stop is seen after at most 32
         // requests.
-        match serve_ring(&mut back, &disk, &*storage, mover, &mut counters, 32) {
+        match serve_ring::<_, A>(&mut back, &disk, &*storage, mover, &mut counters, 32) {
             Ok((n, notify)) => {
                 if notify {
                     let _ = dom.notify(port);
@@ -378,15 +377,15 @@ impl BackendDriver for VbdBack {
         let rings = features::queue_rings(xs, &dev.frontend_dir(), MAX_RING_ORDER, 1)
             .map_err(|e| e.to_string())?;
         let q = &rings[0];
+        // Linux's default when the key is missing is the frontend's native
+        // ABI; ours is x86_64.
         let protocol = read_text(xs, &format!("{}/protocol", dev.frontend_dir()))
             .unwrap_or_else(|_| "x86_64-abi".into());
-        // The x86_32 layouts are decoded (`blk::request`), but its rings
-        // are not served yet.
-        if protocol != "x86_64-abi" {
-            return Err(format!(
-                "protocol {protocol:?}: only x86_64-abi rings are served"
-            ));
-        }
+        let x86_32 = match protocol.as_str() {
+            abi::blkif::XEN_IO_PROTO_ABI_X86_64 => false,
+            abi::blkif::XEN_IO_PROTO_ABI_X86_32 => true,
+            other => return Err(format!("protocol {other:?}: not x86_64-abi or x86_32-abi")),
+        };
         let be = dev.backend_dir();
         let target = read_text(xs, &format!("{be}/params"))?;
         let writable = read_text(xs, &format!("{be}/mode"))? == "w";
@@ -417,7 +416,13 @@ impl BackendDriver for VbdBack {
             .map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let (dom, s) = (self.dom.clone(), stop.clone());
-        let thread = std::thread::spawn(move || serve(dom, ring, port, fe, storage, disk, s));
+        let thread = std::thread::spawn(move || {
+            if x86_32 {
+                serve::<Abi32>(dom, ring, port, fe, storage, disk, s);
+            } else {
+                serve::<Abi64>(dom, ring, port, fe, storage, disk, s);
+            }
+        });
         self.connected.insert(
             (dev.frontend, dev.devid),
             Connection {
