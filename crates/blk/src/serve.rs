@@ -348,3 +348,98 @@ impl<P: platform::OwnMemory> Drop for CopyMover<P> {
             .free_pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64);
     }
 }
+
+/// Persistent grants a backend keeps mapped at most (Linux's blkback
+/// default, `max_persistent_grants`).
+pub const MAX_PERSISTENT_GRANTS: usize = 1056;
+
+/// [`Mover`] over persistent grants (`feature-persistent`, offered by
+/// both ends): each grant the frontend uses is mapped once, on first use,
+/// and kept, so that data moves by one plain copy after that. A grant past
+/// [`MAX_PERSISTENT_GRANTS`], or one that cannot be mapped writable (a
+/// read-only grant), goes through `fallback`, grant copy. The mappings go
+/// when the mover does: a frontend cannot end access to a page we map,
+/// so every page we touch is still granted to us.
+pub struct PersistentMover<P: platform::GrantMapper + platform::OwnMemory> {
+    dom: P,
+    domid: platform::DomId,
+    maps: std::collections::HashMap<u32, P::Mapping>,
+    fallback: CopyMover<P>,
+}
+
+impl<P: platform::GrantMapper + platform::OwnMemory + Clone> PersistentMover<P> {
+    /// Persistent grants of domain `domid`, mapped by `dom`.
+    pub fn new(dom: P, domid: platform::DomId) -> platform::Result<PersistentMover<P>> {
+        let fallback = CopyMover::new(dom.clone(), domid)?;
+        Ok(PersistentMover {
+            dom,
+            domid,
+            maps: std::collections::HashMap::new(),
+            fallback,
+        })
+    }
+
+    /// Grants mapped so far.
+    pub fn mapped(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Whether every segment's grant is mapped (mapping what is not yet,
+    /// while there is room).
+    fn all_mapped(&mut self, segments: &[Segment]) -> bool {
+        for s in segments {
+            if self.maps.contains_key(&s.gref) {
+                continue;
+            }
+            if self.maps.len() >= MAX_PERSISTENT_GRANTS {
+                return false;
+            }
+            let spec = platform::GrantSpec {
+                domid: self.domid,
+                gref: platform::GrantRef(s.gref),
+                writable: true,
+            };
+            match self.dom.map_grants(&[spec]) {
+                Ok(m) => {
+                    self.maps.insert(s.gref, m);
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+impl<P: platform::GrantMapper + platform::OwnMemory + Clone> Mover for PersistentMover<P> {
+    fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant> {
+        use platform::GrantMapping;
+        if !self.all_mapped(segments) {
+            return self.fallback.read_guest(segments, buf);
+        }
+        let mut at = 0;
+        for s in segments {
+            let m = self.maps.get(&s.gref).ok_or(BadGrant)?;
+            m.memory()
+                .read_bytes(s.offset(), &mut buf[at..at + s.len()])
+                .map_err(|_| BadGrant)?;
+            at += s.len();
+        }
+        Ok(())
+    }
+
+    fn write_guest(&mut self, segments: &[Segment], buf: &[u8]) -> Result<(), BadGrant> {
+        use platform::GrantMapping;
+        if !self.all_mapped(segments) {
+            return self.fallback.write_guest(segments, buf);
+        }
+        let mut at = 0;
+        for s in segments {
+            let m = self.maps.get(&s.gref).ok_or(BadGrant)?;
+            m.memory()
+                .write_bytes(s.offset(), &buf[at..at + s.len()])
+                .map_err(|_| BadGrant)?;
+            at += s.len();
+        }
+        Ok(())
+    }
+}

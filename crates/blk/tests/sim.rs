@@ -57,6 +57,11 @@ fn the_same_by_grant_copy() {
     through_grants(|dom0, domid| Box::new(blk::serve::CopyMover::new(dom0, domid).unwrap()));
 }
 
+#[test]
+fn the_same_by_persistent_grants() {
+    through_grants(|dom0, domid| Box::new(blk::serve::PersistentMover::new(dom0, domid).unwrap()));
+}
+
 fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>) {
     let (hv, dom0, new, guest) = host("sim", 64);
     let ring_pfn = guest.alloc_pages(1).unwrap();

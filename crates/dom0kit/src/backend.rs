@@ -7,15 +7,16 @@
 //! of its own), advertises the disk's size and the features it will
 //! honour, maps the frontend's ring and binds its event channel
 //! (`Connected`), serves the ring on a thread per device (READ, WRITE,
-//! WRITE_BARRIER, FLUSH_DISKCACHE through `blk::serve`, data by grant
-//! copy), and lets go when the frontend or the toolstack closes the
-//! device. Discard is offered on writable disks (no secure discard). Not
-//! yet: indirect requests, persistent grants,
-//! multi-queue, io_uring (the rest of issue 6). Rings of either request
-//! ABI (`protocol` x86_64-abi or x86_32-abi) are served. Opening a
-//! disk happens on the watch loop: an NBD server that does not answer
-//! holds every device's handshake for up to 40 s (a 10 s TCP connect, a
-//! 30 s handshake); a qemu-nbd helper for up to 10 s.
+//! WRITE_BARRIER, FLUSH_DISKCACHE, DISCARD through `blk::serve`, data by
+//! persistent grants or grant copy), and lets go when the frontend or the
+//! toolstack closes the device. Discard is offered on writable disks (no
+//! secure discard), and persistent grants are used when the frontend
+//! offers them too. Rings of either request ABI (`protocol` x86_64-abi or
+//! x86_32-abi) and of up to 16 pages are served. Not yet: indirect
+//! requests, multi-queue, io_uring (the rest of issue 6). Opening a disk
+//! happens on the watch loop: an NBD server that does not answer holds
+//! every device's handshake for up to 40 s (a 10 s TCP connect, a 30 s
+//! handshake); a qemu-nbd helper for up to 10 s.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
@@ -46,36 +47,55 @@ struct Connection {
     port: Port,
 }
 
-/// Serves one device's ring: requests as they come (the frontend's
-/// notifications wake it), responses pushed and notified as `ring.h` asks.
-/// A broken ring stops it; the device then waits for the toolstack.
-fn serve<A: RingAbi>(
+/// What a ring's serving thread is given.
+struct Job {
     dom: SimDomain,
     ring: SimMapping,
     port: Port,
     frontend: DomId,
     storage: Box<dyn Storage>,
     disk: Disk,
+    /// Both ends offered `feature-persistent`.
+    persistent: bool,
     stop: Arc<AtomicBool>,
-) {
+}
+
+/// Serves one device's ring: requests as they come (the frontend's
+/// notifications wake it), responses pushed and notified as `ring.h` asks.
+/// A broken ring stops it; the device then waits for the toolstack.
+fn serve<A: RingAbi>(job: Job) {
     use platform::GrantMapping;
+    let Job {
+        dom,
+        ring,
+        port,
+        frontend,
+        storage,
+        disk,
+        persistent,
+        stop,
+    } = job;
     let Ok(mut back) = BackRing::<_, A::Slot, A::Response>::init(ring.memory()) else {
         return;
     };
-    // Grant copy into bounce pages of ours (no mapping per request); by
-    // mapping if we have no pages to spare.
+    // Persistent grants if the frontend keeps its grants (mapped once,
+    // then plain copies); else grant copy into bounce pages of ours (no
+    // mapping per request); by mapping if we have no pages to spare.
+    let mut keeper;
     let mut copier;
     let mut mapper;
-    let mover: &mut dyn blk::serve::Mover = match blk::serve::CopyMover::new(dom.clone(), frontend)
-    {
-        Ok(c) => {
-            copier = c;
-            &mut copier
-        }
-        Err(_) => {
-            mapper = GrantMover::new(dom.clone(), frontend);
-            &mut mapper
-        }
+    let kept = persistent
+        .then(|| blk::serve::PersistentMover::new(dom.clone(), frontend).ok())
+        .flatten();
+    let mover: &mut dyn blk::serve::Mover = if let Some(p) = kept {
+        keeper = p;
+        &mut keeper
+    } else if let Ok(c) = blk::serve::CopyMover::new(dom.clone(), frontend) {
+        copier = c;
+        &mut copier
+    } else {
+        mapper = GrantMover::new(dom.clone(), frontend);
+        &mut mapper
     };
     let mut counters = Counters::default();
     while !stop.load(Ordering::Relaxed) {
@@ -347,6 +367,7 @@ impl BackendDriver for VbdBack {
                 (u8::from(cdrom) * 3 + if writable { 0 } else { 4 }).to_string(),
             ),
             ("feature-flush-cache", "1".to_string()),
+            ("feature-persistent", "1".to_string()),
             // As Linux's blkback: rings of up to 16 pages.
             ("max-ring-page-order", MAX_RING_ORDER.to_string()),
             ("hotplug-status", "connected".to_string()),
@@ -399,6 +420,9 @@ impl BackendDriver for VbdBack {
             discard: discards(xs, dev, writable),
             secure_discard: false,
         };
+        // Both ends must offer it: the frontend promises to reuse its grants.
+        let persistent = read_text(xs, &format!("{}/feature-persistent", dev.frontend_dir()))
+            .is_ok_and(|v| v == "1");
         let fe = DomId(dev.frontend);
         let specs: Vec<GrantSpec> = q
             .ring_refs
@@ -415,12 +439,21 @@ impl BackendDriver for VbdBack {
             .bind_interdomain(fe, Port(q.event_channel))
             .map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (dom, s) = (self.dom.clone(), stop.clone());
+        let job = Job {
+            dom: self.dom.clone(),
+            ring,
+            port,
+            frontend: fe,
+            storage,
+            disk,
+            persistent,
+            stop: stop.clone(),
+        };
         let thread = std::thread::spawn(move || {
             if x86_32 {
-                serve::<Abi32>(dom, ring, port, fe, storage, disk, s);
+                serve::<Abi32>(job);
             } else {
-                serve::<Abi64>(dom, ring, port, fe, storage, disk, s);
+                serve::<Abi64>(job);
             }
         });
         self.connected.insert(

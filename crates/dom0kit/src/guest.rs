@@ -130,6 +130,8 @@ impl FrontendDriver for VbdFront {
         keys.extend([
             ("event-channel".into(), port.0.to_string()),
             ("protocol".into(), "x86_64-abi".to_string()),
+            // blkfront's data pages are granted once for the device's life.
+            ("feature-persistent".into(), "1".to_string()),
         ]);
         for (k, v) in &keys {
             xs.write(Tx::NONE, &format!("{fe}/{k}"), v.as_bytes())

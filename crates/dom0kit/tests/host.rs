@@ -366,6 +366,7 @@ fn the_demo_runs_and_tells_what_happened() {
         "ring-page-order = \"2\"",
         "ring-ref3 = ",
         "max-ring-page-order = \"4\"",
+        "feature-persistent = \"1\"",
         "vbd 51712 (xvda): backend Connected, frontend Connected",
         "verified, and in the image file",
         "its xenstore directory is gone",
