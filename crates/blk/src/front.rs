@@ -122,7 +122,21 @@ pub struct BlkFront<P> {
     abort: Arc<AtomicBool>,
     /// The backend offered `feature-discard`.
     discard: bool,
+    /// Indirect requests, if the backend offered them.
+    indirect: Option<Indirect>,
 }
+
+/// Pages holding the segments of indirect requests (one a request in
+/// flight), granted read-only to the backend, and how many segments a
+/// request may carry.
+struct Indirect {
+    pfn: Pfn,
+    grants: Vec<GrantRef>,
+    max_segments: usize,
+}
+
+/// Indirect pages: enough for every request of a full data area.
+const INDIRECT_PAGES: usize = BATCH;
 
 impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     /// Takes over the ring in the `ring_pages` pages from `ring_pfn`
@@ -178,6 +192,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             failed: false,
             abort: Arc::new(AtomicBool::new(false)),
             discard: false,
+            indirect: None,
         })
     }
 
@@ -243,7 +258,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         let broken = |e: &dyn std::fmt::Display| FrontError::Broken(e.to_string());
         // The data area mirrors the buffer.
         let mut reqs = Vec::new();
-        self.requests(op, sector, len, 0, &mut reqs);
+        self.requests(op, sector, len, 0, &mut 0, &mut reqs)?;
         if let Some(d) = data {
             let mem = self
                 .dom
@@ -331,30 +346,73 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         sector: u64,
         len: usize,
         first_page: usize,
+        ind_used: &mut usize,
         reqs: &mut Vec<BlkifRequest>,
-    ) {
-        let chunks = len.div_ceil(SEGS * 4096).max(1);
+    ) -> Result<(), FrontError> {
+        let pages = len.div_ceil(4096);
+        let (_, indirect) = self.plan(pages, *ind_used);
+        // A page's sectors: all but the last page's are whole.
+        let seg = |this: &Self, p: usize| {
+            let bytes = (len - p * 4096).min(4096);
+            BlkifRequestSegment {
+                gref: this.grants[first_page + p].0,
+                first_sect: 0,
+                last_sect: (bytes / 512 - 1) as u8,
+                _pad0: [0; 2],
+            }
+        };
+        if indirect {
+            let Some((pfn, grants, max)) = self
+                .indirect
+                .as_ref()
+                .map(|i| (i.pfn, i.grants.clone(), i.max_segments))
+            else {
+                return Err(FrontError::Broken("no indirect pages".into()));
+            };
+            for (k, chunk) in (0..pages).collect::<Vec<_>>().chunks(max).enumerate() {
+                // The segment list, in indirect page `ind_used`.
+                let mut list = vec![0u8; chunk.len() * 8];
+                for (i, &p) in chunk.iter().enumerate() {
+                    list[i * 8..i * 8 + 8].copy_from_slice(seg(self, p).as_bytes());
+                }
+                let page = Pfn(pfn.0 + *ind_used as u64);
+                self.dom
+                    .pages(page, 1)
+                    .and_then(|m| {
+                        m.write_bytes(0, &list)
+                            .map_err(|_| platform::Error::Invalid("page"))
+                    })
+                    .map_err(|e| FrontError::Broken(e.to_string()))?;
+                let mut r = blkif::BlkifRequestIndirect::zeroed();
+                r.operation = blkif::BLKIF_OP_INDIRECT;
+                r.indirect_op = op;
+                r.nr_segments = chunk.len() as u16;
+                r.id = self.next_id;
+                self.next_id += 1;
+                r.sector_number = sector + (k * max * 8) as u64;
+                r.indirect_grefs[0] = grants[*ind_used].0;
+                *ind_used += 1;
+                let mut req = BlkifRequest::zeroed();
+                req.as_bytes_mut()[..r.as_bytes().len()].copy_from_slice(r.as_bytes());
+                reqs.push(req);
+            }
+            return Ok(());
+        }
+        let chunks = pages.div_ceil(SEGS).max(1);
         for k in 0..chunks {
-            let start = k * SEGS * 4096;
-            let clen = (len - start.min(len)).min(SEGS * 4096);
-            let pages = clen.div_ceil(4096);
+            let n = (pages - (k * SEGS).min(pages)).min(SEGS);
             let mut req = BlkifRequest::zeroed();
             req.operation = op;
             req.id = self.next_id;
             self.next_id += 1;
-            req.sector_number = sector + (start / 512) as u64;
-            req.nr_segments = pages as u8;
-            for p in 0..pages {
-                let bytes = (clen - p * 4096).min(4096);
-                req.seg[p] = BlkifRequestSegment {
-                    gref: self.grants[first_page + k * SEGS + p].0,
-                    first_sect: 0,
-                    last_sect: (bytes / 512 - 1) as u8,
-                    _pad0: [0; 2],
-                };
+            req.sector_number = sector + (k * SEGS * 8) as u64;
+            req.nr_segments = n as u8;
+            for p in 0..n {
+                req.seg[p] = seg(self, k * SEGS + p);
             }
             reqs.push(req);
         }
+        Ok(())
     }
 
     /// Several reads and writes at once: as many as fit the data pages
@@ -409,12 +467,12 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
             }
             // ios[i..j] together: their pages one after another.
             let (mut reqs, mut owner, mut first_page) = (Vec::new(), Vec::new(), Vec::new());
-            let mut pages = 0;
+            let (mut pages, mut ind_used) = (0, 0);
             let mut j = i;
             while j < ios.len() {
                 let len = ios[j].len();
                 let n = len.div_ceil(4096);
-                let nreq = n.div_ceil(SEGS);
+                let (nreq, _) = self.plan(n, ind_used);
                 let fits = results[j].is_ok()
                     && len > 0
                     && pages + n <= self.pages
@@ -427,7 +485,14 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                     Io::Write { .. } => blkif::BLKIF_OP_WRITE,
                 };
                 let before = reqs.len();
-                self.requests(op, ios[j].offset() / 512, len, pages, &mut reqs);
+                self.requests(
+                    op,
+                    ios[j].offset() / 512,
+                    len,
+                    pages,
+                    &mut ind_used,
+                    &mut reqs,
+                )?;
                 owner.extend(std::iter::repeat_n(j, reqs.len() - before));
                 first_page.push(pages);
                 pages += n;
@@ -534,6 +599,51 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         self.discard = on;
     }
 
+    /// The backend offers `feature-max-indirect-segments` = `max`: a
+    /// transfer of more than 11 pages goes as indirect requests of up to
+    /// `max` (at most 256) segments, their lists in pages granted
+    /// read-only to `backend`.
+    pub fn set_indirect(&mut self, backend: DomId, max: u16) -> Result<(), FrontError> {
+        let max = usize::from(max).min(256);
+        if max <= SEGS || self.indirect.is_some() {
+            return Ok(());
+        }
+        let b = |e: platform::Error| FrontError::Broken(e.to_string());
+        let pfn = self.dom.alloc_pages(INDIRECT_PAGES as u64).map_err(b)?;
+        let mut grants = Vec::with_capacity(INDIRECT_PAGES);
+        for i in 0..INDIRECT_PAGES as u64 {
+            match self.dom.grant_access(backend, Pfn(pfn.0 + i), true) {
+                Ok(g) => grants.push(g),
+                Err(e) => {
+                    for g in grants {
+                        let _ = self.dom.end_access(g);
+                    }
+                    let _ = self.dom.free_pages(pfn, INDIRECT_PAGES as u64);
+                    return Err(b(e));
+                }
+            }
+        }
+        self.indirect = Some(Indirect {
+            pfn,
+            grants,
+            max_segments: max,
+        });
+        Ok(())
+    }
+
+    /// Requests a transfer of `pages` pages takes, with `ind_used`
+    /// indirect pages taken already in this exchange: indirect ones if it
+    /// needs more than one direct request and indirect pages are left.
+    fn plan(&self, pages: usize, ind_used: usize) -> (usize, bool) {
+        if let Some(ind) = &self.indirect {
+            let n = pages.div_ceil(ind.max_segments);
+            if pages > SEGS && ind_used + n <= INDIRECT_PAGES {
+                return (n, true);
+            }
+        }
+        (pages.div_ceil(SEGS).max(1), false)
+    }
+
     /// Gives `len` bytes at `offset` back (`BLKIF_OP_DISCARD`, both
     /// 512-byte aligned); their contents become unspecified.
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), FrontError> {
@@ -559,10 +669,16 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
     pub fn release(mut self) -> Option<Self> {
         let dom = &self.dom;
         self.grants.retain(|g| dom.end_access(*g).is_err());
-        if !self.grants.is_empty() {
+        if let Some(ind) = &mut self.indirect {
+            ind.grants.retain(|g| dom.end_access(*g).is_err());
+        }
+        if !self.grants.is_empty() || self.indirect.as_ref().is_some_and(|i| !i.grants.is_empty()) {
             return Some(self);
         }
         let _ = self.dom.free_pages(self.data, self.pages as u64);
+        if let Some(ind) = &self.indirect {
+            let _ = self.dom.free_pages(ind.pfn, INDIRECT_PAGES as u64);
+        }
         None
     }
 }

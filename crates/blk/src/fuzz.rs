@@ -46,6 +46,7 @@ pub fn requests(data: &[u8]) {
         read_only: flags & 1 != 0,
         discard: flags & 2 != 0,
         secure_discard: flags & 4 != 0,
+        max_indirect_segments: if flags & 16 != 0 { 256 } else { 0 },
     };
     let abi = if flags & 8 != 0 {
         Abi::X86_32

@@ -90,13 +90,13 @@ where
     /// Serves the disk by `front` from now on; a frontend for a disk of
     /// another size, mode or discard support, or for a removed disk, is
     /// handed back.
-    pub fn attach(&self, front: BlkFront<P>, read_only: bool) -> Result<(), BlkFront<P>> {
+    pub fn attach(&self, front: BlkFront<P>, read_only: bool) -> Result<(), Box<BlkFront<P>>> {
         let mut s = self.lock();
         let same = front.sectors() == self.sectors
             && read_only == self.read_only
             && front.can_discard() == self.discard;
         if s.removed || !same {
-            return Err(front);
+            return Err(Box::new(front));
         }
         if let Ok(mut a) = self.abort.lock() {
             *a = front.aborter();

@@ -3,7 +3,9 @@
 //! in range and what reaches the grant table names only the pages the
 //! request is about.
 
-use abi::blkif::{self, x86_32, BlkifRequest, BlkifRequestDiscard, BlkifRequestSegment};
+use abi::blkif::{
+    self, x86_32, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
+};
 use abi::pod::Pod;
 
 /// The request ABI the frontend named in its `protocol` key.
@@ -46,6 +48,9 @@ pub struct Disk {
     pub discard: bool,
     /// Whether `discard-secure` is advertised.
     pub secure_discard: bool,
+    /// `feature-max-indirect-segments` advertised (0: no indirect
+    /// requests).
+    pub max_indirect_segments: u16,
 }
 
 /// One segment: a granted page and the sectors of it to move.
@@ -98,6 +103,19 @@ pub enum Op {
     },
     /// `FLUSH_DISKCACHE`: everything acknowledged is on stable storage.
     Flush,
+    /// An indirect read or write whose segments are still in the
+    /// frontend's indirect pages: [`indirect_segments`] makes it a `Read`
+    /// or `Write` once the pages are copied in.
+    Indirect {
+        /// Write (else read).
+        write: bool,
+        /// First sector.
+        sector: u64,
+        /// Segments, across the pages.
+        nr_segments: u16,
+        /// The pages' grants (as many as the segments need).
+        pages: Vec<u32>,
+    },
     /// Discard sectors (securely if `secure`).
     Discard {
         /// First sector.
@@ -154,12 +172,18 @@ struct Rw {
 /// the shared page itself). Returns the id and operation to answer with
 /// even when the request is refused.
 pub fn decode(abi: Abi, bytes: &[u8], disk: &Disk) -> (u64, u8, Result<Request, Refused>) {
-    let (rw, discard) = match abi {
+    let (rw, discard, indirect) = match abi {
         Abi::X86_64 => {
             let Some(r) = BlkifRequest::read_from_prefix(bytes) else {
                 return (0, 0, Err(Refused::Bad("short slot")));
             };
             let d = BlkifRequestDiscard::read_from_prefix(bytes);
+            let i = BlkifRequestIndirect::read_from_prefix(bytes).map(|i| Ind {
+                op: i.indirect_op,
+                nr_segments: i.nr_segments,
+                sector: i.sector_number,
+                grefs: i.indirect_grefs,
+            });
             let rw = Rw {
                 operation: r.operation,
                 nr_segments: r.nr_segments,
@@ -167,13 +191,19 @@ pub fn decode(abi: Abi, bytes: &[u8], disk: &Disk) -> (u64, u8, Result<Request, 
                 sector: r.sector_number,
                 seg: r.seg,
             };
-            (rw, d.map(|d| (d.flag, d.sector_number, d.nr_sectors)))
+            (rw, d.map(|d| (d.flag, d.sector_number, d.nr_sectors)), i)
         }
         Abi::X86_32 => {
             let Some(r) = x86_32::BlkifRequest::read_from_prefix(bytes) else {
                 return (0, 0, Err(Refused::Bad("short slot")));
             };
             let d = x86_32::BlkifRequestDiscard::read_from_prefix(bytes);
+            let i = x86_32::BlkifRequestIndirect::read_from_prefix(bytes).map(|i| Ind {
+                op: i.indirect_op,
+                nr_segments: i.nr_segments,
+                sector: i.sector_number,
+                grefs: i.indirect_grefs,
+            });
             let rw = Rw {
                 operation: r.operation,
                 nr_segments: r.nr_segments,
@@ -181,14 +211,80 @@ pub fn decode(abi: Abi, bytes: &[u8], disk: &Disk) -> (u64, u8, Result<Request, 
                 sector: r.sector_number,
                 seg: r.seg,
             };
-            (rw, d.map(|d| (d.flag, d.sector_number, d.nr_sectors)))
+            (rw, d.map(|d| (d.flag, d.sector_number, d.nr_sectors)), i)
         }
     };
     let (id, operation) = (rw.id, rw.operation);
-    (id, operation, validate(&rw, discard, disk))
+    (id, operation, validate(&rw, discard, indirect, disk))
 }
 
-fn validate(rw: &Rw, discard: Option<(u8, u64, u64)>, disk: &Disk) -> Result<Request, Refused> {
+/// The fields of an indirect request, whatever the ABI.
+struct Ind {
+    op: u8,
+    nr_segments: u16,
+    sector: u64,
+    grefs: [u32; blkif::BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+}
+
+/// One segment checked: a page holds 8 sectors, 0..=7, first before last.
+fn segment(s: &BlkifRequestSegment) -> Result<Segment, Refused> {
+    if s.last_sect > 7 || s.first_sect > s.last_sect {
+        return Err(Refused::Bad("bad segment sectors"));
+    }
+    Ok(Segment {
+        gref: s.gref,
+        first: s.first_sect,
+        last: s.last_sect,
+    })
+}
+
+/// Makes an [`Op::Indirect`] the read or write it is, from `pages` (a copy
+/// of its indirect pages, one after another), checking every segment as a
+/// direct request's and the whole range.
+pub fn indirect_segments(op: &Op, pages: &[u8], disk: &Disk) -> Result<Op, Refused> {
+    let Op::Indirect {
+        write,
+        sector,
+        nr_segments,
+        ..
+    } = op
+    else {
+        return Err(Refused::Bad("not an indirect request"));
+    };
+    let n = usize::from(*nr_segments);
+    let size = core::mem::size_of::<BlkifRequestSegment>();
+    if pages.len() < n * size {
+        return Err(Refused::Bad("short indirect pages"));
+    }
+    let mut segments = Vec::with_capacity(n);
+    let mut sectors = 0u64;
+    for raw in pages.chunks_exact(size).take(n) {
+        let s = BlkifRequestSegment::read_from_prefix(raw).ok_or(Refused::Bad("short segment"))?;
+        let s = segment(&s)?;
+        sectors += u64::from(s.last - s.first) + 1;
+        segments.push(s);
+    }
+    in_range(*sector, sectors, disk)?;
+    Ok(if *write {
+        Op::Write {
+            sector: *sector,
+            segments,
+            flush: false,
+        }
+    } else {
+        Op::Read {
+            sector: *sector,
+            segments,
+        }
+    })
+}
+
+fn validate(
+    rw: &Rw,
+    discard: Option<(u8, u64, u64)>,
+    indirect: Option<Ind>,
+    disk: &Disk,
+) -> Result<Request, Refused> {
     let op = match rw.operation {
         blkif::BLKIF_OP_READ | blkif::BLKIF_OP_WRITE | blkif::BLKIF_OP_WRITE_BARRIER => {
             let write = rw.operation != blkif::BLKIF_OP_READ;
@@ -206,16 +302,9 @@ fn validate(rw: &Rw, discard: Option<(u8, u64, u64)>, disk: &Disk) -> Result<Req
             let mut segments = Vec::with_capacity(n);
             let mut sectors = 0u64;
             for s in &rw.seg[..n] {
-                // A page holds 8 sectors: 0..=7, first before last.
-                if s.last_sect > 7 || s.first_sect > s.last_sect {
-                    return Err(Refused::Bad("bad segment sectors"));
-                }
-                sectors += u64::from(s.last_sect - s.first_sect) + 1;
-                segments.push(Segment {
-                    gref: s.gref,
-                    first: s.first_sect,
-                    last: s.last_sect,
-                });
+                let s = segment(s)?;
+                sectors += u64::from(s.last - s.first) + 1;
+                segments.push(s);
             }
             // A barrier without data only orders and flushes: no range.
             if n > 0 {
@@ -265,7 +354,33 @@ fn validate(rw: &Rw, discard: Option<(u8, u64, u64)>, disk: &Disk) -> Result<Req
                 secure,
             }
         }
-        // Indirect requests are not built yet; anything else is unknown.
+        blkif::BLKIF_OP_INDIRECT => {
+            let i = indirect.ok_or(Refused::Bad("short slot"))?;
+            if disk.max_indirect_segments == 0 {
+                return Err(Refused::NotSupported(rw.operation));
+            }
+            let write = match i.op {
+                blkif::BLKIF_OP_READ => false,
+                blkif::BLKIF_OP_WRITE => true,
+                _ => return Err(Refused::Bad("indirect operation not read or write")),
+            };
+            if write && disk.read_only {
+                return Err(Refused::Bad("write to a read-only disk"));
+            }
+            if i.nr_segments == 0 || i.nr_segments > disk.max_indirect_segments {
+                return Err(Refused::Bad("indirect segment count"));
+            }
+            let n = usize::from(i.nr_segments).div_ceil(blkif::SEGS_PER_INDIRECT_FRAME);
+            if n > blkif::BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST {
+                return Err(Refused::Bad("too many indirect pages"));
+            }
+            Op::Indirect {
+                write,
+                sector: i.sector,
+                nr_segments: i.nr_segments,
+                pages: i.grefs[..n].to_vec(),
+            }
+        }
         other => return Err(Refused::NotSupported(other)),
     };
     Ok(Request {

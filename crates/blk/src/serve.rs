@@ -76,6 +76,11 @@ pub fn execute(
             }
         }
         Op::Flush => storage.flush().map_err(|_| false),
+        // Never here: `serve_slot` fetches its segments first.
+        Op::Indirect { .. } => {
+            c.bad += 1;
+            return blkif::BLKIF_RSP_ERROR;
+        }
         Op::Discard { sector, count, .. } => storage
             .discard(sector * 512, count * 512)
             .map_err(|_| false),
@@ -96,6 +101,31 @@ pub fn execute(
     }
 }
 
+enum Fetch {
+    Grant,
+    Refused(Refused),
+}
+
+/// Copies an indirect request's pages in and makes it a read or write.
+fn fetch_indirect(op: &Op, disk: &Disk, mover: &mut dyn Mover) -> Result<Op, Fetch> {
+    let Op::Indirect { pages, .. } = op else {
+        return Err(Fetch::Refused(Refused::Bad("not indirect")));
+    };
+    let whole: Vec<Segment> = pages
+        .iter()
+        .map(|&gref| Segment {
+            gref,
+            first: 0,
+            last: 7,
+        })
+        .collect();
+    let mut buf = vec![0u8; whole.len() * 4096];
+    mover
+        .read_guest(&whole, &mut buf)
+        .map_err(|_| Fetch::Grant)?;
+    crate::request::indirect_segments(op, &buf, disk).map_err(Fetch::Refused)
+}
+
 /// Decodes, validates and serves one slot; its response.
 pub fn serve_slot(
     abi: Abi,
@@ -106,6 +136,23 @@ pub fn serve_slot(
     c: &mut Counters,
 ) -> BlkifResponse {
     let (id, operation, req) = decode(abi, slot, disk);
+    // An indirect request's segments: its pages copied in, then checked.
+    let req = match req {
+        Ok(r) if matches!(r.op, Op::Indirect { .. }) => match fetch_indirect(&r.op, disk, mover) {
+            Ok(op) => Ok(Request { op, ..r }),
+            Err(Fetch::Grant) => {
+                c.grant_errors += 1;
+                return BlkifResponse {
+                    id,
+                    operation,
+                    status: blkif::BLKIF_RSP_ERROR,
+                    ..BlkifResponse::zeroed()
+                };
+            }
+            Err(Fetch::Refused(e)) => Err(e),
+        },
+        r => r,
+    };
     let status = match req {
         Ok(r) => execute(&r, storage, mover, c),
         Err(e) => {
@@ -312,32 +359,39 @@ impl<P: platform::GrantMapper + platform::OwnMemory> CopyMover<P> {
 
 impl<P: platform::GrantMapper + platform::OwnMemory> Mover for CopyMover<P> {
     fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant> {
-        self.copy(segments, false)?;
-        let mem = self
-            .dom
-            .pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)
-            .map_err(|_| BadGrant)?;
         let mut at = 0;
-        for (i, s) in segments.iter().enumerate() {
-            mem.read_bytes(i * 4096 + s.offset(), &mut buf[at..at + s.len()])
+        // A bounce page a segment, 11 at a time (an indirect request has
+        // up to 256).
+        for chunk in segments.chunks(blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+            self.copy(chunk, false)?;
+            let mem = self
+                .dom
+                .pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)
                 .map_err(|_| BadGrant)?;
-            at += s.len();
+            for (i, s) in chunk.iter().enumerate() {
+                mem.read_bytes(i * 4096 + s.offset(), &mut buf[at..at + s.len()])
+                    .map_err(|_| BadGrant)?;
+                at += s.len();
+            }
         }
         Ok(())
     }
 
     fn write_guest(&mut self, segments: &[Segment], buf: &[u8]) -> Result<(), BadGrant> {
-        let mem = self
-            .dom
-            .pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)
-            .map_err(|_| BadGrant)?;
         let mut at = 0;
-        for (i, s) in segments.iter().enumerate() {
-            mem.write_bytes(i * 4096 + s.offset(), &buf[at..at + s.len()])
+        for chunk in segments.chunks(blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+            let mem = self
+                .dom
+                .pages(self.bounce, blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST as u64)
                 .map_err(|_| BadGrant)?;
-            at += s.len();
+            for (i, s) in chunk.iter().enumerate() {
+                mem.write_bytes(i * 4096 + s.offset(), &buf[at..at + s.len()])
+                    .map_err(|_| BadGrant)?;
+                at += s.len();
+            }
+            self.copy(chunk, true)?;
         }
-        self.copy(segments, true)
+        Ok(())
     }
 }
 
@@ -355,15 +409,17 @@ pub const MAX_PERSISTENT_GRANTS: usize = 1056;
 
 /// [`Mover`] over persistent grants (`feature-persistent`, offered by
 /// both ends): each grant the frontend uses is mapped once, on first use,
-/// and kept, so that data moves by one plain copy after that. A grant past
-/// [`MAX_PERSISTENT_GRANTS`], or one that cannot be mapped writable (a
-/// read-only grant), goes through `fallback`, grant copy. The mappings go
+/// and kept (read-only if it is a read-only grant), so that data moves by
+/// one plain copy after that. A grant past [`MAX_PERSISTENT_GRANTS`], or
+/// one that cannot be mapped, goes through `fallback`, grant copy. The mappings go
 /// when the mover does: a frontend cannot end access to a page we map,
 /// so every page we touch is still granted to us.
 pub struct PersistentMover<P: platform::GrantMapper + platform::OwnMemory> {
     dom: P,
     domid: platform::DomId,
-    maps: std::collections::HashMap<u32, P::Mapping>,
+    /// Each grant's mapping, and whether it is writable (a read-only
+    /// grant, an indirect page say, is mapped read-only).
+    maps: std::collections::HashMap<u32, (P::Mapping, bool)>,
     fallback: CopyMover<P>,
 }
 
@@ -394,17 +450,19 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> PersistentMover<P> 
             if self.maps.len() >= MAX_PERSISTENT_GRANTS {
                 return false;
             }
-            let spec = platform::GrantSpec {
+            let spec = |writable| platform::GrantSpec {
                 domid: self.domid,
                 gref: platform::GrantRef(s.gref),
-                writable: true,
+                writable,
             };
-            match self.dom.map_grants(&[spec]) {
-                Ok(m) => {
-                    self.maps.insert(s.gref, m);
-                }
-                Err(_) => return false,
-            }
+            let m = match self.dom.map_grants(&[spec(true)]) {
+                Ok(m) => (m, true),
+                Err(_) => match self.dom.map_grants(&[spec(false)]) {
+                    Ok(m) => (m, false),
+                    Err(_) => return false,
+                },
+            };
+            self.maps.insert(s.gref, m);
         }
         true
     }
@@ -418,7 +476,7 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> Mover for Persisten
         }
         let mut at = 0;
         for s in segments {
-            let m = self.maps.get(&s.gref).ok_or(BadGrant)?;
+            let (m, _) = self.maps.get(&s.gref).ok_or(BadGrant)?;
             m.memory()
                 .read_bytes(s.offset(), &mut buf[at..at + s.len()])
                 .map_err(|_| BadGrant)?;
@@ -432,9 +490,16 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> Mover for Persisten
         if !self.all_mapped(segments) {
             return self.fallback.write_guest(segments, buf);
         }
+        // Nothing written unless every page may be.
+        if segments
+            .iter()
+            .any(|s| !self.maps.get(&s.gref).is_some_and(|(_, w)| *w))
+        {
+            return Err(BadGrant);
+        }
         let mut at = 0;
         for s in segments {
-            let m = self.maps.get(&s.gref).ok_or(BadGrant)?;
+            let (m, _) = self.maps.get(&s.gref).ok_or(BadGrant)?;
             m.memory()
                 .write_bytes(s.offset(), &buf[at..at + s.len()])
                 .map_err(|_| BadGrant)?;

@@ -12,8 +12,9 @@
 //! toolstack closes the device. Discard is offered on writable disks (no
 //! secure discard), and persistent grants are used when the frontend
 //! offers them too. Rings of either request ABI (`protocol` x86_64-abi or
-//! x86_32-abi) and of up to 16 pages are served. Not yet: indirect
-//! requests, multi-queue, io_uring (the rest of issue 6). Opening a disk
+//! x86_32-abi) and of up to 16 pages are served, and indirect requests of
+//! up to 256 segments. Not yet: multi-queue, io_uring (the rest of issue
+//! 6). Opening a disk
 //! happens on the watch loop: an NBD server that does not answer holds
 //! every device's handshake for up to 40 s (a 10 s TCP connect, a 30 s
 //! handshake); a qemu-nbd helper for up to 10 s.
@@ -295,6 +296,10 @@ fn open_storage(
     )?))
 }
 
+/// Segments an indirect request may carry (`feature-max-indirect-segments`,
+/// Linux's blkback's `MAX_INDIRECT_SEGMENTS`).
+const MAX_INDIRECT: u16 = 256;
+
 /// The largest `ring-page-order` we take (`XENBUS_MAX_RING_GRANT_ORDER`).
 const MAX_RING_ORDER: u32 = 4;
 
@@ -368,6 +373,7 @@ impl BackendDriver for VbdBack {
             ),
             ("feature-flush-cache", "1".to_string()),
             ("feature-persistent", "1".to_string()),
+            ("feature-max-indirect-segments", MAX_INDIRECT.to_string()),
             // As Linux's blkback: rings of up to 16 pages.
             ("max-ring-page-order", MAX_RING_ORDER.to_string()),
             ("hotplug-status", "connected".to_string()),
@@ -419,6 +425,7 @@ impl BackendDriver for VbdBack {
             read_only: !writable,
             discard: discards(xs, dev, writable),
             secure_discard: false,
+            max_indirect_segments: MAX_INDIRECT,
         };
         // Both ends must offer it: the frontend promises to reuse its grants.
         let persistent = read_text(xs, &format!("{}/feature-persistent", dev.frontend_dir()))

@@ -171,6 +171,12 @@ impl FrontendDriver for VbdFront {
         .map_err(|e| e.to_string())?;
         let read_only = info & abi::blkif::VDISK_READONLY != 0;
         front.set_discard(!read_only && key(xs, "feature-discard").is_some_and(|v| v == "1"));
+        // Indirect requests when offered, as Linux's blkfront.
+        if let Some(max) = key(xs, "feature-max-indirect-segments").and_then(|v| v.parse().ok()) {
+            front
+                .set_indirect(DomId(dev.backend), max)
+                .map_err(|e| e.to_string())?;
+        }
         // Connected again (the backend restarted, or closed and came
         // back): the export goes on, with what was in flight made again.
         let front = match self.exports.get(&dev.devid) {
@@ -179,7 +185,7 @@ impl FrontendDriver for VbdFront {
                 // A disk of another size or mode: a new export.
                 Err(front) => {
                     self.remove(dev);
-                    front
+                    *front
                 }
             },
             None => front,
