@@ -838,3 +838,38 @@ fn a_discard_through_the_export_punches_a_hole_in_the_image() {
     assert!(String::from_utf8_lossy(&info.stdout).contains("can_trim: false"));
     h.ok(&["destroy", "nd"]);
 }
+
+#[test]
+fn two_creates_of_one_name_at_once_make_one_guest() {
+    let h = Host::up("same-name");
+    let cfg = h.config("twin");
+    for round in 0..3 {
+        let create = || {
+            Command::new(BIN)
+                .args(["create", "--run-dir"])
+                .arg(h.run_dir())
+                .arg(&cfg)
+                .output()
+                .unwrap()
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(create);
+            let b = s.spawn(create);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let made = [&a, &b].iter().filter(|o| o.status.success()).count();
+        let lost = if a.status.success() { &b } else { &a };
+        assert_eq!(made, 1, "round {round}: {a:?} {b:?}");
+        assert!(
+            String::from_utf8_lossy(&lost.stderr).contains("twin"),
+            "{lost:?}"
+        );
+        let list = h.ok(&["list"]);
+        assert_eq!(
+            list.lines().filter(|l| l.starts_with("twin ")).count(),
+            1,
+            "{list}"
+        );
+        h.ok(&["destroy", "twin"]);
+    }
+}

@@ -211,7 +211,23 @@ fn build<S: Read + Write>(
     let ro = perms(&[(0, Access::None), (domid, Access::Read)]).map_err(ClientError::from)?;
     let rw = perms(&[(domid, Access::None)]).map_err(ClientError::from)?;
     let kib = (config.memory_mib * 1024).to_string();
+    let mut taken = false;
     in_transaction(xs, |xs, t| {
+        // The name is checked again in the transaction that claims it:
+        // another create that commits the same name first changes
+        // `/local/domain`, which this one read, so this one retries and
+        // sees it.
+        taken = false;
+        for other in xs.directory(t, "/local/domain")? {
+            if other == domid.to_string() {
+                continue;
+            }
+            let name = xs.read(t, &format!("/local/domain/{other}/name"));
+            if name.is_ok_and(|n| n == config.name.as_bytes()) {
+                taken = true;
+                return Ok(());
+            }
+        }
         for (dir, p) in [(home.as_str(), &ro), (vm.as_str(), &ro)] {
             xs.rm(t, dir).or_else(ignore_noent)?;
             xs.mkdir(t, dir)?;
@@ -253,6 +269,9 @@ fn build<S: Read + Write>(
         }
         Ok(())
     })?;
+    if taken {
+        return Err(DomainError::Exists(config.name.clone()));
+    }
     let args = format!("{domid}\0{}\0{}\0", ring.gfn, ring.port);
     xs.request(MsgType::Introduce, Tx::NONE, args.into_bytes())?;
     let mut devices = Vec::new();
@@ -279,9 +298,6 @@ pub fn attach_disk<S: Read + Write>(
         frontend: domid,
         backend: 0,
     };
-    if xs.read(Tx::NONE, &dev.backend_dir()).is_ok() {
-        return Err(XsError::Exist.into());
-    }
     let (back, front) = vbd_keys(d);
     dev.add(xs, &back, &front)?;
     Ok(dev)

@@ -102,6 +102,12 @@ impl Device {
         let be_perms = perms(self.backend, self.frontend)?;
         let state = State::Initialising.value();
         in_transaction(xs, |xs, t| {
+            // In the transaction that makes it: two at once cannot both
+            // find the device absent (both write its nodes: one conflicts,
+            // and sees it on its retry).
+            if xs.read(t, &be).is_ok() || xs.read(t, &fe).is_ok() {
+                return Err(ClientError::Xs(XsError::Exist));
+            }
             xs.mkdir(t, &fe)?;
             xs.set_perms(t, &fe, &fe_perms)?;
             xs.write(t, &format!("{fe}/backend"), be.as_bytes())?;
