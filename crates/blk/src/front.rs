@@ -601,8 +601,8 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
 
     /// The backend offers `feature-max-indirect-segments` = `max`: a
     /// transfer of more than 11 pages goes as indirect requests of up to
-    /// `max` (at most 256) segments, their lists in pages granted
-    /// read-only to `backend`.
+    /// `max` (at most 256) segments, their lists in pages granted to
+    /// `backend`.
     pub fn set_indirect(&mut self, backend: DomId, max: u16) -> Result<(), FrontError> {
         let max = usize::from(max).min(256);
         if max <= SEGS || self.indirect.is_some() {
@@ -612,7 +612,9 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         let pfn = self.dom.alloc_pages(INDIRECT_PAGES as u64).map_err(b)?;
         let mut grants = Vec::with_capacity(INDIRECT_PAGES);
         for i in 0..INDIRECT_PAGES as u64 {
-            match self.dom.grant_access(backend, Pfn(pfn.0 + i), true) {
+            // Writable, as Linux's blkfront grants them: a backend using
+            // persistent grants maps every grant writable.
+            match self.dom.grant_access(backend, Pfn(pfn.0 + i), false) {
                 Ok(g) => grants.push(g),
                 Err(e) => {
                     for g in grants {

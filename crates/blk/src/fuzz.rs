@@ -1,12 +1,17 @@
 //! Body of the `blk_requests` fuzz target, callable from tests: arbitrary
-//! slots (either ABI) against a small disk. Nothing may panic, every slot
+//! slots (either ABI, indirect ones reading their pages from the same
+//! bytes) against a small disk. Nothing may panic, every slot
 //! gets a response echoing its id, and no I/O reaches outside the disk.
 
 use crate::request::{Abi, Disk};
 use crate::serve::{serve_slot, BadGrant, Counters, Mover};
 use crate::storage::{MemStorage, Storage};
 
-struct Pages;
+/// The guest's pages: every one holds the fuzzer's bytes over and over
+/// (so that an indirect page lists segments the fuzzer chose).
+struct Pages {
+    fill: Vec<u8>,
+}
 
 impl Mover for Pages {
     fn read_guest(
@@ -20,7 +25,13 @@ impl Mover for Pages {
         if segments.iter().any(|s| s.gref == 13) {
             return Err(BadGrant);
         }
-        buf.fill(0xa5);
+        if self.fill.is_empty() {
+            buf.fill(0xa5);
+        } else {
+            for (b, f) in buf.iter_mut().zip(self.fill.iter().cycle()) {
+                *b = *f;
+            }
+        }
         Ok(())
     }
     fn write_guest(
@@ -54,8 +65,11 @@ pub fn requests(data: &[u8]) {
         Abi::X86_64
     };
     let mut c = Counters::default();
+    let mut pages = Pages {
+        fill: data.get(1..).unwrap_or(&[]).to_vec(),
+    };
     for slot in data.get(1..).unwrap_or(&[]).chunks(abi.slot_size()) {
-        let rsp = serve_slot(abi, slot, &disk, &storage, &mut Pages, &mut c);
+        let rsp = serve_slot(abi, slot, &disk, &storage, &mut pages, &mut c);
         assert!((-2..=0).contains(&rsp.status), "a status blkif.h defines");
         // The id is echoed (at byte 8 of an x86_64 slot, 4 of an x86_32
         // one: no padding before it there).

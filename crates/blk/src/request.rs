@@ -214,7 +214,13 @@ pub fn decode(abi: Abi, bytes: &[u8], disk: &Disk) -> (u64, u8, Result<Request, 
             (rw, d.map(|d| (d.flag, d.sector_number, d.nr_sectors)), i)
         }
     };
-    let (id, operation) = (rw.id, rw.operation);
+    // An indirect request's response names its inner operation, as
+    // Linux's blkback answers and its blkfront checks.
+    let operation = match (&indirect, rw.operation) {
+        (Some(i), blkif::BLKIF_OP_INDIRECT) => i.op,
+        (_, op) => op,
+    };
+    let id = rw.id;
     (id, operation, validate(&rw, discard, indirect, disk))
 }
 

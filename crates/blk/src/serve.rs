@@ -407,6 +407,37 @@ impl<P: platform::OwnMemory> Drop for CopyMover<P> {
 /// default, `max_persistent_grants`).
 pub const MAX_PERSISTENT_GRANTS: usize = 1056;
 
+/// Persistent grants all the devices sharing it may keep mapped at once:
+/// each mapping is one of the backend process's memory maps, so that
+/// many frontends together cannot use up its `vm.max_map_count`.
+#[derive(Clone, Debug)]
+pub struct PersistentBudget(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl PersistentBudget {
+    /// `total` mappings in all.
+    pub fn new(total: usize) -> PersistentBudget {
+        PersistentBudget(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+            total,
+        )))
+    }
+
+    /// Mappings left.
+    pub fn left(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// [`Mover`] over persistent grants (`feature-persistent`, offered by
 /// both ends): each grant the frontend uses is mapped once, on first use,
 /// and kept (read-only if it is a read-only grant), so that data moves by
@@ -421,17 +452,24 @@ pub struct PersistentMover<P: platform::GrantMapper + platform::OwnMemory> {
     /// grant, an indirect page say, is mapped read-only).
     maps: std::collections::HashMap<u32, (P::Mapping, bool)>,
     fallback: CopyMover<P>,
+    budget: PersistentBudget,
 }
 
 impl<P: platform::GrantMapper + platform::OwnMemory + Clone> PersistentMover<P> {
-    /// Persistent grants of domain `domid`, mapped by `dom`.
-    pub fn new(dom: P, domid: platform::DomId) -> platform::Result<PersistentMover<P>> {
+    /// Persistent grants of domain `domid`, mapped by `dom`, within
+    /// `budget`.
+    pub fn new(
+        dom: P,
+        domid: platform::DomId,
+        budget: PersistentBudget,
+    ) -> platform::Result<PersistentMover<P>> {
         let fallback = CopyMover::new(dom.clone(), domid)?;
         Ok(PersistentMover {
             dom,
             domid,
             maps: std::collections::HashMap::new(),
             fallback,
+            budget,
         })
     }
 
@@ -447,7 +485,7 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> PersistentMover<P> 
             if self.maps.contains_key(&s.gref) {
                 continue;
             }
-            if self.maps.len() >= MAX_PERSISTENT_GRANTS {
+            if self.maps.len() >= MAX_PERSISTENT_GRANTS || !self.budget.take() {
                 return false;
             }
             let spec = |writable| platform::GrantSpec {
@@ -459,7 +497,10 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> PersistentMover<P> 
                 Ok(m) => (m, true),
                 Err(_) => match self.dom.map_grants(&[spec(false)]) {
                     Ok(m) => (m, false),
-                    Err(_) => return false,
+                    Err(_) => {
+                        self.budget.give(1);
+                        return false;
+                    }
                 },
             };
             self.maps.insert(s.gref, m);
@@ -506,5 +547,13 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> Mover for Persisten
             at += s.len();
         }
         Ok(())
+    }
+}
+
+impl<P: platform::GrantMapper + platform::OwnMemory> Drop for PersistentMover<P> {
+    fn drop(&mut self) {
+        let n = self.maps.len();
+        self.maps.clear();
+        self.budget.give(n);
     }
 }

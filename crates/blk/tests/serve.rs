@@ -445,7 +445,9 @@ fn indirect_requests_carry_more_segments_than_a_slot() {
         rsps.iter().all(|x| x.status == blkif::BLKIF_RSP_OKAY),
         "{rsps:?}"
     );
-    assert!(rsps.iter().all(|x| x.operation == blkif::BLKIF_OP_INDIRECT));
+    // Each response names the inner operation, as Linux's blkback does.
+    assert_eq!(rsps[0].operation, blkif::BLKIF_OP_WRITE);
+    assert_eq!(rsps[1].operation, blkif::BLKIF_OP_READ);
     let disk = r.storage.contents();
     for g in 1..=20usize {
         let at = 16 * 512 + (g - 1) * 4096;

@@ -59,7 +59,17 @@ fn the_same_by_grant_copy() {
 
 #[test]
 fn the_same_by_persistent_grants() {
-    through_grants(|dom0, domid| Box::new(blk::serve::PersistentMover::new(dom0, domid).unwrap()));
+    use blk::serve::{PersistentBudget, PersistentMover};
+    let budget = PersistentBudget::new(64);
+    through_grants(|dom0, domid| {
+        Box::new(PersistentMover::new(dom0, domid, budget.clone()).unwrap())
+    });
+    // What the mover mapped is given back when it goes.
+    assert_eq!(budget.left(), 64);
+    // With nothing left to map, all by grant copy, the same.
+    through_grants(|dom0, domid| {
+        Box::new(PersistentMover::new(dom0, domid, PersistentBudget::new(0)).unwrap())
+    });
 }
 
 fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>) {

@@ -58,6 +58,8 @@ struct Job {
     disk: Disk,
     /// Both ends offered `feature-persistent`.
     persistent: bool,
+    /// The mappings all devices' persistent grants share.
+    budget: blk::serve::PersistentBudget,
     stop: Arc<AtomicBool>,
 }
 
@@ -74,6 +76,7 @@ fn serve<A: RingAbi>(job: Job) {
         storage,
         disk,
         persistent,
+        budget,
         stop,
     } = job;
     let Ok(mut back) = BackRing::<_, A::Slot, A::Response>::init(ring.memory()) else {
@@ -86,7 +89,7 @@ fn serve<A: RingAbi>(job: Job) {
     let mut copier;
     let mut mapper;
     let kept = persistent
-        .then(|| blk::serve::PersistentMover::new(dom.clone(), frontend).ok())
+        .then(|| blk::serve::PersistentMover::new(dom.clone(), frontend, budget).ok())
         .flatten();
     let mover: &mut dyn blk::serve::Mover = if let Some(p) = kept {
         keeper = p;
@@ -310,6 +313,9 @@ struct VbdBack {
     /// Disks opened by `probe`, for `connect` to take: a server that
     /// serves one connection (qemu-nbd without --persistent) is kept.
     probed: BTreeMap<(u16, u32), Box<dyn Storage>>,
+    /// Persistent grants mapped at once, over all devices (each is one of
+    /// our memory maps: well under `vm.max_map_count`, 65530).
+    budget: blk::serve::PersistentBudget,
     connected: BTreeMap<(u16, u32), Connection>,
 }
 
@@ -454,6 +460,7 @@ impl BackendDriver for VbdBack {
             storage,
             disk,
             persistent,
+            budget: self.budget.clone(),
             stop: stop.clone(),
         };
         let thread = std::thread::spawn(move || {
@@ -515,6 +522,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             dom,
             run: hv.parent().map(Path::to_path_buf).unwrap_or_default(),
             probed: BTreeMap::new(),
+            budget: blk::serve::PersistentBudget::new(16384),
             connected: BTreeMap::new(),
         },
     );

@@ -60,6 +60,10 @@ struct VbdFront {
 
 impl VbdFront {
     fn end_lingering(&mut self) {
+        // Frontends whose grants the backend still mapped (it lets go of
+        // persistent grants after we do): again.
+        let before = std::mem::take(&mut self.lingering_fronts);
+        self.lingering_fronts = before.into_iter().filter_map(|f| f.release()).collect();
         let dom = &self.dom;
         self.lingering
             .retain(|&(pfn, gref)| match dom.end_access(gref) {
@@ -69,6 +73,13 @@ impl VbdFront {
                 }
                 Err(_) => true,
             });
+    }
+}
+
+impl VbdFront {
+    /// Whether pages wait for a backend to let go of them.
+    fn lingers(&self) -> bool {
+        !self.lingering.is_empty() || !self.lingering_fronts.is_empty()
     }
 }
 
@@ -133,6 +144,10 @@ impl FrontendDriver for VbdFront {
             // blkfront's data pages are granted once for the device's life.
             ("feature-persistent".into(), "1".to_string()),
         ]);
+        if order == 0 {
+            // What an earlier connection of a higher order left.
+            let _ = xs.rm(Tx::NONE, &format!("{fe}/ring-page-order"));
+        }
         for (k, v) in &keys {
             xs.write(Tx::NONE, &format!("{fe}/{k}"), v.as_bytes())
                 .map_err(|x| e(&x))?;
@@ -173,9 +188,10 @@ impl FrontendDriver for VbdFront {
         front.set_discard(!read_only && key(xs, "feature-discard").is_some_and(|v| v == "1"));
         // Indirect requests when offered, as Linux's blkfront.
         if let Some(max) = key(xs, "feature-max-indirect-segments").and_then(|v| v.parse().ok()) {
-            front
-                .set_indirect(DomId(dev.backend), max)
-                .map_err(|e| e.to_string())?;
+            // Without them if we cannot spare the pages.
+            if let Err(e) = front.set_indirect(DomId(dev.backend), max) {
+                eprintln!("vbd {}: no indirect requests: {e}", dev.devid);
+            }
         }
         // Connected again (the backend restarted, or closed and came
         // back): the export goes on, with what was in flight made again.
@@ -220,9 +236,6 @@ impl FrontendDriver for VbdFront {
                 self.lingering_fronts.push(left);
             }
         }
-        // Those the backend held before: again.
-        let before = std::mem::take(&mut self.lingering_fronts);
-        self.lingering_fronts = before.into_iter().filter_map(|f| f.release()).collect();
         if let Some(r) = self.rings.remove(&dev.devid) {
             let _ = self.dom.close(r.port);
             for (i, g) in r.grefs.iter().enumerate() {
@@ -240,6 +253,7 @@ impl FrontendDriver for VbdFront {
                 self.lingering_fronts.push(left);
             }
         }
+        self.end_lingering();
     }
 }
 
@@ -304,12 +318,19 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     loop {
         let ev = xs.read_watch().map_err(|e| err(&e))?;
         vbd.on_event(&mut xs, &ev.path).map_err(|e| err(&e))?;
+        // Pages a backend still mapped: whenever something happens, again.
+        vbd.driver().end_lingering();
         // The backends' directories for us too, once per backend domain
-        // (not per device: a guest has few watches to spend).
-        let wanted: HashSet<String> = vbd
+        // (not per device: a guest has few watches to spend), and while
+        // pages linger the ones we had (their backend's changes tell us
+        // when it lets go).
+        let mut wanted: HashSet<String> = vbd
             .devices()
             .map(|(d, _)| format!("/local/domain/{}/backend/{}/{domid}", d.backend, d.kind))
             .collect();
+        if vbd.driver().lingers() {
+            wanted.extend(watched.iter().cloned());
+        }
         follow_watches(&mut xs, &mut watched, wanted, "backend").map_err(|e| err(&e))?;
     }
 }
