@@ -21,42 +21,49 @@ use crate::front::{BlkFront, FrontError};
 pub const WAIT: Duration = Duration::from_secs(60);
 
 struct State<P> {
-    front: Option<BlkFront<P>>,
+    /// One a queue; none while there is no connection.
+    fronts: Vec<BlkFront<P>>,
     removed: bool,
 }
 
-/// A disk of fixed size and mode, served by whichever `BlkFront` is
-/// attached.
+/// A disk of fixed size and mode, served by whichever `BlkFront`s (one a
+/// queue) are attached.
 pub struct Reattachable<P> {
     state: Mutex<State<P>>,
     changed: Condvar,
-    /// The attached frontend's abort flag, reachable while a transfer
+    /// The attached frontends' abort flags, reachable while a transfer
     /// holds `state`.
-    abort: Mutex<Arc<std::sync::atomic::AtomicBool>>,
+    abort: Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>,
     sectors: u64,
     read_only: bool,
     discard: bool,
     wait: Duration,
+    /// Transfers so far, to take the queues in turn.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl<P> Reattachable<P>
 where
-    P: platform::OwnMemory + platform::GrantTable + platform::EventChannels,
+    P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send,
 {
-    /// A disk served by `front` for now; requests wait at most `wait` for a
-    /// connection.
-    pub fn new(front: BlkFront<P>, read_only: bool, wait: Duration) -> Self {
+    /// A disk served by `fronts` (one a queue, at least one) for now;
+    /// requests wait at most `wait` for a connection.
+    pub fn new(fronts: Vec<BlkFront<P>>, read_only: bool, wait: Duration) -> Self {
+        let (sectors, discard) = fronts
+            .first()
+            .map_or((0, false), |f| (f.sectors(), f.can_discard()));
         Reattachable {
-            sectors: front.sectors(),
-            discard: front.can_discard(),
-            abort: Mutex::new(front.aborter()),
+            sectors,
+            discard,
+            abort: Mutex::new(fronts.iter().map(BlkFront::aborter).collect()),
             state: Mutex::new(State {
-                front: Some(front),
+                fronts,
                 removed: false,
             }),
             changed: Condvar::new(),
             read_only,
             wait,
+            turn: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -64,6 +71,13 @@ where
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The queue the next transfer goes on: each in turn. (A transfer
+    /// waits for its answers, so queues do not overlap here; spreading a
+    /// batch over them on threads of its own was slower on 2 cores.)
+    fn next(&self, queues: usize) -> usize {
+        self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % queues.max(1)
     }
 
     /// Size in sectors.
@@ -76,36 +90,44 @@ where
         self.read_only
     }
 
-    /// Takes the frontend out (for the caller to release): a transfer in
-    /// flight on it stops and waits for the next one.
-    pub fn detach(&self) -> Option<BlkFront<P>> {
+    /// Takes the frontends out (for the caller to release): a transfer in
+    /// flight on them stops and waits for the next ones.
+    pub fn detach(&self) -> Vec<BlkFront<P>> {
         if let Ok(a) = self.abort.lock() {
-            a.store(true, std::sync::atomic::Ordering::Relaxed);
+            for f in a.iter() {
+                f.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
-        let front = self.lock().front.take();
+        let fronts = std::mem::take(&mut self.lock().fronts);
         self.changed.notify_all();
-        front
+        fronts
     }
 
-    /// Serves the disk by `front` from now on; a frontend for a disk of
-    /// another size, mode or discard support, or for a removed disk, is
+    /// Serves the disk by `fronts` from now on; frontends for a disk of
+    /// another size, mode or discard support, or for a removed disk, are
     /// handed back.
-    pub fn attach(&self, front: BlkFront<P>, read_only: bool) -> Result<(), Box<BlkFront<P>>> {
+    pub fn attach(
+        &self,
+        fronts: Vec<BlkFront<P>>,
+        read_only: bool,
+    ) -> Result<(), Vec<BlkFront<P>>> {
         let mut s = self.lock();
-        let same = front.sectors() == self.sectors
-            && read_only == self.read_only
-            && front.can_discard() == self.discard;
+        let same = !fronts.is_empty()
+            && fronts
+                .iter()
+                .all(|f| f.sectors() == self.sectors && f.can_discard() == self.discard)
+            && read_only == self.read_only;
         if s.removed || !same {
-            return Err(Box::new(front));
+            return Err(fronts);
         }
         if let Ok(mut a) = self.abort.lock() {
-            *a = front.aborter();
+            *a = fronts.iter().map(BlkFront::aborter).collect();
         }
-        let old = s.front.replace(front);
+        let old = std::mem::replace(&mut s.fronts, fronts);
         drop(s);
         self.changed.notify_all();
-        // Never: attach follows detach. An old frontend is stopped.
-        if let Some(f) = &old {
+        // Never: attach follows detach. Old frontends are stopped.
+        for f in &old {
             f.aborter()
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -114,19 +136,19 @@ where
     }
 
     /// No connection will come again: waiting requests fail, and the
-    /// frontend (if any) is handed back to be released.
-    pub fn remove(&self) -> Option<BlkFront<P>> {
-        let front = self.detach();
+    /// frontends (if any) are handed back to be released.
+    pub fn remove(&self) -> Vec<BlkFront<P>> {
+        let fronts = self.detach();
         self.lock().removed = true;
         self.changed.notify_all();
-        front
+        fronts
     }
 
-    /// Runs `f` on the attached frontend, again on the next one if the
+    /// Runs `f` on the attached frontends, again on the next ones if the
     /// connection is replaced meanwhile, for at most `wait` without one.
     fn run<T>(
         &self,
-        mut f: impl FnMut(&mut BlkFront<P>) -> Result<T, FrontError>,
+        mut f: impl FnMut(&mut [BlkFront<P>]) -> Result<T, FrontError>,
     ) -> io::Result<T> {
         let deadline = Instant::now() + self.wait;
         let mut s = self.lock();
@@ -134,8 +156,8 @@ where
             if s.removed {
                 return Err(io::Error::other("the device is gone"));
             }
-            if let Some(front) = s.front.as_mut().filter(|f| !f.is_aborted()) {
-                match f(front) {
+            if !s.fronts.is_empty() && !s.fronts.iter().any(BlkFront::is_aborted) {
+                match f(&mut s.fronts) {
                     Err(FrontError::Aborted) => {}
                     r => return r.map_err(io::Error::other),
                 }
@@ -157,23 +179,25 @@ where
 
     /// Reads at `offset` (512-byte aligned).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.run(|f| f.read(offset, buf))
+        self.run(|f| f[self.next(f.len())].read(offset, buf))
     }
 
     /// Writes at `offset` (512-byte aligned).
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.run(|f| f.write(offset, buf))
+        self.run(|f| f[self.next(f.len())].write(offset, buf))
     }
 
-    /// Everything acknowledged is on stable storage.
+    /// Everything acknowledged, on any queue, is on stable storage (the
+    /// backend's flush is of the whole disk, and what it acknowledged is
+    /// written).
     pub fn flush(&self) -> io::Result<()> {
-        self.run(BlkFront::flush)
+        self.run(|f| f[self.next(f.len())].flush())
     }
 
     /// Several reads and writes in one exchange with the backend (all of
     /// them again on the next connection if this one goes meanwhile).
     pub fn batch(&self, ios: &mut [crate::front::Io<'_>]) -> Vec<io::Result<()>> {
-        match self.run(|f| f.batch(ios)) {
+        match self.run(|f| f[self.next(f.len())].batch(ios)) {
             Ok(rs) => rs
                 .into_iter()
                 .map(|r| r.map_err(io::Error::other))
@@ -187,13 +211,13 @@ where
 
     /// Gives a range back (512-byte aligned), if the backend discards.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.run(|f| f.discard(offset, len))
+        self.run(|f| f[self.next(f.len())].discard(offset, len))
     }
 }
 
 impl<P> crate::nbd::BlockDevice for Arc<Reattachable<P>>
 where
-    P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send,
+    P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send + Sync,
 {
     fn size(&self) -> u64 {
         self.sectors.saturating_mul(512)

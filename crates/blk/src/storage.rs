@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// What a disk's contents live on.
-pub trait Storage: Send {
+pub trait Storage: Send + Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
     /// Reads `buf.len()` bytes at `offset` (all of them, or an error).

@@ -353,7 +353,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     // A backend that never answers: the write waits on it.
     let dead = connect(&dom0, &guest, new.domid, &storage, false, 1);
     let disk = Arc::new(Reattachable::new(
-        dead.front,
+        vec![dead.front],
         false,
         Duration::from_secs(10),
     ));
@@ -363,7 +363,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     std::thread::sleep(Duration::from_millis(300));
     assert!(!writer.is_finished(), "no backend has answered it");
     // The connection goes: the transfer stops, and waits.
-    let old = disk.detach().unwrap();
+    let old = disk.detach().pop().unwrap();
     assert!(old.is_aborted());
     std::thread::sleep(Duration::from_millis(200));
     assert!(!writer.is_finished(), "it waits for the next connection");
@@ -377,29 +377,59 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
         4096,
     )
     .unwrap();
-    let other = disk.attach(other, false).err().unwrap();
-    assert!((*other).release().is_none());
+    let other = disk.attach(vec![other], false).err().unwrap();
+    assert!(other.into_iter().all(|f| f.release().is_none()));
     assert!(old.release().is_none(), "nothing of it is mapped");
-    // The next connection serves it.
-    let live = connect(&dom0, &guest, new.domid, &storage, true, 1);
-    let Connection {
-        front,
-        stop,
-        server,
-    } = live;
-    disk.attach(front, false).map_err(|_| "attach").unwrap();
+    // The next connection, of two queues, serves it.
+    let queues = [
+        connect(&dom0, &guest, new.domid, &storage, true, 1),
+        connect(&dom0, &guest, new.domid, &storage, true, 1),
+    ];
+    let mut fronts = Vec::new();
+    let mut servers = Vec::new();
+    for q in queues {
+        fronts.push(q.front);
+        servers.push((q.stop, q.server));
+    }
+    disk.attach(fronts, false).map_err(|_| "attach").unwrap();
     writer.join().unwrap().unwrap();
     assert_eq!(&storage.contents()[4096..4096 + data.len()], &data[..]);
+    // Batches take the queues in turn.
+    {
+        use blk::front::Io;
+        let bufs: Vec<Vec<u8>> = (0..8u8).map(|k| vec![0x40 + k; 8192]).collect();
+        let mut ios: Vec<Io<'_>> = bufs
+            .iter()
+            .enumerate()
+            .map(|(k, b)| Io::Write {
+                offset: 256 * 1024 + k as u64 * 8192,
+                data: b,
+            })
+            .collect();
+        for _ in 0..2 {
+            let rs = blk::nbd::BlockDevice::batch(&mut disk.clone(), &mut ios);
+            assert!(rs.iter().all(Result::is_ok), "{rs:?}");
+        }
+        let c = storage.contents();
+        for k in 0..8usize {
+            let at = 256 * 1024 + k * 8192;
+            assert!(c[at..at + 8192].iter().all(|&b| b == 0x40 + k as u8));
+        }
+    }
     disk.flush().unwrap();
     // Removed: what waits fails instead.
-    let front = disk.remove().unwrap();
+    let fronts = disk.remove();
+    assert_eq!(fronts.len(), 2);
     assert!(disk.read(0, &mut [0u8; 512]).is_err());
-    let c = Connection {
-        front,
-        stop,
-        server,
+    for (front, (stop, server)) in fronts.into_iter().zip(servers) {
+        let c = Connection {
+            front,
+            stop,
+            server,
+        }
+        .stop();
+        assert_eq!(c.bad + c.grant_errors + c.io_errors, 0);
+        assert!(c.ok > 0, "both queues served requests");
     }
-    .stop();
-    assert_eq!(c.bad + c.grant_errors + c.io_errors, 0);
     drop(hv);
 }

@@ -44,9 +44,13 @@ use xenstore::client::{Client, Tx};
 /// A connected vbd: its ring served by a thread of its own until `stop`.
 struct Connection {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    port: Port,
+    /// A thread and a port a queue.
+    queues: Vec<(std::thread::JoinHandle<()>, Port)>,
 }
+
+/// Queues a frontend may use (`multi-queue-max-queues`; Linux's blkback
+/// offers one per CPU).
+const MAX_QUEUES: u32 = 4;
 
 /// What a ring's serving thread is given.
 struct Job {
@@ -54,7 +58,8 @@ struct Job {
     ring: SimMapping,
     port: Port,
     frontend: DomId,
-    storage: Box<dyn Storage>,
+    /// Shared by the device's queues.
+    storage: Arc<dyn Storage>,
     disk: Disk,
     /// Both ends offered `feature-persistent`.
     persistent: bool,
@@ -380,6 +385,7 @@ impl BackendDriver for VbdBack {
             ("feature-flush-cache", "1".to_string()),
             ("feature-persistent", "1".to_string()),
             ("feature-max-indirect-segments", MAX_INDIRECT.to_string()),
+            ("multi-queue-max-queues", MAX_QUEUES.to_string()),
             // As Linux's blkback: rings of up to 16 pages.
             ("max-ring-page-order", MAX_RING_ORDER.to_string()),
             ("hotplug-status", "connected".to_string()),
@@ -407,9 +413,8 @@ impl BackendDriver for VbdBack {
     }
 
     fn connect<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
-        let rings = features::queue_rings(xs, &dev.frontend_dir(), MAX_RING_ORDER, 1)
+        let rings = features::queue_rings(xs, &dev.frontend_dir(), MAX_RING_ORDER, MAX_QUEUES)
             .map_err(|e| e.to_string())?;
-        let q = &rings[0];
         // Linux's default when the key is missing is the frontend's native
         // ABI; ours is x86_64.
         let protocol = read_text(xs, &format!("{}/protocol", dev.frontend_dir()))
@@ -437,47 +442,64 @@ impl BackendDriver for VbdBack {
         let persistent = read_text(xs, &format!("{}/feature-persistent", dev.frontend_dir()))
             .is_ok_and(|v| v == "1");
         let fe = DomId(dev.frontend);
-        let specs: Vec<GrantSpec> = q
-            .ring_refs
-            .iter()
-            .map(|&r| GrantSpec {
-                domid: fe,
-                gref: GrantRef(r),
-                writable: true,
-            })
-            .collect();
-        let ring = self.dom.map_grants(&specs).map_err(|e| e.to_string())?;
-        let port = self
-            .dom
-            .bind_interdomain(fe, Port(q.event_channel))
-            .map_err(|e| e.to_string())?;
+        let storage: Arc<dyn Storage> = Arc::from(storage);
         let stop = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            dom: self.dom.clone(),
-            ring,
-            port,
-            frontend: fe,
-            storage,
-            disk,
-            persistent,
-            budget: self.budget.clone(),
-            stop: stop.clone(),
-        };
-        let thread = std::thread::spawn(move || {
-            if x86_32 {
-                serve::<Abi32>(job);
-            } else {
-                serve::<Abi64>(job);
+        let mut queues = Vec::new();
+        // Each queue: its ring mapped, its port bound, a thread serving it.
+        // A queue that fails undoes the ones before it.
+        let undo = |this: &mut Self, queues: Vec<(std::thread::JoinHandle<()>, Port)>| {
+            stop.store(true, Ordering::Relaxed);
+            for (t, port) in queues {
+                let _ = t.join();
+                let _ = this.dom.close(port);
             }
-        });
-        self.connected.insert(
-            (dev.frontend, dev.devid),
-            Connection {
-                stop,
-                thread: Some(thread),
+        };
+        for q in &rings {
+            let specs: Vec<GrantSpec> = q
+                .ring_refs
+                .iter()
+                .map(|&r| GrantSpec {
+                    domid: fe,
+                    gref: GrantRef(r),
+                    writable: true,
+                })
+                .collect();
+            let ring = match self.dom.map_grants(&specs) {
+                Ok(r) => r,
+                Err(e) => {
+                    undo(self, queues);
+                    return Err(e.to_string());
+                }
+            };
+            let port = match self.dom.bind_interdomain(fe, Port(q.event_channel)) {
+                Ok(p) => p,
+                Err(e) => {
+                    undo(self, queues);
+                    return Err(e.to_string());
+                }
+            };
+            let job = Job {
+                dom: self.dom.clone(),
+                ring,
                 port,
-            },
-        );
+                frontend: fe,
+                storage: storage.clone(),
+                disk,
+                persistent,
+                budget: self.budget.clone(),
+                stop: stop.clone(),
+            };
+            let thread = std::thread::spawn(move || {
+                if x86_32 {
+                    serve::<Abi32>(job);
+                } else {
+                    serve::<Abi64>(job);
+                }
+            });
+            queues.push((thread, port));
+        }
+        self.connected
+            .insert((dev.frontend, dev.devid), Connection { stop, queues });
         Ok(())
     }
 
@@ -486,14 +508,14 @@ impl BackendDriver for VbdBack {
     }
 
     fn disconnect(&mut self, dev: &Device) {
-        if let Some(mut c) = self.connected.remove(&(dev.frontend, dev.devid)) {
-            // The thread ends within its wait, unmapping the ring as it goes;
-            // then the port is closed.
+        if let Some(c) = self.connected.remove(&(dev.frontend, dev.devid)) {
+            // The threads end within their waits, unmapping the rings as
+            // they go; then the ports are closed.
             c.stop.store(true, Ordering::Relaxed);
-            if let Some(t) = c.thread.take() {
+            for (t, port) in c.queues {
                 let _ = t.join();
+                let _ = self.dom.close(port);
             }
-            let _ = self.dom.close(c.port);
         }
     }
 }

@@ -35,6 +35,10 @@ struct VbdRing {
 /// 128 requests).
 const RING_ORDER: u32 = 2;
 
+/// Queues blkfront asks for when the backend offers them (one a core
+/// here).
+const QUEUES: u32 = 2;
+
 /// A connected device's export: it serves the disk across reconnections
 /// to the backend (`blk::reattach`) until the device goes.
 struct Export {
@@ -49,7 +53,8 @@ struct Export {
 /// export on `<export dir>/<vdev>.sock`.
 struct VbdFront {
     dom: SimDomain,
-    rings: BTreeMap<u32, VbdRing>,
+    /// Each device's rings, one a queue.
+    rings: BTreeMap<u32, Vec<VbdRing>>,
     /// Grants the backend still had mapped when we let go: ended later.
     lingering: Vec<(Pfn, GrantRef)>,
     export_dir: Option<PathBuf>,
@@ -77,28 +82,10 @@ impl VbdFront {
 }
 
 impl VbdFront {
-    /// Whether pages wait for a backend to let go of them.
-    fn lingers(&self) -> bool {
-        !self.lingering.is_empty() || !self.lingering_fronts.is_empty()
-    }
-}
-
-impl FrontendDriver for VbdFront {
-    fn setup<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
-        self.end_lingering();
+    /// One queue's ring of `2^order` pages, granted to `backend`, and its
+    /// unbound port.
+    fn ring(&mut self, backend: DomId, order: u32) -> Result<VbdRing, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
-        let backend = DomId(dev.backend);
-        // As Linux's blkfront: the largest order both ends allow.
-        let offered: u32 = xs
-            .read(
-                Tx::NONE,
-                &format!("{}/max-ring-page-order", dev.backend_dir()),
-            )
-            .ok()
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let order = offered.min(RING_ORDER);
         let pages = 1u64 << order;
         let pfn = self.dom.alloc_pages(pages).map_err(|x| e(&x))?;
         // An empty ring: every index zero.
@@ -127,26 +114,97 @@ impl FrontendDriver for VbdFront {
                 return Err(e(&x));
             }
         };
-        let fe = dev.frontend_dir();
-        let mut keys: Vec<(String, String)> = if order == 0 {
-            vec![("ring-ref".into(), grefs[0].0.to_string())]
-        } else {
-            let mut k = vec![("ring-page-order".into(), order.to_string())];
-            for (i, g) in grefs.iter().enumerate() {
-                k.push((format!("ring-ref{i}"), g.0.to_string()));
+        Ok(VbdRing { pfn, grefs, port })
+    }
+
+    /// Releases a blkfront, or keeps it for later if the backend still
+    /// maps its pages.
+    fn keep_if_mapped(&mut self, f: blk::front::BlkFront<SimDomain>) {
+        if let Some(left) = f.release() {
+            self.lingering_fronts.push(left);
+        }
+    }
+
+    /// Lets rings go: ports closed, pages ended (later if still mapped).
+    fn drop_rings(&mut self, rings: Vec<VbdRing>) {
+        for r in rings {
+            let _ = self.dom.close(r.port);
+            for (i, g) in r.grefs.iter().enumerate() {
+                self.lingering.push((Pfn(r.pfn.0 + i as u64), *g));
             }
-            k
+        }
+        self.end_lingering();
+    }
+
+    /// Whether pages wait for a backend to let go of them.
+    fn lingers(&self) -> bool {
+        !self.lingering.is_empty() || !self.lingering_fronts.is_empty()
+    }
+}
+
+impl FrontendDriver for VbdFront {
+    fn setup<S: Read + Write>(&mut self, xs: &mut Client<S>, dev: &Device) -> DriverResult {
+        self.end_lingering();
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let backend = DomId(dev.backend);
+        // As Linux's blkfront: the largest order and the most queues both
+        // ends allow.
+        let offer = |xs: &mut Client<S>, key: &str| -> u32 {
+            xs.read(Tx::NONE, &format!("{}/{key}", dev.backend_dir()))
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
         };
-        self.rings.insert(dev.devid, VbdRing { pfn, grefs, port });
+        let order = offer(xs, "max-ring-page-order").min(RING_ORDER);
+        let queues = offer(xs, "multi-queue-max-queues").clamp(1, QUEUES);
+        let mut rings = Vec::new();
+        for _ in 0..queues {
+            match self.ring(backend, order) {
+                Ok(r) => rings.push(r),
+                Err(x) => {
+                    self.drop_rings(rings);
+                    return Err(x);
+                }
+            }
+        }
+        let fe = dev.frontend_dir();
+        // One queue's keys, in `dir` (the frontend's, or `queue-N` under
+        // it with several queues).
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for (q, r) in rings.iter().enumerate() {
+            let dir = if queues == 1 {
+                String::new()
+            } else {
+                format!("queue-{q}/")
+            };
+            if order == 0 {
+                keys.push((format!("{dir}ring-ref"), r.grefs[0].0.to_string()));
+            } else {
+                for (i, g) in r.grefs.iter().enumerate() {
+                    keys.push((format!("{dir}ring-ref{i}"), g.0.to_string()));
+                }
+            }
+            keys.push((format!("{dir}event-channel"), r.port.0.to_string()));
+        }
+        if order > 0 {
+            keys.push(("ring-page-order".into(), order.to_string()));
+        }
+        if queues > 1 {
+            keys.push(("multi-queue-num-queues".into(), queues.to_string()));
+        }
         keys.extend([
-            ("event-channel".into(), port.0.to_string()),
             ("protocol".into(), "x86_64-abi".to_string()),
             // blkfront's data pages are granted once for the device's life.
             ("feature-persistent".into(), "1".to_string()),
         ]);
+        self.rings.insert(dev.devid, rings);
+        // What an earlier connection of another shape left.
         if order == 0 {
-            // What an earlier connection of a higher order left.
             let _ = xs.rm(Tx::NONE, &format!("{fe}/ring-page-order"));
+        }
+        if queues == 1 {
+            let _ = xs.rm(Tx::NONE, &format!("{fe}/multi-queue-num-queues"));
         }
         for (k, v) in &keys {
             xs.write(Tx::NONE, &format!("{fe}/{k}"), v.as_bytes())
@@ -159,7 +217,13 @@ impl FrontendDriver for VbdFront {
         let Some(dir) = self.export_dir.clone() else {
             return Ok(());
         };
-        let ring = self.rings.get(&dev.devid).ok_or("no ring")?;
+        let rings: Vec<(Pfn, u64, Port)> = self
+            .rings
+            .get(&dev.devid)
+            .ok_or("no ring")?
+            .iter()
+            .map(|r| (r.pfn, r.grefs.len() as u64, r.port))
+            .collect();
         let be = dev.backend_dir();
         let key = |xs: &mut Client<S>, k: &str| {
             xs.read(Tx::NONE, &format!("{be}/{k}"))
@@ -175,39 +239,55 @@ impl FrontendDriver for VbdFront {
         if vdev.is_empty() || !vdev.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(format!("vdev {vdev:?} is not a plain name"));
         }
-        let mut front = blk::front::BlkFront::new(
-            self.dom.clone(),
-            ring.pfn,
-            ring.grefs.len() as u64,
-            ring.port,
-            DomId(dev.backend),
-            sectors,
-        )
-        .map_err(|e| e.to_string())?;
         let read_only = info & abi::blkif::VDISK_READONLY != 0;
-        front.set_discard(!read_only && key(xs, "feature-discard").is_some_and(|v| v == "1"));
-        // Indirect requests when offered, as Linux's blkfront.
-        if let Some(max) = key(xs, "feature-max-indirect-segments").and_then(|v| v.parse().ok()) {
-            // Without them if we cannot spare the pages.
-            if let Err(e) = front.set_indirect(DomId(dev.backend), max) {
-                eprintln!("vbd {}: no indirect requests: {e}", dev.devid);
+        let discard = !read_only && key(xs, "feature-discard").is_some_and(|v| v == "1");
+        let indirect: Option<u16> =
+            key(xs, "feature-max-indirect-segments").and_then(|v| v.parse().ok());
+        // A blkfront a queue.
+        let mut fronts = Vec::new();
+        for &(pfn, pages, port) in &rings {
+            let made = blk::front::BlkFront::new(
+                self.dom.clone(),
+                pfn,
+                pages,
+                port,
+                DomId(dev.backend),
+                sectors,
+            );
+            let mut front = match made {
+                Ok(f) => f,
+                Err(e) => {
+                    for f in fronts {
+                        self.keep_if_mapped(f);
+                    }
+                    return Err(e.to_string());
+                }
+            };
+            front.set_discard(discard);
+            // Indirect requests when offered, as Linux's blkfront; without
+            // them if we cannot spare the pages.
+            if let Some(max) = indirect {
+                if let Err(e) = front.set_indirect(DomId(dev.backend), max) {
+                    eprintln!("vbd {}: no indirect requests: {e}", dev.devid);
+                }
             }
+            fronts.push(front);
         }
         // Connected again (the backend restarted, or closed and came
         // back): the export goes on, with what was in flight made again.
-        let front = match self.exports.get(&dev.devid) {
-            Some(e) => match e.disk.attach(front, read_only) {
+        let fronts = match self.exports.get(&dev.devid) {
+            Some(e) => match e.disk.attach(fronts, read_only) {
                 Ok(()) => return Ok(()),
                 // A disk of another size or mode: a new export.
-                Err(front) => {
+                Err(fronts) => {
                     self.remove(dev);
-                    *front
+                    fronts
                 }
             },
-            None => front,
+            None => fronts,
         };
         let disk = Arc::new(blk::reattach::Reattachable::new(
-            front,
+            fronts,
             read_only,
             blk::reattach::WAIT,
         ));
@@ -220,8 +300,8 @@ impl FrontendDriver for VbdFront {
                 Ok(())
             }
             Err(e) => {
-                if let Some(left) = disk.remove().and_then(|f| f.release()) {
-                    self.lingering_fronts.push(left);
+                for f in disk.remove() {
+                    self.keep_if_mapped(f);
                 }
                 Err(format!("{}: {e}", socket.display()))
             }
@@ -231,16 +311,16 @@ impl FrontendDriver for VbdFront {
     fn disconnect(&mut self, dev: &Device) {
         // The export stays, its requests waiting for the next connection;
         // the frontend goes (a transfer in flight on it stops).
-        if let Some(e) = self.exports.get(&dev.devid) {
-            if let Some(left) = e.disk.detach().and_then(|f| f.release()) {
-                self.lingering_fronts.push(left);
-            }
+        let detached = self
+            .exports
+            .get(&dev.devid)
+            .map(|e| e.disk.detach())
+            .unwrap_or_default();
+        for f in detached {
+            self.keep_if_mapped(f);
         }
-        if let Some(r) = self.rings.remove(&dev.devid) {
-            let _ = self.dom.close(r.port);
-            for (i, g) in r.grefs.iter().enumerate() {
-                self.lingering.push((Pfn(r.pfn.0 + i as u64), *g));
-            }
+        if let Some(rings) = self.rings.remove(&dev.devid) {
+            self.drop_rings(rings);
         }
         self.end_lingering();
     }
@@ -249,8 +329,8 @@ impl FrontendDriver for VbdFront {
         if let Some(e) = self.exports.remove(&dev.devid) {
             e.gone.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = std::fs::remove_file(&e.socket);
-            if let Some(left) = e.disk.remove().and_then(|f| f.release()) {
-                self.lingering_fronts.push(left);
+            for f in e.disk.remove() {
+                self.keep_if_mapped(f);
             }
         }
         self.end_lingering();

@@ -367,6 +367,9 @@ fn the_demo_runs_and_tells_what_happened() {
         "ring-ref3 = ",
         "max-ring-page-order = \"4\"",
         "feature-persistent = \"1\"",
+        "multi-queue-max-queues = \"4\"",
+        "multi-queue-num-queues = \"2\"",
+        "queue-1 = ",
         "vbd 51712 (xvda): backend Connected, frontend Connected",
         "verified, and in the image file",
         "its xenstore directory is gone",
@@ -496,7 +499,7 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
     let (ok, text) = qemu_io(&["write -P 0x42 0 64k", "flush"]);
     assert!(ok, "{text}");
     let ring_ref = |h: &Host| {
-        let v = h.xenstore(&["read", "/local/domain/1/device/vbd/51712/ring-ref0"]);
+        let v = h.xenstore(&["read", "/local/domain/1/device/vbd/51712/queue-0/ring-ref0"]);
         v.trim().to_string()
     };
     let state = |h: &Host| {
