@@ -209,6 +209,12 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         self.abort.load(Ordering::Relaxed)
     }
 
+    /// Whether it sends nothing more: a request went unanswered, the ring
+    /// broke, or it was aborted.
+    pub fn is_failed(&self) -> bool {
+        self.failed || self.is_aborted()
+    }
+
     /// Size in sectors.
     pub fn sectors(&self) -> u64 {
         self.sectors

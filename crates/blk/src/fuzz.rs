@@ -165,3 +165,91 @@ pub fn nbd_client(data: &[u8]) {
     let _ = c.write_zeroes(0, 8192);
     let _ = c.read(512, &mut buf[..512]);
 }
+
+/// Body of the `blk_ring` fuzz target: blkback's whole loop over a real
+/// shared ring whose page is the fuzzer's bytes, the fuzzer scribbling
+/// over indices and slots between turns (either ABI, one to four pages).
+/// Nothing may panic or touch memory outside the ring; impossible indices
+/// stop the device (a [`ring::RingError::PeerBroken`]) and nothing else;
+/// and no I/O reaches outside the disk.
+pub fn ring(data: &[u8]) {
+    use crate::serve::{serve_ring, Abi32, Abi64};
+    use ring::{BackRing, RingError};
+    let (Some(&flags), Some(rest)) = (data.first(), data.get(1..)) else {
+        return;
+    };
+    let pages = 1usize << (flags & 3).min(2);
+    let mem = abi::OwnedMem::new(4096 * pages);
+    let n = rest.len().min(mem.len());
+    let _ = mem.as_volatile().write_bytes(0, &rest[..n]);
+    let mut input = &rest[n..];
+    let storage = MemStorage::new(64 << 10);
+    let disk = Disk {
+        sectors: storage.size() / 512,
+        read_only: flags & 4 != 0,
+        discard: flags & 8 != 0,
+        secure_discard: false,
+        max_indirect_segments: if flags & 16 != 0 { 256 } else { 0 },
+    };
+    let mut pages_mover = Pages {
+        fill: rest.to_vec(),
+    };
+    let mut c = Counters::default();
+    let x86_32 = flags & 32 != 0;
+    // The backend attaches at 0, as after INIT; the fuzzer then plays the
+    // frontend by scribbling.
+    let mut b64 = None;
+    let mut b32 = None;
+    if x86_32 {
+        b32 = BackRing::<
+            _,
+            <Abi32 as crate::serve::RingAbi>::Slot,
+            <Abi32 as crate::serve::RingAbi>::Response,
+        >::attach(mem.as_volatile(), abi::RingIdx(0))
+        .ok();
+    } else {
+        b64 = BackRing::<
+            _,
+            <Abi64 as crate::serve::RingAbi>::Slot,
+            <Abi64 as crate::serve::RingAbi>::Response,
+        >::attach(mem.as_volatile(), abi::RingIdx(0))
+        .ok();
+    }
+    while let Some((&op, rest)) = input.split_first() {
+        input = rest;
+        if op & 1 == 0 {
+            // Scribble: a u32 anywhere (aligned).
+            if input.len() < 8 {
+                break;
+            }
+            let off = u32::from_le_bytes([input[0], input[1], input[2], input[3]]) as usize;
+            let v = u32::from_le_bytes([input[4], input[5], input[6], input[7]]);
+            input = &input[8..];
+            let _ = mem.as_volatile().store_u32(
+                (off % mem.len()) & !3,
+                v,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            continue;
+        }
+        let budget = usize::from(op >> 1).max(1);
+        let r = match (&mut b64, &mut b32) {
+            (Some(b), _) => {
+                serve_ring::<_, Abi64>(b, &disk, &storage, &mut pages_mover, &mut c, budget)
+            }
+            (_, Some(b)) => {
+                serve_ring::<_, Abi32>(b, &disk, &storage, &mut pages_mover, &mut c, budget)
+            }
+            _ => return,
+        };
+        match r {
+            Ok((served, _)) => assert!(served <= budget, "served past its budget"),
+            Err(RingError::PeerBroken { .. }) => break,
+            Err(e) => unreachable!("the ring went wrong otherwise: {e:?}"),
+        }
+    }
+    assert_eq!(
+        c.io_errors, 0,
+        "validation let an out-of-range request through"
+    );
+}

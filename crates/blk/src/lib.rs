@@ -13,7 +13,7 @@
 //! * [`reattach`]: a guest's disk that outlives its backend connections:
 //!   a transfer in flight when the backend goes is made again on the next.
 //!
-//! Not built yet: io_uring and O_DIRECT, multi-queue.
+//! Not built yet: io_uring and O_DIRECT.
 
 // Safe code only, but for one system call in `sys`.
 #![deny(unsafe_code)]

@@ -6,10 +6,12 @@
 //! only once the backend answered all of it.
 //!
 //! The export (`blk::nbd`) keeps serving the same [`Reattachable`]; the
-//! xenbus frontend [`detach`](Reattachable::detach)es the old `BlkFront`
-//! at disconnect, [`attach`](Reattachable::attach)es the new one at
-//! connect, and [`remove`](Reattachable::remove)s the disk when the device
-//! goes.
+//! xenbus frontend [`detach`](Reattachable::detach)es the old `BlkFront`s
+//! (one a queue) at disconnect, [`attach`](Reattachable::attach)es the new
+//! ones at connect, and [`remove`](Reattachable::remove)s the disk when
+//! the device goes. Transfers take the queues in turn, one at a time (so a
+//! flush on one covers what the others acknowledged); a queue that fails
+//! leaves the turn.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,6 +25,9 @@ pub const WAIT: Duration = Duration::from_secs(60);
 struct State<P> {
     /// One a queue; none while there is no connection.
     fronts: Vec<BlkFront<P>>,
+    /// Queues of this connection that failed (a request unanswered, a
+    /// broken ring): out of the turn, kept to be handed back.
+    failed: Vec<BlkFront<P>>,
     removed: bool,
 }
 
@@ -58,6 +63,7 @@ where
             abort: Mutex::new(fronts.iter().map(BlkFront::aborter).collect()),
             state: Mutex::new(State {
                 fronts,
+                failed: Vec::new(),
                 removed: false,
             }),
             changed: Condvar::new(),
@@ -98,7 +104,12 @@ where
                 f.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let fronts = std::mem::take(&mut self.lock().fronts);
+        let fronts = {
+            let mut s = self.lock();
+            let mut all = std::mem::take(&mut s.fronts);
+            all.append(&mut s.failed);
+            all
+        };
         self.changed.notify_all();
         fronts
     }
@@ -156,8 +167,24 @@ where
             if s.removed {
                 return Err(io::Error::other("the device is gone"));
             }
+            // Every queue failed: nothing more goes to this backend until
+            // the device reconnects.
+            if s.fronts.is_empty() && !s.failed.is_empty() {
+                return Err(io::Error::other("every queue to the backend failed"));
+            }
             if !s.fronts.is_empty() && !s.fronts.iter().any(BlkFront::is_aborted) {
-                match f(&mut s.fronts) {
+                let r = f(&mut s.fronts);
+                // A queue that failed leaves the turn (what it was sending
+                // is not sent again elsewhere: the backend may still act
+                // on it); the others go on.
+                if matches!(r, Err(FrontError::Broken(_) | FrontError::Timeout)) {
+                    let (bad, good): (Vec<_>, Vec<_>) = std::mem::take(&mut s.fronts)
+                        .into_iter()
+                        .partition(BlkFront::is_failed);
+                    s.fronts = good;
+                    s.failed.extend(bad);
+                }
+                match r {
                     Err(FrontError::Aborted) => {}
                     r => return r.map_err(io::Error::other),
                 }

@@ -312,11 +312,21 @@ fn the_nbd_fuzz_corpus_replays_cleanly() {
 }
 
 #[test]
+fn the_ring_fuzz_corpus_replays_cleanly() {
+    replay("blk_ring", blk::fuzz::ring);
+}
+
+#[test]
 fn the_nbd_client_fuzz_corpus_replays_cleanly() {
     replay("nbd_client", blk::fuzz::nbd_client);
 }
 
 proptest! {
+    #[test]
+    fn any_ring_and_scribbles_are_survived(data in prop::collection::vec(any::<u8>(), 0..5000)) {
+        blk::fuzz::ring(&data);
+    }
+
     #[test]
     fn any_nbd_server_stream_is_survived(data in prop::collection::vec(any::<u8>(), 0..3000)) {
         blk::fuzz::nbd_client(&data);

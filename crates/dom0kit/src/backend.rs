@@ -6,16 +6,16 @@
 //! block device; an NBD target; another image format through a `qemu-nbd`
 //! of its own), advertises the disk's size and the features it will
 //! honour, maps the frontend's ring and binds its event channel
-//! (`Connected`), serves the ring on a thread per device (READ, WRITE,
+//! (`Connected`), serves each of its rings (one a queue) on a thread of
+//! its own (READ, WRITE,
 //! WRITE_BARRIER, FLUSH_DISKCACHE, DISCARD through `blk::serve`, data by
 //! persistent grants or grant copy), and lets go when the frontend or the
 //! toolstack closes the device. Discard is offered on writable disks (no
 //! secure discard), and persistent grants are used when the frontend
 //! offers them too. Rings of either request ABI (`protocol` x86_64-abi or
 //! x86_32-abi) and of up to 16 pages are served, and indirect requests of
-//! up to 256 segments. Not yet: multi-queue, io_uring (the rest of issue
-//! 6). Opening a disk
-//! happens on the watch loop: an NBD server that does not answer holds
+//! up to 256 segments, on up to 4 queues. Not yet: io_uring (the rest of
+//! issue 6). Opening a disk happens on the watch loop: an NBD server that does not answer holds
 //! every device's handshake for up to 40 s (a 10 s TCP connect, a 30 s
 //! handshake); a qemu-nbd helper for up to 10 s.
 
@@ -41,7 +41,8 @@ use xenbus::features;
 use xenbus::paths::Device;
 use xenstore::client::{Client, Tx};
 
-/// A connected vbd: its ring served by a thread of its own until `stop`.
+/// A connected vbd: each of its queues' rings served by a thread of its
+/// own until `stop`.
 struct Connection {
     stop: Arc<AtomicBool>,
     /// A thread and a port a queue.
@@ -68,7 +69,7 @@ struct Job {
     stop: Arc<AtomicBool>,
 }
 
-/// Serves one device's ring: requests as they come (the frontend's
+/// Serves one queue's ring: requests as they come (the frontend's
 /// notifications wake it), responses pushed and notified as `ring.h` asks.
 /// A broken ring stops it; the device then waits for the toolstack.
 fn serve<A: RingAbi>(job: Job) {

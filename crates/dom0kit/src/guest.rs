@@ -6,10 +6,12 @@
 //! real domU), and then speaks xenstore over the ring like a domU does,
 //! running its frontends.
 //!
-//! Frontends so far: vbd. It grants the ring and allocates the event
-//! channel, and once `Connected` serves the disk through blkfront
-//! (`blk::front`) as an NBD export on `<export dir>/<vdev>.sock`, which
-//! outlives reconnections to the backend (`blk::reattach`).
+//! Frontends so far: vbd. It grants a ring and allocates an event channel
+//! for each queue (two, and rings of four pages, when the backend offers
+//! them), and once `Connected` serves the disk through blkfront
+//! (`blk::front`, one a queue) as an NBD export on
+//! `<export dir>/<vdev>.sock`, which outlives reconnections to the
+//! backend (`blk::reattach`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
@@ -20,8 +22,9 @@ use platform::{DomId, EventChannels, GrantRef, GrantTable, OwnMemory, Pfn, Port}
 use sim::SimDomain;
 use xenbus::driver::{follow_watches, DriverResult, FrontendDriver, FrontendRunner};
 use xenbus::paths::Device;
-use xenstore::client::{Client, Tx};
+use xenstore::client::{Client, ClientError, Tx};
 use xenstore::ring::RingStream;
+use xenstore::XsError;
 
 /// One vbd frontend's ring: its pages (`2^order` from `pfn`), their
 /// grants, its port.
@@ -36,8 +39,15 @@ struct VbdRing {
 const RING_ORDER: u32 = 2;
 
 /// Queues blkfront asks for when the backend offers them (one a core
-/// here).
+/// here). Transfers do not overlap yet (the export serves one at a time),
+/// so the second queue costs its pages and grants (264 + 24 a queue, and
+/// as many of the backend's persistent mappings) without speeding
+/// anything up; it is there so that every disk runs the multi-queue
+/// protocol.
 const QUEUES: u32 = 2;
+
+/// Queue directories a backend might have been told of (ours offers 4).
+const MAX_QUEUES_SEEN: u32 = 16;
 
 /// A connected device's export: it serves the disk across reconnections
 /// to the backend (`blk::reattach`) until the device goes.
@@ -199,17 +209,29 @@ impl FrontendDriver for VbdFront {
             ("feature-persistent".into(), "1".to_string()),
         ]);
         self.rings.insert(dev.devid, rings);
-        // What an earlier connection of another shape left.
-        if order == 0 {
-            let _ = xs.rm(Tx::NONE, &format!("{fe}/ring-page-order"));
-        }
-        if queues == 1 {
-            let _ = xs.rm(Tx::NONE, &format!("{fe}/multi-queue-num-queues"));
-        }
-        for (k, v) in &keys {
-            xs.write(Tx::NONE, &format!("{fe}/{k}"), v.as_bytes())
-                .map_err(|x| e(&x))?;
-        }
+        // In one transaction, as Linux's blkfront: first every key of a
+        // ring layout an earlier connection may have left (another order,
+        // another number of queues), then ours.
+        let mut stale: Vec<String> = ["ring-ref", "event-channel", "ring-page-order"]
+            .iter()
+            .map(|k| k.to_string())
+            .chain(["multi-queue-num-queues".to_string()])
+            .chain((0..16).map(|i| format!("ring-ref{i}")))
+            .collect();
+        stale.extend((0..MAX_QUEUES_SEEN).map(|q| format!("queue-{q}")));
+        xenbus::paths::in_transaction(xs, |xs, t| {
+            for k in &stale {
+                match xs.rm(t, &format!("{fe}/{k}")) {
+                    Ok(()) | Err(ClientError::Xs(XsError::NoEnt)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for (k, v) in &keys {
+                xs.write(t, &format!("{fe}/{k}"), v.as_bytes())?;
+            }
+            Ok(())
+        })
+        .map_err(|x| e(&x))?;
         Ok(())
     }
 

@@ -1,0 +1,3 @@
+//! Fuzz target: `blk::fuzz::ring`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| blk::fuzz::ring(data));
