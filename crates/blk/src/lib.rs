@@ -13,7 +13,8 @@
 //! * [`reattach`]: a guest's disk that outlives its backend connections:
 //!   a transfer in flight when the backend goes is made again on the next.
 //!
-//! Not built yet: io_uring and O_DIRECT.
+//! Not built yet: io_uring (the raw-file engine is one `pread`/`pwrite` a
+//! request, `O_DIRECT` when asked).
 
 // Safe code only, but for one system call in `sys`.
 #![deny(unsafe_code)]

@@ -24,23 +24,62 @@ pub trait Storage: Send + Sync {
 pub struct FileStorage {
     file: File,
     size: u64,
+    /// Opened `O_DIRECT`: I/O bypasses the page cache, through buffers
+    /// aligned to 4096.
+    direct: bool,
 }
+
+/// The alignment `O_DIRECT` buffers get (a page: enough for any logical
+/// block size up to it).
+const DIRECT_ALIGN: usize = 4096;
 
 impl FileStorage {
     /// Opens `path` for reading, and writing if `writable`.
     pub fn open(path: &Path, writable: bool) -> io::Result<FileStorage> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)?;
+        Self::open_with(path, writable, false)
+    }
+
+    /// As [`open`](Self::open), and with `direct` bypassing the page cache
+    /// (`O_DIRECT`, what xl's `direct-io-safe` lets a backend do); where
+    /// the file system refuses it, buffered.
+    pub fn open_with(path: &Path, writable: bool, direct: bool) -> io::Result<FileStorage> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |flags: i32| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let (file, direct) = match direct {
+            true => match open(libc::O_DIRECT) {
+                Ok(f) => (f, true),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
+                Err(e) => return Err(e),
+            },
+            false => (open(0)?, false),
+        };
         // A block device's metadata says 0: its end says its size.
         let size = {
             use std::io::Seek;
             let mut f = &file;
             f.seek(std::io::SeekFrom::End(0))?
         };
-        Ok(FileStorage { file, size })
+        Ok(FileStorage { file, size, direct })
     }
+
+    /// Whether I/O bypasses the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+}
+
+/// A zeroed buffer of `len` bytes aligned for `O_DIRECT`, inside `raw`.
+fn aligned(raw: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    raw.clear();
+    raw.resize(len + DIRECT_ALIGN, 0);
+    let off = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    &mut raw[off..off + len]
 }
 
 impl Storage for FileStorage {
@@ -49,13 +88,28 @@ impl Storage for FileStorage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        if !self.direct {
+            return self.file.read_exact_at(buf, offset);
+        }
+        let mut raw = Vec::new();
+        let tmp = aligned(&mut raw, buf.len());
+        self.file.read_exact_at(tmp, offset)?;
+        buf.copy_from_slice(tmp);
+        Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        if !self.direct {
+            return self.file.write_all_at(buf, offset);
+        }
+        let mut raw = Vec::new();
+        let tmp = aligned(&mut raw, buf.len());
+        tmp.copy_from_slice(buf);
+        self.file.write_all_at(tmp, offset)
     }
 
+    /// With `O_DIRECT` too: the data is past the page cache, but maybe in
+    /// the device's cache, which `fdatasync` flushes.
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -150,6 +150,7 @@ impl QemuNbd {
         image: &str,
         format: &str,
         writable: bool,
+        direct: bool,
     ) -> Result<QemuNbd, String> {
         let deadline = Instant::now() + HELPER_START;
         let target = Target {
@@ -161,7 +162,12 @@ impl QemuNbd {
             let mut c = Command::new("qemu-nbd");
             c.arg(format!("--format={format}"))
                 .arg(format!("--socket={}", socket.display()))
-                .args(["--export-name=", "--cache=writeback", "--discard=unmap"])
+                .args(["--export-name=", "--discard=unmap"])
+                .arg(if direct {
+                    "--cache=none"
+                } else {
+                    "--cache=writeback"
+                })
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
             if !writable {
@@ -274,6 +280,7 @@ fn open_storage(
     params: &str,
     format: &str,
     writable: bool,
+    direct: bool,
     helper: PathBuf,
 ) -> Result<Box<dyn Storage>, String> {
     let format = if format.is_empty() { "raw" } else { format };
@@ -289,7 +296,7 @@ fn open_storage(
     }
     let qemu_format = match format {
         "raw" => {
-            let s = FileStorage::open(Path::new(params), writable)
+            let s = FileStorage::open_with(Path::new(params), writable, direct)
                 .map_err(|e| format!("{params}: {e}"))?;
             return Ok(Box::new(s));
         }
@@ -302,6 +309,7 @@ fn open_storage(
         params,
         qemu_format,
         writable,
+        direct,
     )?))
 }
 
@@ -351,7 +359,11 @@ impl VbdBack {
         let helper = self
             .run
             .join(format!("qemu-nbd-{}-{}.sock", dev.frontend, dev.devid));
-        open_storage(target, &format, writable, helper)
+        // xl's `direct-io-safe`: O_DIRECT (raw files; qemu-nbd's
+        // --cache=none for other formats).
+        let direct =
+            read_text(xs, &format!("{}/direct-io-safe", dev.backend_dir())).is_ok_and(|v| v == "1");
+        open_storage(target, &format, writable, direct, helper)
     }
 }
 

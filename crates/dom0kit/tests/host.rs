@@ -876,3 +876,87 @@ fn two_creates_of_one_name_at_once_make_one_guest() {
         h.ok(&["destroy", "twin"]);
     }
 }
+
+/// The `flags:` of the descriptors process `pid` holds on `file`.
+fn open_flags(pid: i32, file: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if std::fs::read_link(fd.path()).is_ok_and(|l| l == file) {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+                .unwrap();
+            out.push(flags);
+        }
+    }
+    out
+}
+
+#[test]
+fn direct_io_safe_disks_bypass_the_page_cache() {
+    const O_DIRECT: u32 = 0o40000;
+    let h = Host::up("direct");
+    let image = h.dir.join("direct.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let cfg = h.dir.join("direct.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"direct\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw,direct-io-safe' ]\n",
+            image.display()
+        ),
+    )
+    .unwrap();
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    assert_eq!(
+        h.xenstore(&["read", "/local/domain/0/backend/vbd/1/51712/direct-io-safe"])
+            .trim(),
+        "1"
+    );
+    let (_, url) = h.export("direct");
+    let (ok, text) = qemu_io(
+        "raw",
+        &url,
+        &[
+            "write -P 0x3d 4k 300k",
+            "flush",
+            "read -P 0x3d 4k 300k",
+            "read -P 0 0 4k",
+        ],
+    );
+    assert!(ok, "{text}");
+    let backend = pid_of(&h.run_dir(), " backend --hv ");
+    let flags = open_flags(backend, &image);
+    assert!(
+        !flags.is_empty() && flags.iter().all(|f| f & O_DIRECT != 0),
+        "{flags:?}"
+    );
+    let data = std::fs::read(&image).unwrap();
+    assert!(data[4096..4096 + 300 * 1024].iter().all(|&b| b == 0x3d));
+    h.ok(&["destroy", "direct"]);
+    // Without it: through the page cache.
+    let cfg2 = h.config("cached");
+    h.ok(&["create", cfg2.to_str().unwrap()]);
+    let _ = h.export("cached");
+    let flags = open_flags(
+        pid_of(&h.run_dir(), " backend --hv "),
+        &h.dir.join("cached.img"),
+    );
+    assert!(
+        !flags.is_empty() && flags.iter().all(|f| f & O_DIRECT == 0),
+        "{flags:?}"
+    );
+    h.ok(&["destroy", "cached"]);
+}

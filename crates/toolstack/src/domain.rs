@@ -160,6 +160,11 @@ fn vbd_keys(d: &crate::disk::Disk) -> (Keys, Keys) {
         ("bootable", "1".to_string()),
         ("discard-enable", u8::from(d.discard).to_string()),
     ];
+    let mut back = back;
+    if d.direct_io_safe {
+        // As libxl: the backend may bypass the page cache (O_DIRECT).
+        back.push(("direct-io-safe", "1".to_string()));
+    }
     let front = vec![
         ("virtual-device", d.devid.to_string()),
         ("device-type", devtype.to_string()),
