@@ -10,8 +10,8 @@
 //! (one a queue) at disconnect, [`attach`](Reattachable::attach)es the new
 //! ones at connect, and [`remove`](Reattachable::remove)s the disk when
 //! the device goes. Transfers take the queues in turn, one at a time (so a
-//! flush on one covers what the others acknowledged); a queue that fails
-//! leaves the turn.
+//! flush on one covers what the others acknowledged); a queue whose ring
+//! broke leaves the turn, and a request unanswered in time stops them all.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -174,15 +174,25 @@ where
             }
             if !s.fronts.is_empty() && !s.fronts.iter().any(BlkFront::is_aborted) {
                 let r = f(&mut s.fronts);
-                // A queue that failed leaves the turn (what it was sending
-                // is not sent again elsewhere: the backend may still act
-                // on it); the others go on.
-                if matches!(r, Err(FrontError::Broken(_) | FrontError::Timeout)) {
-                    let (bad, good): (Vec<_>, Vec<_>) = std::mem::take(&mut s.fronts)
-                        .into_iter()
-                        .partition(BlkFront::is_failed);
-                    s.fronts = good;
-                    s.failed.extend(bad);
+                match r {
+                    // A queue whose ring broke leaves the turn: its
+                    // serving thread stopped, so none of its I/O can land
+                    // later; the others go on.
+                    Err(FrontError::Broken(_)) => {
+                        let (bad, good): (Vec<_>, Vec<_>) = std::mem::take(&mut s.fronts)
+                            .into_iter()
+                            .partition(BlkFront::is_failed);
+                        s.fronts = good;
+                        s.failed.extend(bad);
+                    }
+                    // An unanswered request may still be carried out, after
+                    // writes the other queues finish: every queue stops, as
+                    // with one.
+                    Err(FrontError::Timeout) => {
+                        let all = std::mem::take(&mut s.fronts);
+                        s.failed.extend(all);
+                    }
+                    _ => {}
                 }
                 match r {
                     Err(FrontError::Aborted) => {}

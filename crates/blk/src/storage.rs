@@ -65,6 +65,19 @@ impl FileStorage {
             let mut f = &file;
             f.seek(std::io::SeekFrom::End(0))?
         };
+        // Our I/O is in 512-byte sectors: a file or device whose logical
+        // block is larger (4Kn disks, 4K loop or dm-crypt sectors) refuses
+        // 512-byte direct I/O; it is used buffered.
+        if direct && size >= 1024 {
+            let mut raw = Vec::new();
+            let probe = aligned(&mut raw, 512);
+            if let Err(e) = file.read_exact_at(probe, 512) {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    return Self::open_with(path, writable, false);
+                }
+                return Err(e);
+            }
+        }
         Ok(FileStorage { file, size, direct })
     }
 
@@ -117,13 +130,14 @@ impl Storage for FileStorage {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match crate::sys::punch_hole(&self.file, offset, len) {
             Ok(()) => Ok(()),
-            // A file system without holes: zeroes, a page at a time.
+            // A file system (or device) without holes: zeroes, a
+            // megabyte at a time, through `write_at` (aligned if O_DIRECT).
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                let zeros = vec![0u8; 4096];
+                let zeros = vec![0u8; (len.min(1 << 20)) as usize];
                 let mut done = 0;
                 while done < len {
                     let n = (len - done).min(zeros.len() as u64) as usize;
-                    self.file.write_all_at(&zeros[..n], offset + done)?;
+                    self.write_at(&zeros[..n], offset + done)?;
                     done += n as u64;
                 }
                 Ok(())

@@ -433,3 +433,39 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
     }
     drop(hv);
 }
+
+#[test]
+fn a_request_unanswered_in_time_stops_every_queue() {
+    use blk::reattach::Reattachable;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let (hv, dom0, new, guest) = host("timeout", 1200);
+    let storage = Arc::new(MemStorage::new(1 << 20));
+    // Queue 0's backend never answers; queue 1's does.
+    let mut dead = connect(&dom0, &guest, new.domid, &storage, false, 1).front;
+    dead.set_timeout(Duration::from_millis(200));
+    let live = connect(&dom0, &guest, new.domid, &storage, true, 1);
+    let disk = Reattachable::new(vec![dead, live.front], false, Duration::from_secs(10));
+    assert!(
+        disk.write(0, &[1u8; 4096]).is_err(),
+        "unanswered on queue 0"
+    );
+    // Queue 1 takes no more either: queue 0's write could land after it.
+    let t = Instant::now();
+    assert!(disk.write(4096, &[2u8; 4096]).is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "failed at once, not after the wait"
+    );
+    assert!(storage.contents()[4096..8192].iter().all(|&b| b == 0));
+    let mut fronts = disk.detach();
+    assert_eq!(fronts.len(), 2, "both handed back");
+    let c = Connection {
+        front: fronts.pop().unwrap(),
+        stop: live.stop,
+        server: live.server,
+    }
+    .stop();
+    assert_eq!(c.bad + c.grant_errors + c.io_errors, 0);
+    drop(hv);
+}

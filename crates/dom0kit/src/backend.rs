@@ -324,8 +324,8 @@ struct VbdBack {
     dom: SimDomain,
     /// Where helpers put their sockets.
     run: PathBuf,
-    /// Disks opened by `probe`, for `connect` to take: a server that
-    /// serves one connection (qemu-nbd without --persistent) is kept.
+    /// Disks opened by `probe`, for `connect` to take (one connection to
+    /// a server, one qemu-nbd helper, not two).
     probed: BTreeMap<(u16, u32), Box<dyn Storage>>,
     /// Persistent grants mapped at once, over all devices (each is one of
     /// our memory maps: well under `vm.max_map_count`, 65530).
