@@ -39,45 +39,9 @@ pub enum FrontError {
     Aborted,
 }
 
-/// One read or write of a [`BlkFront::batch`] (512-byte aligned).
-pub enum Io<'a> {
-    /// Read into `buf` from `offset`.
-    Read {
-        /// Where on the disk.
-        offset: u64,
-        /// What it reads into.
-        buf: &'a mut [u8],
-    },
-    /// Write `data` at `offset`.
-    Write {
-        /// Where on the disk.
-        offset: u64,
-        /// What it writes.
-        data: &'a [u8],
-    },
-}
-
-impl Io<'_> {
-    /// Where on the disk.
-    pub fn offset(&self) -> u64 {
-        match self {
-            Io::Read { offset, .. } | Io::Write { offset, .. } => *offset,
-        }
-    }
-
-    /// How many bytes.
-    pub fn len(&self) -> usize {
-        match self {
-            Io::Read { buf, .. } => buf.len(),
-            Io::Write { data, .. } => data.len(),
-        }
-    }
-
-    /// Whether it moves nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// One read or write of a [`BlkFront::batch`] (512-byte aligned): the
+/// storage engines' batch entry, the same shape.
+pub type Io<'a> = crate::storage::StorageIo<'a>;
 
 /// The first failure among a transfer's statuses.
 fn first_error(statuses: &[i16]) -> Result<(), FrontError> {

@@ -135,6 +135,32 @@ pub fn serve_slot(
     mover: &mut dyn Mover,
     c: &mut Counters,
 ) -> BlkifResponse {
+    let (id, operation, req) = resolve(abi, slot, disk, mover, c);
+    let status = match req {
+        Ok(r) => execute(&r, storage, mover, c),
+        Err(status) => status,
+    };
+    response(id, operation, status)
+}
+
+fn response(id: u64, operation: u8, status: i16) -> BlkifResponse {
+    BlkifResponse {
+        id,
+        operation,
+        status,
+        ..BlkifResponse::zeroed()
+    }
+}
+
+/// A slot decoded, checked, and (an indirect one) its segments fetched;
+/// or the status of its refusal, counted.
+fn resolve(
+    abi: Abi,
+    slot: &[u8],
+    disk: &Disk,
+    mover: &mut dyn Mover,
+    c: &mut Counters,
+) -> (u64, u8, Result<Request, i16>) {
     let (id, operation, req) = decode(abi, slot, disk);
     // An indirect request's segments: its pages copied in, then checked.
     let req = match req {
@@ -142,33 +168,101 @@ pub fn serve_slot(
             Ok(op) => Ok(Request { op, ..r }),
             Err(Fetch::Grant) => {
                 c.grant_errors += 1;
-                return BlkifResponse {
-                    id,
-                    operation,
-                    status: blkif::BLKIF_RSP_ERROR,
-                    ..BlkifResponse::zeroed()
-                };
+                return (id, operation, Err(blkif::BLKIF_RSP_ERROR));
             }
             Err(Fetch::Refused(e)) => Err(e),
         },
         r => r,
     };
-    let status = match req {
-        Ok(r) => execute(&r, storage, mover, c),
-        Err(e) => {
-            match e {
-                Refused::NotSupported(_) => c.unsupported += 1,
-                Refused::Bad(_) => c.bad += 1,
-            }
-            e.status()
+    let req = req.map_err(|e| {
+        match e {
+            Refused::NotSupported(_) => c.unsupported += 1,
+            Refused::Bad(_) => c.bad += 1,
         }
-    };
-    BlkifResponse {
-        id,
-        operation,
-        status,
-        ..BlkifResponse::zeroed()
+        e.status()
+    });
+    (id, operation, req)
+}
+
+/// Plain reads and writes (no barrier) that arrived together, their
+/// storage I/O submitted as one batch ([`Storage::submit`]: one
+/// `io_uring_enter` for a file); their statuses, in order.
+fn execute_group(
+    group: &[&Request],
+    storage: &dyn Storage,
+    mover: &mut dyn Mover,
+    c: &mut Counters,
+) -> Vec<i16> {
+    use crate::storage::StorageIo;
+    let bytes = |segs: &[Segment]| segs.iter().map(Segment::len).sum::<usize>();
+    let mut status = vec![blkif::BLKIF_RSP_OKAY; group.len()];
+    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+    for (k, r) in group.iter().enumerate() {
+        match &r.op {
+            Op::Read { segments, .. } => bufs.push(vec![0u8; bytes(segments)]),
+            Op::Write { segments, .. } => {
+                let mut buf = vec![0u8; bytes(segments)];
+                if mover.read_guest(segments, &mut buf).is_err() {
+                    c.grant_errors += 1;
+                    status[k] = blkif::BLKIF_RSP_ERROR;
+                }
+                bufs.push(buf);
+            }
+            _ => {
+                c.bad += 1;
+                status[k] = blkif::BLKIF_RSP_ERROR;
+                bufs.push(Vec::new());
+            }
+        }
     }
+    let mut which = Vec::new();
+    let mut ios: Vec<StorageIo<'_>> = Vec::new();
+    for (k, (r, buf)) in group.iter().zip(bufs.iter_mut()).enumerate() {
+        if status[k] != blkif::BLKIF_RSP_OKAY {
+            continue;
+        }
+        match &r.op {
+            Op::Read { sector, .. } => ios.push(StorageIo::Read {
+                offset: sector * 512,
+                buf,
+            }),
+            Op::Write { sector, .. } => ios.push(StorageIo::Write {
+                offset: sector * 512,
+                data: buf,
+            }),
+            _ => continue,
+        }
+        which.push(k);
+    }
+    let results = storage.submit(&mut ios);
+    drop(ios);
+    let mut results = results.into_iter();
+    for k in which {
+        if !matches!(results.next(), Some(Ok(()))) {
+            c.io_errors += 1;
+            status[k] = blkif::BLKIF_RSP_ERROR;
+        }
+    }
+    for (k, r) in group.iter().enumerate() {
+        if status[k] != blkif::BLKIF_RSP_OKAY {
+            continue;
+        }
+        if let Op::Read { segments, .. } = &r.op {
+            if mover.write_guest(segments, &bufs[k]).is_err() {
+                c.grant_errors += 1;
+                status[k] = blkif::BLKIF_RSP_ERROR;
+                continue;
+            }
+        }
+        c.ok += 1;
+    }
+    status
+}
+
+/// Whether a request can go in a group: a plain read or write.
+fn groupable(r: &Request) -> bool {
+    matches!(r.op, Op::Read { .. } | Op::Write { flush: false, .. })
+        && !matches!(&r.op, Op::Write { segments, .. } if segments.is_empty())
 }
 
 /// The x86_64 request slot: the union's size is `blkif_request`'s.
@@ -231,14 +325,54 @@ pub fn serve_ring<M: RingMem, A: RingAbi>(
     let mut served = 0;
     let mut notify = false;
     loop {
-        while served < budget {
+        // What has arrived (within the budget), decoded and checked.
+        let mut taken = Vec::new();
+        while served + taken.len() < budget {
             // A copy of the slot: the frontend may change the shared one.
             let Some(slot) = ring.take_request()? else {
                 break;
             };
-            let rsp = serve_slot(A::ABI, slot.as_bytes(), disk, storage, mover, c);
-            ring.put_response(&A::response(&rsp))?;
-            served += 1;
+            taken.push(resolve(A::ABI, slot.as_bytes(), disk, mover, c));
+        }
+        served += taken.len();
+        // In order; plain reads and writes in a row go to the storage as
+        // one batch; anything else (a flush, a barrier, a discard) waits
+        // for what came before it and goes alone.
+        let mut statuses: Vec<Option<i16>> = vec![None; taken.len()];
+        let mut i = 0;
+        while i < taken.len() {
+            match &taken[i].2 {
+                Err(status) => {
+                    statuses[i] = Some(*status);
+                    i += 1;
+                }
+                Ok(r) if groupable(r) => {
+                    let mut j = i;
+                    let mut group = Vec::new();
+                    while let Some((_, _, Ok(r))) = taken.get(j) {
+                        if !groupable(r) {
+                            break;
+                        }
+                        group.push(r);
+                        j += 1;
+                    }
+                    for (k, st) in execute_group(&group, storage, mover, c)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        statuses[i + k] = Some(st);
+                    }
+                    i = j;
+                }
+                Ok(r) => {
+                    statuses[i] = Some(execute(r, storage, mover, c));
+                    i += 1;
+                }
+            }
+        }
+        for ((id, operation, _), st) in taken.iter().zip(statuses) {
+            let st = st.unwrap_or(blkif::BLKIF_RSP_ERROR);
+            ring.put_response(&A::response(&response(*id, *operation, st)))?;
         }
         notify |= ring.push_responses()?;
         if served >= budget || !ring.final_check_for_requests()? {

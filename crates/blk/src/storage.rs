@@ -18,6 +18,57 @@ pub trait Storage: Send + Sync {
     fn flush(&self) -> io::Result<()>;
     /// Gives `len` bytes at `offset` back (zeroes them, at least).
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Several reads and writes that arrived together, each with its
+    /// result: one after another unless the engine does better (a file:
+    /// one io_uring submission).
+    fn submit(&self, ios: &mut [StorageIo<'_>]) -> Vec<io::Result<()>> {
+        ios.iter_mut()
+            .map(|io| match io {
+                StorageIo::Read { offset, buf } => self.read_at(buf, *offset),
+                StorageIo::Write { offset, data } => self.write_at(data, *offset),
+            })
+            .collect()
+    }
+}
+
+/// One read or write of a batch ([`Storage::submit`], and blkfront's).
+pub enum StorageIo<'a> {
+    /// Read into `buf` from `offset`.
+    Read {
+        /// Where on the disk.
+        offset: u64,
+        /// What it reads into.
+        buf: &'a mut [u8],
+    },
+    /// Write `data` at `offset`.
+    Write {
+        /// Where on the disk.
+        offset: u64,
+        /// What it writes.
+        data: &'a [u8],
+    },
+}
+
+impl StorageIo<'_> {
+    /// Where on the disk.
+    pub fn offset(&self) -> u64 {
+        match self {
+            StorageIo::Read { offset, .. } | StorageIo::Write { offset, .. } => *offset,
+        }
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            StorageIo::Read { buf, .. } => buf.len(),
+            StorageIo::Write { data, .. } => data.len(),
+        }
+    }
+
+    /// Whether it moves nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A raw image file or block device.
@@ -27,7 +78,14 @@ pub struct FileStorage {
     /// Opened `O_DIRECT`: I/O bypasses the page cache, through buffers
     /// aligned to 4096.
     direct: bool,
+    /// Batches go through an io_uring of ours (`O_DIRECT` files); `None`
+    /// (buffered, or the kernel gave none): one `pread`/`pwrite` after
+    /// another.
+    ring: Option<std::sync::Mutex<crate::sys::Uring>>,
 }
+
+/// Entries of a file's io_uring (a ring's worth of requests).
+const URING_ENTRIES: u32 = 64;
 
 /// The alignment `O_DIRECT` buffers get (a page: enough for any logical
 /// block size up to it).
@@ -78,12 +136,34 @@ impl FileStorage {
                 return Err(e);
             }
         }
-        Ok(FileStorage { file, size, direct })
+        // io_uring for O_DIRECT, where the kernel's I/O is asynchronous
+        // anyway; buffered, through the page cache, one `pread`/`pwrite`
+        // after another measured faster here (io_uring hands buffered I/O
+        // to worker threads: 81-118k 4 KiB reads a second against
+        // 148-166k).
+        let ring = if direct {
+            crate::sys::Uring::new(URING_ENTRIES)
+                .ok()
+                .map(std::sync::Mutex::new)
+        } else {
+            None
+        };
+        Ok(FileStorage {
+            file,
+            size,
+            direct,
+            ring,
+        })
     }
 
     /// Whether I/O bypasses the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct
+    }
+
+    /// Whether batches go through io_uring.
+    pub fn has_uring(&self) -> bool {
+        self.ring.is_some()
     }
 }
 
@@ -125,6 +205,51 @@ impl Storage for FileStorage {
     /// the device's cache, which `fdatasync` flushes.
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn submit(&self, ios: &mut [StorageIo<'_>]) -> Vec<io::Result<()>> {
+        use crate::sys::RawIo;
+        let Some(ring) = &self.ring else {
+            return ios
+                .iter_mut()
+                .map(|io| match io {
+                    StorageIo::Read { offset, buf } => self.read_at(buf, *offset),
+                    StorageIo::Write { offset, data } => self.write_at(data, *offset),
+                })
+                .collect();
+        };
+        let Ok(mut ring) = ring.lock() else {
+            return ios
+                .iter()
+                .map(|_| Err(io::Error::other("io_uring poisoned")))
+                .collect();
+        };
+        // O_DIRECT (the only files with a ring): through aligned bounce
+        // buffers.
+        let mut bounce: Vec<Vec<u8>> = ios.iter().map(|_| Vec::new()).collect();
+        let mut raw: Vec<RawIo<'_>> = Vec::with_capacity(ios.len());
+        for (io, b) in ios.iter().zip(bounce.iter_mut()) {
+            match io {
+                StorageIo::Read { offset, buf } => {
+                    raw.push(RawIo::Read(aligned(b, buf.len()), *offset));
+                }
+                StorageIo::Write { offset, data } => {
+                    let t = aligned(b, data.len());
+                    t.copy_from_slice(data);
+                    raw.push(RawIo::Write(t, *offset));
+                }
+            }
+        }
+        let results = ring.run(&self.file, &mut raw);
+        drop(raw);
+        for ((io, b), r) in ios.iter_mut().zip(bounce.iter_mut()).zip(&results) {
+            if let (StorageIo::Read { buf, .. }, Ok(())) = (io, r) {
+                let n = buf.len();
+                let off = b.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+                buf.copy_from_slice(&b[off..off + n]);
+            }
+        }
+        results
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

@@ -1,5 +1,6 @@
-//! The one system call std lacks: punching a hole in a file. Every
-//! `unsafe` block of the crate is here.
+//! The system calls std lacks: punching a hole in a file, and io_uring
+//! for batches of reads and writes. Every `unsafe` block of the crate is
+//! here.
 
 #![allow(unsafe_code)]
 
@@ -27,4 +28,117 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// One read or write of a [`Uring::run`] batch.
+pub(crate) enum RawIo<'a> {
+    /// Read into the buffer from the offset.
+    Read(&'a mut [u8], u64),
+    /// Write the buffer at the offset.
+    Write(&'a [u8], u64),
+}
+
+impl RawIo<'_> {
+    fn len(&self) -> usize {
+        match self {
+            RawIo::Read(b, _) => b.len(),
+            RawIo::Write(b, _) => b.len(),
+        }
+    }
+}
+
+/// An io_uring of our own: a batch of reads and writes on one file goes
+/// to the kernel in one `io_uring_enter`.
+pub(crate) struct Uring {
+    ring: io_uring::IoUring,
+    entries: usize,
+}
+
+impl Uring {
+    /// A ring of `entries` (a power of two), if the kernel lets us have one.
+    pub(crate) fn new(entries: u32) -> io::Result<Uring> {
+        Ok(Uring {
+            ring: io_uring::IoUring::new(entries)?,
+            entries: entries as usize,
+        })
+    }
+
+    /// Runs `ios` on `file`, as many at once as the ring holds; each one's
+    /// result (a short transfer is finished by plain `pread`/`pwrite`).
+    pub(crate) fn run(&mut self, file: &File, ios: &mut [RawIo<'_>]) -> Vec<io::Result<()>> {
+        use io_uring::{opcode, types};
+        let fd = types::Fd(file.as_raw_fd());
+        let mut results: Vec<io::Result<usize>> = (0..ios.len()).map(|_| Ok(0)).collect();
+        for (base, chunk) in ios.chunks_mut(self.entries).enumerate() {
+            let base = base * self.entries;
+            let mut pushed = 0;
+            for (i, io) in chunk.iter_mut().enumerate() {
+                let len = u32::try_from(io.len()).unwrap_or(u32::MAX);
+                let e = match io {
+                    RawIo::Read(b, off) => opcode::Read::new(fd, b.as_mut_ptr(), len)
+                        .offset(*off)
+                        .build(),
+                    RawIo::Write(b, off) => {
+                        opcode::Write::new(fd, b.as_ptr(), len).offset(*off).build()
+                    }
+                };
+                let e = e.user_data((base + i) as u64);
+                // SAFETY: the buffer and the descriptor stay alive and
+                // unmoved until this function has taken every completion
+                // of the chunk (below): the kernel is done with them before
+                // their borrows end.
+                if unsafe { self.ring.submission().push(&e) }.is_err() {
+                    results[base + i] = Err(io::Error::other("io_uring queue full"));
+                    continue;
+                }
+                pushed += 1;
+            }
+            let mut done = 0;
+            let mut failures = 0;
+            while done < pushed {
+                if let Err(e) = self.ring.submit_and_wait(pushed - done) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        failures += 1;
+                        // The kernel may still use the buffers: they must
+                        // not be handed back before it is done. A ring
+                        // that keeps failing leaves no safe way on.
+                        if failures > 100 {
+                            std::process::abort();
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    continue;
+                }
+                for cqe in self.ring.completion() {
+                    let k = cqe.user_data() as usize;
+                    let r = cqe.result();
+                    if let Some(slot) = results.get_mut(k) {
+                        *slot = if r < 0 {
+                            Err(io::Error::from_raw_os_error(-r))
+                        } else {
+                            Ok(r as usize)
+                        };
+                    }
+                    done += 1;
+                }
+            }
+        }
+        // Short transfers finished the plain way.
+        ios.iter_mut()
+            .zip(results)
+            .map(|(io, r)| {
+                use std::os::unix::fs::FileExt;
+                let n = r?;
+                match io {
+                    RawIo::Read(b, off) if n < b.len() => {
+                        file.read_exact_at(&mut b[n..], *off + n as u64)
+                    }
+                    RawIo::Write(b, off) if n < b.len() => {
+                        file.write_all_at(&b[n..], *off + n as u64)
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .collect()
+    }
 }

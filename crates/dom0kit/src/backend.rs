@@ -14,8 +14,9 @@
 //! secure discard), and persistent grants are used when the frontend
 //! offers them too. Rings of either request ABI (`protocol` x86_64-abi or
 //! x86_32-abi) and of up to 16 pages are served, and indirect requests of
-//! up to 256 segments, on up to 4 queues. Not yet: io_uring (the rest of
-//! issue 6). Opening a disk happens on the watch loop: an NBD server that does not answer holds
+//! up to 256 segments, on up to 4 queues; the reads and writes that arrive
+//! together go to the storage as one batch (io_uring for O_DIRECT disks).
+//! Opening a disk happens on the watch loop: an NBD server that does not answer holds
 //! every device's handshake for up to 40 s (a 10 s TCP connect, a 30 s
 //! handshake); a qemu-nbd helper for up to 10 s.
 
