@@ -397,6 +397,8 @@ impl BackendDriver for VbdBack {
                 (u8::from(cdrom) * 3 + if writable { 0 } else { 4 }).to_string(),
             ),
             ("feature-flush-cache", "1".to_string()),
+            // WRITE_BARRIER: the write, then a flush, before the answer.
+            ("feature-barrier", "1".to_string()),
             ("feature-persistent", "1".to_string()),
             ("feature-max-indirect-segments", MAX_INDIRECT.to_string()),
             ("multi-queue-max-queues", MAX_QUEUES.to_string()),
