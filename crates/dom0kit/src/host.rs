@@ -1079,8 +1079,8 @@ fn nbd_workloads(socket: &Path, name: &str, size: u64) -> Result<[f64; 4], Strin
 enum FioTarget<'a> {
     /// An NBD export, through fio's nbd engine.
     Nbd(String),
-    /// The file itself, through io_uring.
-    File(&'a Path),
+    /// The file itself, through io_uring (`O_DIRECT` if the flag says).
+    File(&'a Path, bool),
 }
 
 /// The fio workloads of issue 6: name, fio's `--rw`, block size, unit.
@@ -1115,8 +1115,9 @@ fn fio_workloads(
         ]);
         match target {
             FioTarget::Nbd(uri) => c.args(["--ioengine=nbd", &format!("--uri={uri}")]),
-            FioTarget::File(f) => c
-                .args(["--ioengine=io_uring", "--direct=0"])
+            FioTarget::File(f, direct) => c
+                .arg("--ioengine=io_uring")
+                .arg(format!("--direct={}", u8::from(*direct)))
                 .arg(format!("--filename={}", f.display())),
         };
         let o = c
@@ -1148,6 +1149,9 @@ fn fio_workloads(
 /// (with fio's io_uring on the file itself for reference).
 pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
     let mut secs: u32 = 5;
+    // --direct: every path past the page cache (the guest's disk
+    // direct-io-safe, qemu-nbd --cache=none, fio --direct=1).
+    let mut o_direct = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1156,7 +1160,8 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
                     .parse()
                     .map_err(|_| "--fio-seconds takes a number")?;
             }
-            _ => return Err("usage: dom0kit bench blk [--fio-seconds N]".into()),
+            "--direct" => o_direct = true,
+            _ => return Err("usage: dom0kit bench blk [--fio-seconds N] [--direct]".into()),
         }
     }
     // fio with its nbd engine (built with libnbd).
@@ -1193,8 +1198,9 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
     let pv = (|| {
         let (hv, mut xs) = connect(&h.run)?;
         let text = format!(
-            "name = \"bench\"\nmemory = 32\ndisk = [ '{},raw,xvda,rw' ]\n",
-            image.display()
+            "name = \"bench\"\nmemory = 32\ndisk = [ '{},raw,xvda,rw{}' ]\n",
+            image.display(),
+            if o_direct { ",direct-io-safe" } else { "" }
         );
         let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
         let mut spawner = Spawner::new(&h.run);
@@ -1221,7 +1227,13 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
     let (pv, pv_fio) = pv?;
     let sock = dir.join("qemu-nbd.sock");
     let mut q = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-x", "xvda", "--persistent", "-k"])
+        .args(["-f", "raw", "-x", "xvda", "--persistent"])
+        .arg(if o_direct {
+            "--cache=none"
+        } else {
+            "--cache=writeback"
+        })
+        .arg("-k")
         .arg(&sock)
         .arg(&image)
         .stdout(Stdio::null())
@@ -1241,7 +1253,12 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
     let _ = q.kill();
     let _ = q.wait();
     let direct = if fio {
-        Some(fio_workloads(&FioTarget::File(&image), size, secs, &dir))
+        Some(fio_workloads(
+            &FioTarget::File(&image, o_direct),
+            size,
+            secs,
+            &dir,
+        ))
     } else {
         None
     };
@@ -1273,7 +1290,10 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
         (Some(pv), Some(hop), Some(direct)) => {
             println!(
                 "\n{:<44} {:>12} {:>14} {:>14} {:>7}  goal",
-                format!("fio, {secs} s each"),
+                format!(
+                    "fio, {secs} s each{}",
+                    if o_direct { ", O_DIRECT" } else { "" }
+                ),
                 "PV path",
                 "NBD hop alone",
                 "io_uring file",

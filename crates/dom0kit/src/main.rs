@@ -58,10 +58,11 @@ commands:
   bench host [--guests N]
                        time to create a guest until its disk is Connected, from the
                        first guest to the Nth running (default 50)
-  bench blk [--fio-seconds N]
+  bench blk [--fio-seconds N] [--direct]
                        the same I/O on one image through the PV path (NBD export, blkfront,
                        blkback) and through qemu-nbd alone, as ratios: one request at a
-                       time, then fio at queue depth 32 (and fio's io_uring on the file)
+                       time, then fio at queue depth 32 (and fio's io_uring on the file);
+                       --direct: all of them past the page cache (O_DIRECT)
   bench sim [--rounds N | --quick]
                        measure the simulated hypervisor against its physical limits
   version              print the version";
