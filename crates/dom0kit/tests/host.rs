@@ -58,16 +58,19 @@ impl Host {
 
     /// A config file for guest `name` with one disk.
     fn config(&self, name: &str) -> PathBuf {
+        self.config_with(name, 4 << 20, "")
+    }
+
+    /// A guest `name` with one raw disk of `size` bytes (`<name>.img`),
+    /// its DISKSPEC ending in `extra` (`,direct-io-safe`, say).
+    fn config_with(&self, name: &str, size: u64, extra: &str) -> PathBuf {
         let disk = self.dir.join(format!("{name}.img"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(4 << 20)
-            .unwrap();
+        std::fs::File::create(&disk).unwrap().set_len(size).unwrap();
         let cfg = self.dir.join(format!("{name}.cfg"));
         std::fs::write(
             &cfg,
             format!(
-                "name = \"{name}\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw' ]\n",
+                "name = \"{name}\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw{extra}' ]\n",
                 disk.display()
             ),
         )
@@ -545,20 +548,8 @@ fn a_killed_backend_is_restarted_and_takes_its_devices_over() {
 #[test]
 fn writes_in_flight_when_the_backend_is_killed_are_made_again_and_verify() {
     let h = Host::up("backend-crash");
+    let cfg = h.config_with("busy", 32 << 20, "");
     let disk = h.dir.join("busy.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let cfg = h.dir.join("busy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"busy\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw' ]\n",
-            disk.display()
-        ),
-    )
-    .unwrap();
     h.ok(&["create", cfg.to_str().unwrap()]);
     let (_, url) = h.export("busy");
     // 24 MiB of sequential writes at 16 MiB/s, then every block read back
@@ -910,20 +901,8 @@ fn open_flags(pid: i32, file: &Path) -> Vec<u32> {
 fn direct_io_safe_disks_bypass_the_page_cache() {
     const O_DIRECT: u32 = 0o40000;
     let h = Host::up("direct");
+    let cfg = h.config_with("direct", 4 << 20, ",direct-io-safe");
     let image = h.dir.join("direct.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
-    let cfg = h.dir.join("direct.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"direct\"\nmemory = 16\ndisk = [ '{},raw,xvda,rw,direct-io-safe' ]\n",
-            image.display()
-        ),
-    )
-    .unwrap();
     h.ok(&["create", cfg.to_str().unwrap()]);
     assert_eq!(
         h.xenstore(&["read", "/local/domain/0/backend/vbd/1/51712/direct-io-safe"])
