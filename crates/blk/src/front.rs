@@ -187,6 +187,13 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         self.failed || self.is_aborted()
     }
 
+    /// The data pages, as one slice of our memory.
+    fn data_area(&self) -> Result<abi::VolatileSlice<'_>, FrontError> {
+        self.dom
+            .pages(self.data, self.pages as u64)
+            .map_err(|e| FrontError::Broken(e.to_string()))
+    }
+
     /// Size in sectors.
     pub fn sectors(&self) -> u64 {
         self.sectors
@@ -238,18 +245,12 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
         let mut reqs = Vec::new();
         self.requests(op, sector, len, 0, &mut 0, &mut reqs)?;
         if let Some(d) = data {
-            let mem = self
-                .dom
-                .pages(self.data, self.pages as u64)
-                .map_err(|e| broken(&e))?;
+            let mem = self.data_area()?;
             mem.write_bytes(0, d).map_err(|e| broken(&e))?;
         }
         first_error(&self.exchange(&reqs)?)?;
         if let Some(o) = out {
-            let mem = self
-                .dom
-                .pages(self.data, self.pages as u64)
-                .map_err(|e| broken(&e))?;
+            let mem = self.data_area()?;
             mem.read_bytes(0, o).map_err(|e| broken(&e))?;
         }
         Ok(())
@@ -477,10 +478,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                 j += 1;
             }
             {
-                let mem = self
-                    .dom
-                    .pages(self.data, self.pages as u64)
-                    .map_err(|e| broken(&e))?;
+                let mem = self.data_area()?;
                 for (k, io) in ios[i..j].iter().enumerate() {
                     if let Io::Write { data, .. } = io {
                         mem.write_bytes(first_page[k] * 4096, data)
@@ -494,10 +492,7 @@ impl<P: OwnMemory + GrantTable + EventChannels> BlkFront<P> {
                     results[owner[k]] = Err(FrontError::Status(st));
                 }
             }
-            let mem = self
-                .dom
-                .pages(self.data, self.pages as u64)
-                .map_err(|e| broken(&e))?;
+            let mem = self.data_area()?;
             for (k, io) in ios[i..j].iter_mut().enumerate() {
                 if let (Io::Read { buf, .. }, Ok(())) = (io, &results[i + k]) {
                     mem.read_bytes(first_page[k] * 4096, buf)
