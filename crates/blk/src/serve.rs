@@ -46,34 +46,13 @@ pub fn execute(
     mover: &mut dyn Mover,
     c: &mut Counters,
 ) -> i16 {
-    let bytes = |segs: &[Segment]| segs.iter().map(Segment::len).sum::<usize>();
     let result = match &req.op {
-        Op::Read { sector, segments } => {
-            let mut buf = vec![0u8; bytes(segments)];
-            match storage.read_at(&mut buf, sector * 512) {
-                Err(_) => Err(false),
-                Ok(()) => mover.write_guest(segments, &buf).map_err(|BadGrant| true),
-            }
-        }
-        Op::Write {
-            sector,
-            segments,
-            flush,
-        } => {
-            let mut buf = vec![0u8; bytes(segments)];
-            if segments.is_empty() {
-                // A barrier without data (its sector unchecked, as Linux
-                // leaves it): only the flush.
-                storage.flush().map_err(|_| false)
-            } else {
-                match mover.read_guest(segments, &mut buf) {
-                    Err(BadGrant) => Err(true),
-                    Ok(()) => storage
-                        .write_at(&buf, sector * 512)
-                        .and_then(|()| if *flush { storage.flush() } else { Ok(()) })
-                        .map_err(|_| false),
-                }
-            }
+        // A barrier without data (its sector unchecked, as Linux leaves
+        // it): only the flush.
+        Op::Write { segments, .. } if segments.is_empty() => storage.flush().map_err(|_| false),
+        // Reads and writes as a group of one.
+        Op::Read { .. } | Op::Write { .. } => {
+            return execute_group(&[req], storage, mover, c)[0];
         }
         Op::Flush => storage.flush().map_err(|_| false),
         // Never here: `serve_slot` fetches its segments first.
@@ -184,9 +163,10 @@ fn resolve(
     (id, operation, req)
 }
 
-/// Plain reads and writes (no barrier) that arrived together, their
-/// storage I/O submitted as one batch ([`Storage::submit`]: one
-/// `io_uring_enter` for a file); their statuses, in order.
+/// Reads and writes that arrived together (plain ones; a barrier's write
+/// only alone: it is flushed after), their storage I/O submitted as one
+/// batch ([`Storage::submit`]: one `io_uring_enter` for a file); their
+/// statuses, in order.
 fn execute_group(
     group: &[&Request],
     storage: &dyn Storage,
@@ -238,7 +218,10 @@ fn execute_group(
     drop(ios);
     let mut results = results.into_iter();
     for k in which {
-        if !matches!(results.next(), Some(Ok(()))) {
+        // A barrier's write is on stable storage before its answer.
+        let barrier = matches!(group[k].op, Op::Write { flush: true, .. });
+        let ok = matches!(results.next(), Some(Ok(())));
+        if !ok || (barrier && storage.flush().is_err()) {
             c.io_errors += 1;
             status[k] = blkif::BLKIF_RSP_ERROR;
         }
