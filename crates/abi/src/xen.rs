@@ -1,5 +1,6 @@
-//! Constants of `xen/xen.h` and `xen/event_channel.h`: reserved domain ids,
-//! virtual IRQs and event-channel limits.
+//! Constants of `xen/xen.h`, `xen/sched.h` and `xen/event_channel.h`:
+//! reserved domain ids, virtual IRQs, shutdown reasons and event-channel
+//! limits.
 
 crate::xen_consts! {
     /// Log2 of the page size of every ring protocol and hypercall interface.
@@ -42,6 +43,18 @@ crate::xen_consts! {
     NR_VIRQS: u32 = 24;
     /// Ports of the 2-level event-channel ABI on a 64-bit guest.
     EVTCHN_2L_NR_CHANNELS: u32 = 4096, c "(int)EVTCHN_2L_NR_CHANNELS";
+    /// `SCHEDOP_shutdown` reason: the guest powered off.
+    SHUTDOWN_POWEROFF: u8 = 0, c "SHUTDOWN_poweroff";
+    /// `SCHEDOP_shutdown` reason: the guest wants to be rebooted.
+    SHUTDOWN_REBOOT: u8 = 1, c "SHUTDOWN_reboot";
+    /// `SCHEDOP_shutdown` reason: the guest suspended (to be saved).
+    SHUTDOWN_SUSPEND: u8 = 2, c "SHUTDOWN_suspend";
+    /// `SCHEDOP_shutdown` reason: the guest crashed.
+    SHUTDOWN_CRASH: u8 = 3, c "SHUTDOWN_crash";
+    /// `SCHEDOP_shutdown` reason: the guest's watchdog fired.
+    SHUTDOWN_WATCHDOG: u8 = 4, c "SHUTDOWN_watchdog";
+    /// `SCHEDOP_shutdown` reason: the guest asks for a soft reset.
+    SHUTDOWN_SOFT_RESET: u8 = 5, c "SHUTDOWN_soft_reset";
     /// `EVTCHNOP_bind_interdomain`.
     EVTCHNOP_BIND_INTERDOMAIN: u32 = 0, c "EVTCHNOP_bind_interdomain";
     /// `EVTCHNOP_bind_virq`.

@@ -48,6 +48,7 @@ const HEADERS_64: &str = r#"
 #include <xen/xen.h>
 #include <xen/grant_table.h>
 #include <xen/event_channel.h>
+#include <xen/sched.h>
 #include <xen/io/ring.h>
 #include <xen/io/blkif.h>
 #define XEN_NETIF_DEFINE_TOEPLITZ

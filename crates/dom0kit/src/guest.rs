@@ -359,6 +359,53 @@ impl FrontendDriver for VbdFront {
     }
 }
 
+/// What `control/shutdown` asks for, taken (the node emptied, as Linux
+/// does in a transaction, so that the request is answered once). An
+/// empty node, or a request we do not serve (`suspend`, `crash`,
+/// `sysrq`), is left alone.
+fn shutdown_requested<S: Read + Write>(
+    xs: &mut Client<S>,
+    node: &str,
+) -> Option<platform::ShutdownReason> {
+    xenbus::paths::in_transaction(xs, |xs, t| {
+        let reason = match xs.read(t, node).as_deref() {
+            Ok(b"poweroff" | b"halt") => Some(platform::ShutdownReason::Poweroff),
+            Ok(b"reboot") => Some(platform::ShutdownReason::Reboot),
+            _ => None,
+        };
+        if reason.is_some() {
+            xs.write(t, node, b"")?;
+        }
+        Ok(reason)
+    })
+    .ok()
+    .flatten()
+}
+
+/// An orderly shutdown: every disk's acknowledged writes go to stable
+/// storage (Linux syncs before it powers off), every device closes, and
+/// the domain shuts down with `reason` (`SCHEDOP_shutdown`); the process
+/// then exits. What follows is the toolstack's (`on_poweroff`,
+/// `on_reboot`).
+fn shut_down<S: Read + Write>(
+    dom: &SimDomain,
+    xs: &mut Client<S>,
+    vbd: &mut FrontendRunner<VbdFront>,
+    reason: platform::ShutdownReason,
+) -> Result<(), platform::Error> {
+    for e in vbd.driver().exports.values() {
+        if let Err(x) = e.disk.flush() {
+            eprintln!(
+                "guest {}: flushing {}: {x}",
+                dom.domid().0,
+                e.socket.display()
+            );
+        }
+    }
+    vbd.shutdown(xs);
+    platform::Schedule::shutdown(dom, reason)
+}
+
 /// Runs the guest; returns when its xenstore connection ends.
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let mut hv: Option<PathBuf> = None;
@@ -416,9 +463,24 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     );
     // The first request waits until dom0 has introduced us.
     xs.watch(&vbd.watch_path(), "vbd").map_err(|e| err(&e))?;
+    // As Linux's `xen/manage.c`: the requests we answer, and the node the
+    // toolstack writes them to.
+    let control = format!("/local/domain/{domid}/control");
+    for f in ["feature-poweroff", "feature-reboot"] {
+        xs.write(Tx::NONE, &format!("{control}/{f}"), b"1")
+            .map_err(|e| err(&e))?;
+    }
+    let shutdown_node = format!("{control}/shutdown");
+    xs.watch(&shutdown_node, "shutdown").map_err(|e| err(&e))?;
     let mut watched: HashSet<String> = HashSet::new();
     loop {
         let ev = xs.read_watch().map_err(|e| err(&e))?;
+        if ev.token == "shutdown" {
+            if let Some(reason) = shutdown_requested(&mut xs, &shutdown_node) {
+                return shut_down(&dom, &mut xs, &mut vbd, reason).map_err(|e| err(&e));
+            }
+            continue;
+        }
         vbd.on_event(&mut xs, &ev.path).map_err(|e| err(&e))?;
         // Pages a backend still mapped: whenever something happens, again.
         vbd.driver().end_lingering();

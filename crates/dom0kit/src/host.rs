@@ -331,8 +331,9 @@ pub(crate) fn supervise(h: &HostArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Destroys guests whose domain died (on `@releaseDomain`), connecting
-/// again whenever xenstored goes away.
+/// Acts on guests whose domain died or shut down (on `@releaseDomain`),
+/// as xl's per-domain process does, connecting again whenever xenstored
+/// goes away.
 fn reaper(run: &RunDir) {
     let Ok(hv) = SimDomain::attach_dom0(&run.hv()) else {
         return;
@@ -365,27 +366,51 @@ fn reap(run: &RunDir, hv: &SimDomain, children: &mut Vec<Child>) {
             .filter_map(|i| i.parse::<u16>().ok())
             .filter(|&d| d != 0)
         {
-            let alive = live.iter().any(|i| i.domid.0 == id && !i.dying);
-            if !alive {
-                // Its own connection may be gone; cleanup is what is left.
-                let mut c = match Client::connect(&run.xenstored()) {
-                    Ok(c) => c,
-                    Err(_) => continue,
-                };
-                children.extend(on_crash(run, hv, &mut c, id));
-            }
+            // A death it did not announce is a crash.
+            let ended = match live.iter().find(|i| i.domid.0 == id && !i.dying) {
+                None => Ended::Died,
+                Some(i) => match i.shutdown {
+                    Some(r) => Ended::Shutdown(r),
+                    None => continue,
+                },
+            };
+            // Its own connection may be gone; cleanup is what is left.
+            let mut c = match Client::connect(&run.xenstored()) {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            children.extend(after(run, hv, &mut c, id, ended));
         }
     }
 }
 
-/// A guest's process died without being destroyed: a crash. Its
-/// `on_crash` (from the configuration `create` kept) says what follows:
-/// `preserve` leaves its entries for a look (`destroy` cleans up later);
-/// `restart`, `coredump-restart` and `rename-restart` create it again
-/// (there is no core to dump), at most 3 times a minute, as xl stops a
-/// guest that crashes at once; anything else destroys it.
-fn on_crash(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16) -> Vec<Child> {
+/// How a guest's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// It shut itself down (`SCHEDOP_shutdown`), for this reason.
+    Shutdown(platform::ShutdownReason),
+    /// Its process died without being destroyed or shutting down: a
+    /// crash.
+    Died,
+}
+
+/// A guest's run ended without `destroy`. The action its configuration
+/// (kept by `create`) names for the reason says what follows, as xl:
+/// `on_poweroff` (default destroy), `on_reboot` (default restart),
+/// `on_crash` for a crash or a death (default destroy), `on_watchdog`
+/// (default destroy). `preserve` leaves the domain and its entries for
+/// a look (`destroy` cleans up later); `restart`, `coredump-restart`
+/// and `rename-restart` create it again (there is no core to dump; the
+/// old one is gone, not renamed), a crashed one at most 3 times a
+/// minute, as xl stops a guest that crashes at once; anything else
+/// destroys it. A suspended guest is left as it is (nothing here saves
+/// it); a soft reset is not built and destroys it.
+fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended) -> Vec<Child> {
+    use platform::ShutdownReason as R;
     use toolstack::config::OnEvent;
+    if ended == Ended::Shutdown(R::Suspend) {
+        return Vec::new();
+    }
     let name = xs
         .read(Tx::NONE, &format!("/local/domain/{domid}/name"))
         .ok()
@@ -400,10 +425,15 @@ fn on_crash(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16) -> Vec<Ch
     let destroying = xs
         .read(Tx::NONE, &format!("/local/domain/{domid}/destroying"))
         .is_ok();
-    let action = match &kept {
-        Some(c) if !destroying => c.on_crash,
+    let action = match (&kept, ended) {
+        (Some(_), _) if destroying => OnEvent::Destroy,
+        (Some(c), Ended::Shutdown(R::Poweroff)) => c.on_poweroff,
+        (Some(c), Ended::Shutdown(R::Reboot)) => c.on_reboot,
+        (Some(c), Ended::Shutdown(R::Watchdog)) => c.on_watchdog,
+        (Some(c), Ended::Died | Ended::Shutdown(R::Crash)) => c.on_crash,
         _ => OnEvent::Destroy,
     };
+    let crashed = matches!(ended, Ended::Died | Ended::Shutdown(R::Crash));
     if action == OnEvent::Preserve {
         return Vec::new();
     }
@@ -418,7 +448,23 @@ fn on_crash(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16) -> Vec<Ch
     let (Some(config), Some(name), true) = (kept, name, restart) else {
         return Vec::new();
     };
-    let log = run.domain_dir(&name).join("restarts");
+    if crashed && !may_restart_crashed(run, &name) {
+        eprintln!("reaper: {name} crashed 3 times within a minute; not restarting it");
+        return Vec::new();
+    }
+    let why = if crashed { "crashed" } else { "rebooted" };
+    let mut spawner = Spawner::new(run);
+    match dom::create(hv, xs, &config, &mut spawner) {
+        Ok(c) => eprintln!("reaper: {name} {why}; started again as domain {}", c.domid),
+        Err(e) => eprintln!("reaper: {name} {why}; starting it again failed: {e}"),
+    }
+    spawner.children
+}
+
+/// Whether a guest that crashed may be started again: not if it crashed
+/// 3 times within the last minute (the times are kept in its directory).
+fn may_restart_crashed(run: &RunDir, name: &str) -> bool {
+    let log = run.domain_dir(name).join("restarts");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -429,23 +475,17 @@ fn on_crash(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16) -> Vec<Ch
         .filter(|&t| now.saturating_sub(t) < 60)
         .collect();
     if recent.len() >= 3 {
-        eprintln!("reaper: {name} crashed 3 times within a minute; not restarting it");
-        return Vec::new();
+        return false;
     }
     recent.push(now);
     let _ = std::fs::write(
         &log,
         recent.iter().map(|t| format!("{t}\n")).collect::<String>(),
     );
-    let mut spawner = Spawner::new(run);
-    match dom::create(hv, xs, &config, &mut spawner) {
-        Ok(c) => eprintln!("reaper: {name} crashed; restarted as domain {}", c.domid),
-        Err(e) => eprintln!("reaper: {name} crashed; restarting it failed: {e}"),
-    }
-    spawner.children
+    true
 }
 
-/// Keeps a guest's configuration for its `on_crash`.
+/// Keeps a guest's configuration for what follows its shutdown or crash.
 fn keep_config(run: &RunDir, config: &toolstack::config::DomainConfig, text: &str, toml: bool) {
     let dir = run.domain_dir(&config.name);
     let _ = std::fs::create_dir_all(&dir);
@@ -637,6 +677,41 @@ pub(crate) fn destroy(h: &HostArgs) -> Result<(), String> {
         remove_exports(&h.run, &n);
     }
     Ok(())
+}
+
+/// `dom0kit shutdown|reboot [-w] NAME|ID`, as xl: the guest is asked
+/// (`control/shutdown`); with `-w`, it waits (without a limit, as xl)
+/// until that domain has shut down or is gone. What follows is the
+/// supervisor's, by the guest's `on_poweroff`/`on_reboot`.
+pub(crate) fn shutdown(h: &HostArgs, how: dom::ShutdownRequest) -> Result<(), String> {
+    let cmd = how_name(how);
+    let (wait, name) = match &h.rest[..] {
+        [w, name] if w == "-w" => (true, name),
+        [name] if !name.starts_with('-') => (false, name),
+        _ => return Err(format!("usage: dom0kit {cmd} [-w] NAME|ID")),
+    };
+    let (hv, mut xs) = connect(&h.run)?;
+    let domid = dom::request_shutdown(&mut xs, name, how).map_err(|e| format!("{cmd}: {e}"))?;
+    if !wait {
+        return Ok(());
+    }
+    loop {
+        let list = hv.list_domains().map_err(|e| format!("{cmd}: {e}"))?;
+        if !list
+            .iter()
+            .any(|i| i.domid.0 == domid && !i.dying && i.shutdown.is_none())
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn how_name(how: dom::ShutdownRequest) -> &'static str {
+    match how {
+        dom::ShutdownRequest::Poweroff => "shutdown",
+        dom::ShutdownRequest::Reboot => "reboot",
+    }
 }
 
 /// Removes a destroyed guest's NBD export sockets (a guest removes each

@@ -32,6 +32,10 @@ commands:
                        nbd://HOST[:PORT]/EXPORT, nbd:unix:PATH, nbd:HOST:PORT
   list                 list domains, as xl list
   destroy NAME|ID      close a guest's devices and destroy it
+  shutdown [-w] NAME|ID | reboot [-w] NAME|ID
+                       ask a guest to power off | reboot (control/shutdown), as xl; -w
+                       waits until it has shut down. Then its on_poweroff (default
+                       destroy) or on_reboot (default restart) is carried out
   block-attach DOMAIN DISKSPEC | block-detach DOMAIN VDEV
                        hotplug a disk (xl-disk-configuration(5) syntax)
                        (these take --run-dir DIR too; default as for hv)
@@ -88,8 +92,8 @@ fn main() -> ExitCode {
         }
         Some("demo") => host::demo(&args[1..]),
         Some(
-            cmd @ ("up" | "down" | "status" | "create" | "list" | "destroy" | "block-attach"
-            | "block-detach" | "__supervise"),
+            cmd @ ("up" | "down" | "status" | "create" | "list" | "destroy" | "shutdown" | "reboot"
+            | "block-attach" | "block-detach" | "__supervise"),
         ) => host::host_args(&args[1..]).and_then(|h| match cmd {
             "up" => host::up(&h),
             "down" => host::down(&h),
@@ -97,6 +101,8 @@ fn main() -> ExitCode {
             "create" => host::create(&h),
             "list" => host::list(&h),
             "destroy" => host::destroy(&h),
+            "shutdown" => host::shutdown(&h, toolstack::domain::ShutdownRequest::Poweroff),
+            "reboot" => host::shutdown(&h, toolstack::domain::ShutdownRequest::Reboot),
             "block-attach" => host::block_attach(&h),
             "block-detach" => host::block_detach(&h),
             _ => host::supervise(&h),

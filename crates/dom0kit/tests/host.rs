@@ -415,6 +415,82 @@ fn on_crash_restart_brings_a_crashed_guest_back_and_destroy_does_not() {
     assert_eq!(id(&h), None, "{}", h.ok(&["list"]));
 }
 
+/// Guest `name`'s row of `dom0kit list`: its id and state.
+fn row(h: &Host, name: &str) -> Option<(String, String)> {
+    h.ok(&["list"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_string(), f[4].to_string())
+        })
+}
+
+/// Waits up to 10 s for `ok` of guest `name`'s row.
+fn wait_row(h: &Host, name: &str, ok: impl Fn(&Option<(String, String)>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok(&row(h, name)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok(&row(h, name)), "{}", h.ok(&["list"]));
+}
+
+#[test]
+fn shutdown_and_reboot_do_what_on_poweroff_and_on_reboot_say() {
+    let h = Host::up("shutdown");
+    let before_store = h.xenstore_ls();
+    let before_frames = h.free_frames();
+    let cfg = h.config("calm");
+    // on_poweroff's default, destroy: the guest closes its devices, shuts
+    // down, and nothing of it is left.
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let store = h.xenstore_ls();
+    assert!(store.contains("feature-poweroff = \"1\""), "{store}");
+    h.ok(&["shutdown", "-w", "calm"]);
+    wait_row(&h, "calm", Option::is_none);
+    assert_eq!(settled_store(&h, &before_store), before_store);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (h.free_frames() != before_frames || !h.processes().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.free_frames(), before_frames, "every frame came back");
+    assert!(h.processes().is_empty(), "{:?}", h.processes());
+
+    // on_reboot's default, restart: the same guest again, as a new
+    // domain, its disk exported and working.
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    let (first, _) = row(&h, "calm").unwrap();
+    let (_, url) = h.export("calm");
+    let (ok, text) = qemu_io("raw", &url, &["write -P 0x3e 0 64k", "flush"]);
+    assert!(ok, "{text}");
+    h.ok(&["reboot", "-w", "calm"]);
+    wait_row(&h, "calm", |r| {
+        r.as_ref().is_some_and(|(id, _)| *id != first)
+    });
+    let (_, url) = h.export("calm");
+    let (ok, text) = qemu_io("raw", &url, &["read -P 0x3e 0 64k"]);
+    assert!(ok, "{text}");
+    assert_eq!(h.processes().len(), 1, "{:?}", h.processes());
+
+    // preserve: it stays, shut down (xl's `s`), until destroyed.
+    h.ok(&["destroy", "calm"]);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("on_poweroff = \"preserve\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    h.ok(&["shutdown", "-w", "calm"]);
+    wait_row(&h, "calm", |r| {
+        r.as_ref().is_some_and(|(_, s)| s == "---s--")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(row(&h, "calm").unwrap().1, "---s--");
+    h.ok(&["destroy", "calm"]);
+    wait_row(&h, "calm", Option::is_none);
+    assert_eq!(settled_store(&h, &before_store), before_store);
+}
+
 #[test]
 fn devices_not_built_yet_are_refused_not_dropped() {
     let h = Host::up("vif");

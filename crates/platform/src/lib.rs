@@ -196,6 +196,63 @@ pub struct DomainInfo {
     pub dying: bool,
     /// Whether anything runs as it yet.
     pub attached: bool,
+    /// Why it shut down, once it has (`XEN_DOMINF_shutdown` and its
+    /// reason): it stays, stopped, until it is destroyed.
+    pub shutdown: Option<ShutdownReason>,
+}
+
+/// Why a domain shut down (`SHUTDOWN_*` of `xen/sched.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// It powered off.
+    Poweroff,
+    /// It wants to be started again.
+    Reboot,
+    /// It suspended, to be saved.
+    Suspend,
+    /// It crashed.
+    Crash,
+    /// Its watchdog fired.
+    Watchdog,
+    /// It asks for a soft reset.
+    SoftReset,
+}
+
+impl ShutdownReason {
+    /// Xen's number for it.
+    pub fn code(self) -> u8 {
+        use abi::xen::*;
+        match self {
+            ShutdownReason::Poweroff => SHUTDOWN_POWEROFF,
+            ShutdownReason::Reboot => SHUTDOWN_REBOOT,
+            ShutdownReason::Suspend => SHUTDOWN_SUSPEND,
+            ShutdownReason::Crash => SHUTDOWN_CRASH,
+            ShutdownReason::Watchdog => SHUTDOWN_WATCHDOG,
+            ShutdownReason::SoftReset => SHUTDOWN_SOFT_RESET,
+        }
+    }
+
+    /// The reason Xen numbers `code`, if any.
+    pub fn from_code(code: u8) -> Option<ShutdownReason> {
+        [
+            ShutdownReason::Poweroff,
+            ShutdownReason::Reboot,
+            ShutdownReason::Suspend,
+            ShutdownReason::Crash,
+            ShutdownReason::Watchdog,
+            ShutdownReason::SoftReset,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
+}
+
+/// What a domain asks of the scheduler about itself (`SCHEDOP_*`).
+pub trait Schedule {
+    /// Shuts this domain down (`SCHEDOP_shutdown`): it stops running,
+    /// and dom0 is told (`VIRQ_DOM_EXC`) and decides what follows. A
+    /// second shutdown keeps the first reason.
+    fn shutdown(&self, reason: ShutdownReason) -> Result<()>;
 }
 
 /// Domain control (privileged: `XEN_DOMCTL_*`). Deaths are announced on

@@ -709,8 +709,20 @@ impl DomainControl for SimDomain {
                 paused: d.flags & 1 != 0,
                 dying: d.flags & 2 != 0,
                 attached: d.flags & 4 != 0,
+                shutdown: (d.flags & 8 != 0)
+                    .then(|| platform::ShutdownReason::from_code(d.reason))
+                    .flatten(),
             })
             .collect())
+    }
+}
+
+impl platform::Schedule for SimDomain {
+    fn shutdown(&self, reason: platform::ShutdownReason) -> Result<()> {
+        self.call(&Request::Shutdown {
+            reason: reason.code(),
+        })
+        .map(drop)
     }
 }
 

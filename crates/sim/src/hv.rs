@@ -8,6 +8,9 @@
 //! that closes is its domain's death: its ports close (peers see them
 //! unbound and get an event), `VIRQ_DOM_EXC` fires, and its frames return
 //! to the pool when no dom0 process holds the domain any more (zombies).
+//! A guest that shut down (`SCHEDOP_shutdown`) is not dead when its
+//! process goes: as on Xen, it stays, memory and all, until dom0 destroys
+//! it (the sim cannot stop a process; the guest exits after the call).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -98,6 +101,9 @@ struct Domain {
     /// before it has exited, whatever became of its connection.
     process: Option<OwnedFd>,
     dying: bool,
+    /// `SHUTDOWN_*`, once it shut down: it then stays (its memory
+    /// kept) until dom0 destroys it, even after its process is gone.
+    shutdown: Option<u8>,
     paused: bool,
     ports: BTreeMap<u32, PortState>,
     holders: HashMap<u64, u32>,
@@ -387,7 +393,13 @@ impl Hypervisor {
                 self.maybe_reap(id);
             }
         } else if let Some(domid) = conn.domid {
-            self.kill_domain(domid.0);
+            if self.is_shut_down(domid.0) {
+                if let Some(d) = self.domains.get_mut(&domid.0) {
+                    d.conn = None;
+                }
+            } else {
+                self.kill_domain(domid.0);
+            }
         }
     }
 
@@ -497,7 +509,9 @@ impl Hypervisor {
                         pages: d.p2m.len() as u64,
                         flags: u8::from(d.paused)
                             | u8::from(d.dying) << 1
-                            | u8::from(d.conn.is_some() || d.domid.0 == 0) << 2,
+                            | u8::from(d.conn.is_some() || d.domid.0 == 0) << 2
+                            | u8::from(d.shutdown.is_some()) << 3,
+                        reason: d.shutdown.unwrap_or(0),
                     })
                     .collect();
                 ok(Reply::List(list))
@@ -513,6 +527,21 @@ impl Hypervisor {
                 require(dom0)?;
                 let d = self.live_mut(domid)?;
                 *d.holders.entry(c).or_insert(0) += 1;
+                ok(Reply::Ok)
+            }
+            Request::Shutdown { reason } => {
+                if me.0 == 0 {
+                    return Err(EPERM);
+                }
+                if platform::ShutdownReason::from_code(reason).is_none() {
+                    return Err(EINVAL);
+                }
+                let d = self.live_mut(me)?;
+                // As Xen: the first reason stands.
+                if d.shutdown.is_none() {
+                    d.shutdown = Some(reason);
+                    self.dom_exc();
+                }
                 ok(Reply::Ok)
             }
             Request::Release { domid } => {
@@ -710,6 +739,7 @@ impl Hypervisor {
                 conn: None,
                 process: None,
                 dying: false,
+                shutdown: None,
                 paused: false,
                 ports: BTreeMap::new(),
                 holders: HashMap::new(),
@@ -994,6 +1024,12 @@ impl Hypervisor {
         for p in ports {
             self.close_port(DomId(domid), p);
         }
+        self.dom_exc();
+        self.maybe_reap(domid);
+    }
+
+    /// Signals `VIRQ_DOM_EXC` to dom0: a domain died or shut down.
+    fn dom_exc(&self) {
         if let Some(dom0) = self.domains.get(&0) {
             for p in dom0.ports.values() {
                 if matches!(p.binding, Binding::Virq(abi::xen::VIRQ_DOM_EXC)) {
@@ -1001,7 +1037,14 @@ impl Hypervisor {
                 }
             }
         }
-        self.maybe_reap(domid);
+    }
+
+    /// Whether `domid` shut down: then its process or connection going
+    /// is no death (it waits for dom0 to destroy it, as on Xen).
+    fn is_shut_down(&self, domid: u16) -> bool {
+        self.domains
+            .get(&domid)
+            .is_some_and(|d| d.shutdown.is_some())
     }
 
     /// A guest's process exited: its domain dies (if its connection had
@@ -1012,7 +1055,9 @@ impl Hypervisor {
                 self.epoll.remove(p.as_raw_fd());
             }
         }
-        self.kill_domain(domid);
+        if !self.is_shut_down(domid) {
+            self.kill_domain(domid);
+        }
         self.maybe_reap(domid);
     }
 

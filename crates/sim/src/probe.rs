@@ -125,6 +125,12 @@ fn command(dom: &mut Option<SimDomain>, line: &str) -> Result<String, String> {
             .map(|()| "ok".into())
             .map_err(e),
         "hangup" => d.hang_up_hv().map(|()| "ok".into()).map_err(e),
+        "shutdown" => {
+            let r = platform::ShutdownReason::from_code(num(w.next())?).ok_or("no such reason")?;
+            platform::Schedule::shutdown(d, r)
+                .map(|()| "ok".into())
+                .map_err(e)
+        }
         "close" => d
             .close(Port(num(w.next())?))
             .map(|()| "ok".into())

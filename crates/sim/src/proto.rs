@@ -109,6 +109,11 @@ pub enum Request {
         /// Which.
         domid: DomId,
     },
+    /// `SCHEDOP_shutdown` of the calling domain (a guest only).
+    Shutdown {
+        /// `SHUTDOWN_*`.
+        reason: u8,
+    },
 }
 
 /// One domain of a `DomainList` reply.
@@ -118,8 +123,10 @@ pub struct ListedDomain {
     pub domid: DomId,
     /// Memory in pages.
     pub pages: u64,
-    /// Bit 0: paused, bit 1: dying, bit 2: attached.
+    /// Bit 0: paused, bit 1: dying, bit 2: attached, bit 3: shut down.
     pub flags: u8,
+    /// `SHUTDOWN_*`, when bit 3 of `flags` is set.
+    pub reason: u8,
 }
 
 /// A reply from the hypervisor.
@@ -303,6 +310,7 @@ impl Request {
             Hold { domid } => Enc::new(16).u16(domid.0),
             Release { domid } => Enc::new(17).u16(domid.0),
             Physinfo => Enc::new(18),
+            Shutdown { reason } => Enc::new(19).u8(*reason),
         }
         .0
     }
@@ -358,6 +366,7 @@ impl Request {
                 domid: DomId(d.u16()?),
             },
             18 => Physinfo,
+            19 => Shutdown { reason: d.u8()? },
             t => return Err(DecodeError::UnknownType(t)),
         };
         d.done(req)
@@ -398,7 +407,7 @@ impl Reply {
             List(doms) => {
                 let mut e = Enc::new(10).u32(doms.len() as u32);
                 for d in doms {
-                    e = e.u16(d.domid.0).u64(d.pages).u8(d.flags);
+                    e = e.u16(d.domid.0).u64(d.pages).u8(d.flags).u8(d.reason);
                 }
                 e
             }
@@ -463,6 +472,7 @@ impl Reply {
                         domid: DomId(d.u16()?),
                         pages: d.u64()?,
                         flags: d.u8()?,
+                        reason: d.u8()?,
                     });
                 }
                 List(v)
@@ -517,6 +527,7 @@ pub fn examples() -> Vec<Vec<u8>> {
         Request::Hold { domid: DomId(1) },
         Request::Release { domid: DomId(1) },
         Request::Physinfo,
+        Request::Shutdown { reason: 3 },
     ];
     let reps = [
         Reply::Error { errno: 22 },
@@ -546,7 +557,8 @@ pub fn examples() -> Vec<Vec<u8>> {
         Reply::List(vec![ListedDomain {
             domid: DomId(0),
             pages: 1,
-            flags: 4,
+            flags: 4 | 8,
+            reason: 1,
         }]),
         Reply::Physinfo { total: 9, free: 3 },
     ];
@@ -563,8 +575,8 @@ mod tests {
     #[test]
     fn every_example_round_trips_as_what_it_is() {
         let ex = examples();
-        assert_eq!(ex.len(), 29);
-        let (reqs, reps) = ex.split_at(18);
+        assert_eq!(ex.len(), 30);
+        let (reqs, reps) = ex.split_at(19);
         for e in reqs {
             let r = Request::decode(e).unwrap();
             assert_eq!(&r.encode(), e);

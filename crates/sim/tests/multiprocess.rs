@@ -253,6 +253,45 @@ fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps() 
 }
 
 #[test]
+fn a_guest_that_shuts_down_stays_with_its_memory_until_destroyed() {
+    let host = Host::new();
+    let virq = host.dom0.bind_virq(abi::xen::VIRQ_DOM_EXC).unwrap();
+    let virq_fd = host.dom0.pollable(virq).unwrap();
+    let (_, free_before) = host.dom0.physinfo().unwrap();
+    assert!(
+        platform::Schedule::shutdown(&host.dom0, platform::ShutdownReason::Reboot).is_err(),
+        "dom0 does not shut down through the sim"
+    );
+    let mut g = host.guest(64);
+    assert!(g.try_cmd("shutdown 9").contains("no such reason"));
+    g.cmd("shutdown 1");
+    assert!(wait_event(&virq_fd), "VIRQ_DOM_EXC fired");
+    let _ = host.dom0.ack(virq);
+    let domid = g.domid;
+    let me = |host: &Host| {
+        host.dom0
+            .list_domains()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.domid.0 == domid)
+    };
+    let d = me(&host).unwrap();
+    assert_eq!(d.shutdown, Some(platform::ShutdownReason::Reboot));
+    assert!(!d.dying);
+    // Its process ending is no death: it stays, its frames kept.
+    g.kill();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let d = me(&host).unwrap();
+    assert!(!d.dying && d.shutdown.is_some());
+    assert!(host.dom0.physinfo().unwrap().1 < free_before);
+    host.dom0.destroy_domain(DomId(domid)).unwrap();
+    eventually("frames to return", || {
+        host.dom0.physinfo().unwrap().1 == free_before
+    });
+    assert!(me(&host).is_none());
+}
+
+#[test]
 fn destroy_kills_the_guest_process() {
     let host = Host::new();
     let mut g = host.guest(16);

@@ -36,6 +36,8 @@ pub struct DomainConfig {
     pub on_reboot: OnEvent,
     /// `on_crash` (default destroy).
     pub on_crash: OnEvent,
+    /// `on_watchdog`.
+    pub on_watchdog: OnEvent,
     /// xl keys given that do not apply here.
     pub ignored: Vec<String>,
 }
@@ -442,6 +444,7 @@ fn parse(text: &str, toml: bool) -> Result<DomainConfig, ConfigError> {
         on_poweroff: OnEvent::Destroy,
         on_reboot: OnEvent::Restart,
         on_crash: OnEvent::Destroy,
+        on_watchdog: OnEvent::Destroy,
         ignored: Vec::new(),
     };
     for (line, key, v) in entries {
@@ -528,7 +531,7 @@ fn parse(text: &str, toml: bool) -> Result<DomainConfig, ConfigError> {
                     c.pcis.push(parse_pci(spec).map_err(|p| err(&k, p))?);
                 }
             }
-            "on_poweroff" | "on_reboot" | "on_crash" => {
+            "on_poweroff" | "on_reboot" | "on_crash" | "on_watchdog" => {
                 let s = string(&v)?;
                 let e = OnEvent::parse(&s).ok_or_else(|| {
                     err(&key, format!("{s:?} is not destroy, restart, rename-restart, preserve, coredump-destroy, coredump-restart or soft-reset"))
@@ -536,6 +539,7 @@ fn parse(text: &str, toml: bool) -> Result<DomainConfig, ConfigError> {
                 match key.as_str() {
                     "on_poweroff" => c.on_poweroff = e,
                     "on_reboot" => c.on_reboot = e,
+                    "on_watchdog" => c.on_watchdog = e,
                     _ => c.on_crash = e,
                 }
             }

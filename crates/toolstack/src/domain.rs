@@ -245,6 +245,10 @@ fn build<S: Read + Write>(
             ("device", &ro),
             ("control", &ro),
             ("control/shutdown", &rw),
+            ("control/feature-poweroff", &rw),
+            ("control/feature-reboot", &rw),
+            ("control/feature-suspend", &rw),
+            ("control/sysrq", &rw),
             ("data", &rw),
             ("drivers", &rw),
             ("feature", &rw),
@@ -384,6 +388,45 @@ pub fn detach<S: Read + Write>(
     Ok(closed)
 }
 
+/// How a guest is asked to shut down (`control/shutdown`, which the
+/// guest watches and answers by clearing it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownRequest {
+    /// `xl shutdown`: power off.
+    Poweroff,
+    /// `xl reboot`.
+    Reboot,
+}
+
+impl ShutdownRequest {
+    /// The value written to `control/shutdown`.
+    pub fn value(self) -> &'static str {
+        match self {
+            ShutdownRequest::Poweroff => "poweroff",
+            ShutdownRequest::Reboot => "reboot",
+        }
+    }
+}
+
+/// Asks domain `name_or_id` to shut down, as `xl shutdown`/`xl reboot`
+/// do: `control/shutdown` gets the request; the guest acts on it and
+/// shuts itself down (or ignores it: nothing forces it). Returns its id.
+pub fn request_shutdown<S: Read + Write>(
+    xs: &mut Client<S>,
+    name_or_id: &str,
+    how: ShutdownRequest,
+) -> Result<u16, DomainError> {
+    let domid = find(xs, name_or_id)?
+        .filter(|&d| d != 0)
+        .ok_or_else(|| DomainError::NotFound(name_or_id.to_string()))?;
+    xs.write(
+        Tx::NONE,
+        &format!("/local/domain/{domid}/control/shutdown"),
+        how.value().as_bytes(),
+    )?;
+    Ok(domid)
+}
+
 /// Destroys domain `name_or_id`: its devices are closed (each given up to
 /// `wait`), it is released from xenstored, destroyed, and its directories
 /// removed.
@@ -500,6 +543,10 @@ pub fn list<S: Read + Write>(
         let mut state = String::from("------");
         let letter = if i.dying {
             (5, 'd')
+        } else if i.shutdown == Some(platform::ShutdownReason::Crash) {
+            (4, 'c')
+        } else if i.shutdown.is_some() {
+            (3, 's')
         } else if i.paused {
             (2, 'p')
         } else if i.attached {

@@ -21,6 +21,7 @@ disk = [ '/srv/guest.img,raw,xvda,rw',
          '/srv/cd.iso,,hdc,cdrom', ]
 pci = [ '0000:03:00.1,permissive=1' ]
 on_crash = "preserve"
+on_watchdog = "restart"
 "#;
     let c = parse_xl(text).unwrap();
     assert_eq!(c.name, "demo.pv");
@@ -43,6 +44,8 @@ on_crash = "preserve"
     assert!(c.pcis[0].permissive);
     assert_eq!(c.on_crash, OnEvent::Preserve);
     assert_eq!(c.on_reboot, OnEvent::Restart);
+    assert_eq!(c.on_poweroff, OnEvent::Destroy);
+    assert_eq!(c.on_watchdog, OnEvent::Restart);
 }
 
 #[test]

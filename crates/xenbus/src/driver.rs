@@ -369,6 +369,21 @@ impl<D: FrontendDriver> FrontendRunner<D> {
         &mut self.driver
     }
 
+    /// Closes every device before the guest shuts down, as Linux's
+    /// `xenbus_dev_shutdown`: each says Closing, its driver lets go of it,
+    /// and it says Closed (the backend sees that and disconnects). It
+    /// does not wait for the backends: a guest that goes leaves what they
+    /// hold mapped to the hypervisor.
+    pub fn shutdown<S: Read + Write>(&mut self, xs: &mut Client<S>) {
+        for (_, d) in std::mem::take(&mut self.devices) {
+            let dir = d.dev.frontend_dir();
+            set_state(xs, &dir, State::Closing);
+            self.driver.disconnect(&d.dev);
+            self.driver.remove(&d.dev);
+            set_state(xs, &dir, State::Closed);
+        }
+    }
+
     /// Looks at every device again. The backend's state is read where the
     /// frontend's `backend` key says.
     pub fn rescan<S: Read + Write>(&mut self, xs: &mut Client<S>) -> Result<(), ClientError> {

@@ -37,10 +37,21 @@ pub trait Hypervisor: Send {
     fn connect(&mut self, domid: u16, gfn: u64, port: u32) -> Result<Box<dyn DomainRing>, XsError>;
     /// A descriptor that polls readable when a domain may have died.
     fn death_fd(&self) -> Option<RawFd>;
-    /// Clears that signal; returns which of `domids` are dying or gone.
-    fn dead(&mut self, domids: &[u16]) -> Vec<u16>;
+    /// Clears that signal; tells which of `domids` are dying or gone,
+    /// and which shut down.
+    fn exceptions(&mut self, domids: &[u16]) -> Exceptions;
     /// Whether `domid` exists and is not dying (the signal is left as is).
     fn exists(&mut self, domid: u16) -> bool;
+}
+
+/// What became of the introduced domains when `VIRQ_DOM_EXC` fired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exceptions {
+    /// Dying or gone: their connections end.
+    pub dead: Vec<u16>,
+    /// Shut down and not yet dying (`XEN_DOMINF_shutdown`): their
+    /// connections stay until they die.
+    pub shut_down: Vec<u16>,
 }
 
 /// [`Hypervisor`] over the paravirt layer, as dom0.
@@ -100,16 +111,20 @@ where
         Some(self.virq_fd.as_raw_fd())
     }
 
-    fn dead(&mut self, domids: &[u16]) -> Vec<u16> {
+    fn exceptions(&mut self, domids: &[u16]) -> Exceptions {
         let _ = self.dom.ack(self.virq);
         let Ok(all) = self.dom.list_domains() else {
-            return Vec::new();
+            return Exceptions::default();
         };
-        domids
-            .iter()
-            .copied()
-            .filter(|&d| !all.iter().any(|i| i.domid == DomId(d) && !i.dying))
-            .collect()
+        let mut out = Exceptions::default();
+        for &d in domids {
+            match all.iter().find(|i| i.domid == DomId(d) && !i.dying) {
+                None => out.dead.push(d),
+                Some(i) if i.shutdown.is_some() => out.shut_down.push(d),
+                Some(_) => {}
+            }
+        }
+        out
     }
 
     fn exists(&mut self, domid: u16) -> bool {

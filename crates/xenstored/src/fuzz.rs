@@ -120,13 +120,17 @@ impl Hypervisor for LoopbackHv {
     fn death_fd(&self) -> Option<RawFd> {
         None
     }
-    fn dead(&mut self, domids: &[u16]) -> Vec<u16> {
+    /// Its domains die; none shuts down.
+    fn exceptions(&mut self, domids: &[u16]) -> crate::domain::Exceptions {
         let dead = self.0.dead.lock().map(|d| d.clone()).unwrap_or_default();
-        domids
-            .iter()
-            .copied()
-            .filter(|d| dead.contains(d))
-            .collect()
+        crate::domain::Exceptions {
+            dead: domids
+                .iter()
+                .copied()
+                .filter(|d| dead.contains(d))
+                .collect(),
+            shut_down: Vec::new(),
+        }
     }
     fn exists(&mut self, domid: u16) -> bool {
         self.0.dead.lock().is_ok_and(|d| !d.contains(&domid))

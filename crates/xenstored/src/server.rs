@@ -8,7 +8,7 @@
 //! not read its replies and events is dropped, and the daemon's memory with
 //! it. A client that breaks the framing is dropped at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -123,6 +123,8 @@ pub struct Core {
     pending_features: HashMap<u16, u32>,
     /// Introduced domains and their connections.
     domains: BTreeMap<u16, u64>,
+    /// Introduced domains whose shutdown `@releaseDomain` announced.
+    shut_down: BTreeSet<u16>,
     /// A domain was cut short by [`RING_ROUNDS`]: serve again at once.
     busy: bool,
     /// Domain connections to serve as if they had signalled.
@@ -329,6 +331,7 @@ impl Core {
             quotas: store::Quotas::DEFAULT,
             pending_features: HashMap::new(),
             domains: BTreeMap::new(),
+            shut_down: BTreeSet::new(),
             busy: false,
             kick: Vec::new(),
         }
@@ -603,8 +606,16 @@ impl Core {
         let Some(hv) = self.hv.as_mut() else {
             return;
         };
-        for d in hv.dead(&known) {
+        let ex = hv.exceptions(&known);
+        for d in ex.dead {
             self.release_domain(d);
+        }
+        // As C xenstored: a domain that shut down is announced once, and
+        // keeps its connection until it dies.
+        for d in ex.shut_down {
+            if self.shut_down.insert(d) {
+                self.fire_special("@releaseDomain", d);
+            }
         }
     }
 
@@ -746,6 +757,7 @@ impl Core {
     /// it leaves the special nodes' permissions, and `@releaseDomain`
     /// fires.
     fn release_domain(&mut self, domid: u16) {
+        self.shut_down.remove(&domid);
         let Some(id) = self.domains.remove(&domid) else {
             return;
         };
@@ -1334,8 +1346,10 @@ impl Core {
                 Ok(Outcome::reply(ok()))
             }
             MsgType::Resume => {
-                // Xen clears the domain's shutdown flag; ours has none.
-                self.introduced(parts.first(), false)?;
+                // As C: the domain's shutdown is forgotten (a resumed
+                // domain that shuts down again is announced again).
+                let (d, _) = self.introduced(parts.first(), false)?;
+                self.shut_down.remove(&d);
                 Ok(Outcome::reply(ok()))
             }
             MsgType::SetTarget => {

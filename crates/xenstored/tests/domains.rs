@@ -322,6 +322,40 @@ fn a_dead_domain_is_released() {
 }
 
 #[test]
+fn a_domain_that_shuts_down_is_announced_once_and_keeps_its_ring() {
+    let h = host();
+    let (mut c, g1, _g2) = two_domains(&h);
+    c.watch("@releaseDomain", "rel").unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    let mut x1 = ring_client(&g1);
+    x1.write(Tx::NONE, "data/before", b"1").unwrap();
+    platform::Schedule::shutdown(&g1.dom, platform::ShutdownReason::Poweroff).unwrap();
+    // A second shutdown keeps the first reason and is not announced again.
+    platform::Schedule::shutdown(&g1.dom, platform::ShutdownReason::Crash).unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    let info = h.dom0.list_domains().unwrap();
+    let me = info.iter().find(|i| i.domid.0 == g1.domid).unwrap();
+    assert_eq!(me.shutdown, Some(platform::ShutdownReason::Poweroff));
+    assert!(!me.dying);
+    // As C xenstored: still introduced, its ring still served, until it
+    // dies.
+    assert!(introduced(&mut c, g1.domid));
+    assert_eq!(x1.read(Tx::NONE, "data/before").unwrap(), b"1");
+    c.stream_mut()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(c.read_watch().is_err(), "announced once");
+    c.stream_mut().set_read_timeout(None).unwrap();
+    // Its hv connection going is no death now: it waits for dom0 to
+    // destroy it (which would kill its process, this test's).
+    g1.dom.hang_up_hv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(introduced(&mut c, g1.domid));
+    let info = h.dom0.list_domains().unwrap();
+    assert!(info.iter().any(|i| i.domid.0 == g1.domid && !i.dying));
+}
+
+#[test]
 fn a_broken_ring_closes_that_domain_only() {
     let h = host();
     let (mut c, g1, g2) = two_domains(&h);
