@@ -47,13 +47,16 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
-  xenstored [--socket PATH] [--hv HV_SOCKET] [--quota NAME=N ...] [--state FILE [--restore]]
+  xenstored [--socket PATH] [--hv HV_SOCKET] [--quota NAME=N ...] [--timeout watch-event=SECS]
+            [--state FILE [--restore]]
                        run our xenstore daemon in the foreground (socket: --socket,
                        $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket);
                        with --hv it attaches to the simulated hypervisor as dom0 and
                        serves domains introduced to it on their ring pages;
                        --quota sets a domain quota (nodes, watches, transactions,
-                       transaction-nodes, node-permissions, path-max, node-size; 0: off);
+                       transaction-nodes, node-permissions, path-max, node-size,
+                       outstanding; 0: off); a watch event keeps the request that
+                       caused it outstanding for at most --timeout (default 20 s);
                        on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
@@ -193,6 +196,7 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     let mut restore = false;
     let mut hv: Option<PathBuf> = None;
     let mut quota_flags: Vec<(&str, usize)> = Vec::new();
+    let mut watch_event_timeout: Option<u64> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -211,6 +215,17 @@ fn xenstored(args: &[String]) -> Result<(), String> {
                         return Err(format!(
                             "xenstored: --quota {q}: expected NAME=NUMBER with NAME one of {}",
                             xenstored::store::Quotas::NAMES.join(", ")
+                        ))
+                    }
+                }
+            }
+            "--timeout" => {
+                let t = value(&mut it, a)?;
+                match t.strip_prefix("watch-event=").map(str::parse::<u64>) {
+                    Some(Ok(secs)) => watch_event_timeout = Some(secs),
+                    _ => {
+                        return Err(format!(
+                            "xenstored: --timeout {t}: expected watch-event=SECONDS"
                         ))
                     }
                 }
@@ -243,6 +258,9 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     // Given quotas win over restored ones.
     for (name, n) in quota_flags {
         core.quotas_mut().set(name, n);
+    }
+    if let Some(secs) = watch_event_timeout {
+        core.set_watch_event_timeout(std::time::Duration::from_secs(secs));
     }
     let mut d =
         xenstored::Daemon::bind_with(&socket, core).map_err(|e| format!("xenstored: {e}"))?;

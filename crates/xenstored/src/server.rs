@@ -8,12 +8,13 @@
 //! not read its replies and events is dropped, and the daemon's memory with
 //! it. A client that breaks the framing is dropped at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use xenstore::path::domain_path;
 use xenstore::wire::{split_strings, Decoder, Message, MsgType};
@@ -34,6 +35,10 @@ pub const MAX_OUTPUT_PRIVILEGED: usize = 64 << 20;
 /// drains: a client that pipelines requests without reading its replies
 /// slows down instead of being dropped.
 pub const READ_PAUSE: usize = 64 << 10;
+/// How long a watch event may keep the request that caused it
+/// outstanding (C xenstored's `--timeout watch-event`, 20 s): a watcher
+/// that does not read holds its writer back no longer than this.
+pub const WATCH_EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ring round trips one domain gets per turn before the others are served.
 const RING_ROUNDS: usize = 64;
 /// `DOMID_SELF`: `IS_DOMAIN_INTRODUCED` of it is always true.
@@ -83,6 +88,39 @@ struct Conn {
     features: u32,
     /// Where its last `DIRECTORY_PART` ended.
     cursor: Option<Cursor>,
+    /// Bytes ever queued to `out` (those sent are this less `out.len()`).
+    queued: u64,
+    /// Messages in `out` that keep a domain's request outstanding, in
+    /// the order they were queued.
+    markers: VecDeque<Marker>,
+    /// This domain's outstanding requests: their serial, and how many of
+    /// their messages wait to be delivered.
+    open: HashMap<u64, u32>,
+    /// Requests read but not yet handled: the domain had its
+    /// `outstanding` quota of them undone (C's `domain_can_read`).
+    held: VecDeque<Message>,
+}
+
+/// Takes `c`'s markers of messages sent, adding the requests they kept
+/// outstanding to `released`.
+fn sent_markers(c: &mut Conn, released: &mut Vec<(u64, u64)>) {
+    let sent = c.queued.saturating_sub(c.out.len() as u64);
+    while c.markers.front().is_some_and(|m| m.end <= sent) {
+        if let Some(o) = c.markers.pop_front().and_then(|m| m.origin) {
+            released.push(o);
+        }
+    }
+}
+
+/// A message in a connection's output that keeps request `serial` of
+/// connection `origin` outstanding until it is sent.
+struct Marker {
+    /// Where it ends, counted as [`Conn::queued`].
+    end: u64,
+    /// The request's connection and serial; none once let go of.
+    origin: Option<(u64, u64)>,
+    /// A watch event lets go after [`WATCH_EVENT_TIMEOUT`].
+    expires: Option<Instant>,
 }
 
 impl Conn {
@@ -100,6 +138,10 @@ impl Conn {
             fail: xs_wire::XENSTORE_ERROR_PROTO,
             dropped_events: 0,
             features: FEATURES,
+            queued: 0,
+            markers: VecDeque::new(),
+            open: HashMap::new(),
+            held: VecDeque::new(),
             cursor: None,
         }
     }
@@ -129,6 +171,11 @@ pub struct Core {
     busy: bool,
     /// Domain connections to serve as if they had signalled.
     kick: Vec<u64>,
+    /// The domain request being handled (connection, serial): what it
+    /// queues keeps it outstanding.
+    current: Option<(u64, u64)>,
+    next_serial: u64,
+    watch_event_timeout: Duration,
 }
 
 /// xenstored on its unix socket.
@@ -262,6 +309,9 @@ impl Daemon {
         for id in &ids {
             self.flush(*id);
         }
+        // What they sent may let a held-back domain go on (next turn, at
+        // once).
+        self.core.settle();
         for id in self.core.reap() {
             self.streams.remove(&id);
         }
@@ -334,7 +384,85 @@ impl Core {
             shut_down: BTreeSet::new(),
             busy: false,
             kick: Vec::new(),
+            current: None,
+            next_serial: 0,
+            watch_event_timeout: WATCH_EVENT_TIMEOUT,
         }
+    }
+
+    /// How long a watch event may keep its request outstanding
+    /// ([`WATCH_EVENT_TIMEOUT`] unless changed).
+    pub fn set_watch_event_timeout(&mut self, t: Duration) {
+        self.watch_event_timeout = t;
+    }
+
+    /// Requests of domain `domid` outstanding, and requests read but held
+    /// back by its `outstanding` quota.
+    pub fn outstanding(&self, domid: u16) -> Option<(usize, usize)> {
+        let c = self.conns.get(self.domains.get(&domid)?)?;
+        Some((c.open.len(), c.held.len()))
+    }
+
+    /// Lets go of what was sent since the last look: every connection's
+    /// messages out of its `out` (and watch events past their time) no
+    /// longer keep their requests outstanding; a domain held back that
+    /// may go on is served again.
+    pub fn settle(&mut self) {
+        let now = Instant::now();
+        let mut released = Vec::new();
+        for c in self.conns.values_mut() {
+            sent_markers(c, &mut released);
+            for m in c.markers.iter_mut() {
+                if m.expires.is_some_and(|t| t <= now) {
+                    released.extend(m.origin.take());
+                }
+            }
+        }
+        for (origin, serial) in released {
+            self.release(origin, serial);
+        }
+    }
+
+    /// [`settle`](Self::settle) of one connection's sent messages.
+    pub fn settle_conn(&mut self, id: u64) {
+        let mut released = Vec::new();
+        if let Some(c) = self.conns.get_mut(&id) {
+            sent_markers(c, &mut released);
+        }
+        for (origin, serial) in released {
+            self.release(origin, serial);
+        }
+    }
+
+    /// One message of request `serial` of `origin` was delivered.
+    fn release(&mut self, origin: u64, serial: u64) {
+        let Some(c) = self.conns.get_mut(&origin) else {
+            return;
+        };
+        if let Some(n) = c.open.get_mut(&serial) {
+            *n -= 1;
+            if *n == 0 {
+                c.open.remove(&serial);
+            }
+        }
+        if !c.held.is_empty() && c.open.len() < c.caller.quota.outstanding {
+            if !self.kick.contains(&origin) {
+                self.kick.push(origin);
+            }
+            self.busy = true;
+        }
+    }
+
+    /// Forgets a connection; what waited in its output no longer keeps
+    /// anyone's requests outstanding.
+    fn remove_conn(&mut self, id: u64) -> Option<Conn> {
+        let c = self.conns.remove(&id)?;
+        for m in &c.markers {
+            if let Some((origin, serial)) = m.origin {
+                self.release(origin, serial);
+            }
+        }
+        Some(c)
     }
 
     /// The quotas domains introduced from now on get (C's defaults unless
@@ -453,6 +581,7 @@ impl Core {
         conn.features = d.features;
         conn.link = (d.gfn, d.port);
         conn.out = d.output;
+        conn.queued = conn.out.len() as u64;
         for w in d.watches {
             // Only what this daemon would have accepted.
             let Ok(path) = Path::parse(w.path.as_bytes(), d.domid, true) else {
@@ -502,7 +631,14 @@ impl Core {
                 quota: c.caller.quota,
                 target: c.caller.target,
                 watches,
-                input: c.decoder.buffered(),
+                // Requests held back by the quota come first.
+                input: c
+                    .held
+                    .iter()
+                    .filter_map(|m| m.encode().ok())
+                    .flatten()
+                    .chain(c.decoder.buffered())
+                    .collect(),
                 output: c.out.clone(),
             });
         }
@@ -533,7 +669,7 @@ impl Core {
     /// with it. (A domain's goes when the domain is released.)
     pub fn disconnect(&mut self, id: u64) {
         if self.conns.get(&id).is_some_and(|c| c.ring.is_none()) {
-            self.conns.remove(&id);
+            self.remove_conn(id);
         }
     }
 
@@ -554,7 +690,7 @@ impl Core {
             };
             match &c.ring {
                 None => {
-                    self.conns.remove(&id);
+                    self.remove_conn(id);
                     gone.push(id);
                 }
                 Some(ring) => {
@@ -567,6 +703,7 @@ impl Core {
                     c.watches.clear();
                     c.txs.clear();
                     c.out = Vec::new();
+                    c.held.clear();
                     c.decoder = Decoder::new();
                 }
             }
@@ -624,6 +761,7 @@ impl Core {
     /// with output waiting gets as much as its ring takes.
     pub fn service_domains(&mut self, ready: &[u64]) {
         self.busy = false;
+        self.settle();
         let mut ready = ready.to_vec();
         ready.append(&mut self.kick);
         let ready = &ready[..];
@@ -687,6 +825,8 @@ impl Core {
                 c.watches.clear();
                 c.txs.clear();
                 c.out = Vec::new();
+                c.held.clear();
+                c.open.clear();
                 c.decoder = Decoder::new();
                 for off in [
                     offsets::REQ_CONS,
@@ -705,7 +845,8 @@ impl Core {
                 break;
             }
             let mut progressed = false;
-            // Replies first: they make room for the domain's next requests.
+            // Replies first: they make room for the domain's next requests
+            // (and what they let go of may let it go on).
             if !c.out.is_empty() {
                 match ByteProducer::new(mem, ByteRingLayout::XENSTORE_RSP)
                     .and_then(|p| p.write(&c.out))
@@ -721,6 +862,32 @@ impl Core {
                     }
                 }
             }
+            if progressed {
+                self.settle_conn(id);
+            }
+            // Held requests first; while any are, the ring is not read
+            // (the domain's `outstanding` quota).
+            let held = self.conns.get(&id).map_or(0, |c| c.held.len());
+            if held > 0 {
+                self.run_held(id);
+                let left = self.conns.get(&id).map_or(0, |c| c.held.len());
+                progressed |= left < held;
+                if left > 0 {
+                    moved |= progressed;
+                    if progressed {
+                        // What they queued goes out next round.
+                        continue;
+                    }
+                    break;
+                }
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                return moved;
+            };
+            let Some(ring) = &c.ring else {
+                break;
+            };
+            let mem = ring.memory();
             // Requests are read however much output waits (as C does): a
             // domain blocked writing a request may be about to read its
             // replies. Its replies are bounded by MAX_OUTPUT, its events
@@ -762,7 +929,7 @@ impl Core {
             return;
         };
         // Unmaps the page and closes the port.
-        self.conns.remove(&id);
+        self.remove_conn(id);
         // A later domain with the same id is not anyone's target.
         for c in self.conns.values_mut() {
             if c.caller.target == Some(domid) {
@@ -990,11 +1157,39 @@ impl Core {
                 return;
             }
         };
+        // A domain's requests wait their turn under its `outstanding`
+        // quota (C's `domain_can_read`); dom0's are never held back.
+        if c.ring.is_some() && !c.caller.privileged {
+            c.held.extend(msgs);
+            self.run_held(id);
+            return;
+        }
         for m in msgs {
             if self.is_dead(id) {
                 return;
             }
             self.handle(id, &m);
+        }
+    }
+
+    /// Handles a domain's held requests while its `outstanding` quota
+    /// allows. What each queues keeps it outstanding until it is sent.
+    fn run_held(&mut self, id: u64) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if c.dead || c.ignored || c.open.len() >= c.caller.quota.outstanding {
+                return;
+            }
+            let Some(m) = c.held.pop_front() else {
+                return;
+            };
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            self.current = Some((id, serial));
+            self.handle(id, &m);
+            self.current = None;
         }
     }
 
@@ -1033,7 +1228,20 @@ impl Core {
             MAX_OUTPUT
         };
         if c.out.len() + bytes.len() <= limit {
+            c.queued += bytes.len() as u64;
             c.out.extend(bytes);
+            if let Some((origin, serial)) = self.current {
+                let expires = (m.ty == MsgType::WatchEvent && origin != id)
+                    .then(|| Instant::now() + self.watch_event_timeout);
+                c.markers.push_back(Marker {
+                    end: c.queued,
+                    origin: Some((origin, serial)),
+                    expires,
+                });
+                if let Some(o) = self.conns.get_mut(&origin) {
+                    *o.open.entry(serial).or_insert(0) += 1;
+                }
+            }
         } else if c.ring.is_some() && m.ty == MsgType::WatchEvent {
             // Another domain's writes must not cost this one its
             // connection: past the bound its events are dropped (C drops

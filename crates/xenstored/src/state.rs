@@ -22,7 +22,7 @@ use crate::store::{Node, Quotas, Tree};
 
 const MAGIC: &[u8; 16] = b"dom0kit-xs-state";
 /// Version 1 had the tree and the special nodes only; it is still read.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// Everything the state file holds besides the tree.
 #[derive(Default)]
@@ -181,9 +181,11 @@ fn quotas_out(w: &mut Writer, q: &Quotas) {
     }
 }
 
-fn quotas_in(r: &mut Reader<'_>) -> Result<Quotas, StateError> {
+/// The quotas of a file of `version` (2 had none past `node-size`).
+fn quotas_in(r: &mut Reader<'_>, version: u32) -> Result<Quotas, StateError> {
     let mut q = Quotas::DEFAULT;
-    for name in Quotas::NAMES {
+    let known = if version >= 3 { Quotas::NAMES.len() } else { 7 };
+    for name in &Quotas::NAMES[..known] {
         let v = usize::try_from(r.u64()?).map_err(|_| StateError::Damaged("bad quota"))?;
         q.set(name, v);
     }
@@ -252,7 +254,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, State), StateError> {
         return Err(StateError::Damaged("not a dom0kit xenstored state file"));
     }
     let version = r.u32()?;
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(StateError::Damaged("not a dom0kit xenstored state file"));
     }
     let gen = r.u64()?;
@@ -308,7 +310,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, State), StateError> {
         ..State::default()
     };
     if version >= 2 {
-        state.quotas = quotas_in(&mut r)?;
+        state.quotas = quotas_in(&mut r, version)?;
         for _ in 0..r.u32()? {
             state.pending_features.push((r.u16()?, r.u32()?));
         }
@@ -317,7 +319,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, State), StateError> {
             return Err(StateError::Damaged("cut short"));
         }
         for _ in 0..n {
-            state.domains.push(domain_in(&mut r)?);
+            state.domains.push(domain_in(&mut r, version)?);
         }
     }
     if !r.0.is_empty() {
@@ -334,9 +336,9 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, State), StateError> {
     Ok((tree, state))
 }
 
-fn domain_in(r: &mut Reader<'_>) -> Result<DomainState, StateError> {
+fn domain_in(r: &mut Reader<'_>, version: u32) -> Result<DomainState, StateError> {
     let (domid, gfn, port, features) = (r.u16()?, r.u64()?, r.u32()?, r.u32()?);
-    let quota = quotas_in(r)?;
+    let quota = quotas_in(r, version)?;
     let (has_target, target) = (r.u8()?, r.u16()?);
     let n = r.u32()? as usize;
     if n > r.0.len() / 8 {

@@ -64,6 +64,10 @@ pub struct Quotas {
     pub path_max: usize,
     /// `node-size`: a node's size as C counts it (must stay below).
     pub node_size: usize,
+    /// `outstanding`: requests of the domain not yet done (their reply
+    /// and the watch events they caused not yet delivered) beyond which
+    /// its ring is not read.
+    pub outstanding: usize,
 }
 
 impl Quotas {
@@ -76,10 +80,11 @@ impl Quotas {
         node_permissions: NODE_PERMS_QUOTA,
         path_max: abi::xs_wire::XENSTORE_REL_PATH_MAX,
         node_size: NODE_SIZE_QUOTA,
+        outstanding: 20,
     };
 
     /// The names `GET_QUOTA` lists, in its order.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "nodes",
         "watches",
         "transactions",
@@ -87,6 +92,7 @@ impl Quotas {
         "node-permissions",
         "path-max",
         "node-size",
+        "outstanding",
     ];
 
     fn slot(&mut self, name: &str) -> Option<&mut usize> {
@@ -98,6 +104,7 @@ impl Quotas {
             "node-permissions" => &mut self.node_permissions,
             "path-max" => &mut self.path_max,
             "node-size" => &mut self.node_size,
+            "outstanding" => &mut self.outstanding,
             _ => return None,
         })
     }

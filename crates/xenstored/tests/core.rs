@@ -529,7 +529,7 @@ fn get_and_set_quota_are_dom0s() {
         names,
         (
             MsgType::GetQuota,
-            b"nodes watches transactions transaction-nodes node-permissions path-max node-size\0"
+            b"nodes watches transactions transaction-nodes node-permissions path-max node-size outstanding\0"
                 .to_vec()
         )
     );
@@ -542,6 +542,10 @@ fn get_and_set_quota_are_dom0s() {
     assert_eq!(
         get(&mut core, &mut d0, b"node-size"),
         (MsgType::GetQuota, b"2048\0".to_vec())
+    );
+    assert_eq!(
+        get(&mut core, &mut d0, b"outstanding"),
+        (MsgType::GetQuota, b"20\0".to_vec())
     );
     assert_eq!(get(&mut core, &mut d0, b"memory"), err("EINVAL"));
     let set =

@@ -164,6 +164,77 @@ fn a_domain_that_does_not_read_loses_events_not_its_connection() {
     assert_eq!(error, 0);
 }
 
+/// Domain 5 writes what domain 7 watches and never reads: after its
+/// `outstanding` quota (20) of requests whose events wait at 7, 5's next
+/// request is held back, its ring no longer read, until 7 reads or the
+/// events' time is up. dom0 is never held back.
+#[test]
+fn a_watcher_that_does_not_read_holds_the_writer_back_up_to_its_quota() {
+    let mut h = Host::new();
+    h.core
+        .set_watch_event_timeout(std::time::Duration::from_millis(300));
+    let (mut a, mut b) = (h.domain(5), h.domain(7));
+    h.dom0(MsgType::SetPerms, &[b"/local/domain/5", b"n5", b"r7"], None);
+    // Events of about 1 KiB: one fills 7's response ring.
+    let token = vec![b't'; 900];
+    b.send(&h, MsgType::Watch, &[b"/local/domain/5/x", &token], None);
+    let (ca, cb) = (h.conn(&a), h.conn(&b));
+    h.core.service_domains(&[cb]);
+    assert_eq!(b.receive(&h).len(), 2, "the watch's reply and first event");
+    // The first write's event fills 7's ring; every later one waits.
+    let mut replies = 0;
+    for _ in 0..30 {
+        a.send(&h, MsgType::Write, &[b"x"], Some(b"1"));
+        h.core.service_domains(&[ca]);
+        replies += a.receive(&h).len();
+    }
+    assert_eq!(replies, 21, "the first and 20 more answered, then none");
+    assert_eq!(h.core.outstanding(5), Some((20, 1)), "20 undone, 1 held");
+    // Its ring is not read meanwhile: requests stay in it.
+    let page = h.lo.page(5).unwrap();
+    let cons = |off| {
+        page.as_volatile()
+            .load_u32(off, std::sync::atomic::Ordering::Acquire)
+            .unwrap()
+    };
+    use abi::xs_wire::offsets::{REQ_CONS, REQ_PROD};
+    assert!(
+        cons(REQ_PROD) != cons(REQ_CONS),
+        "5's requests wait in its ring"
+    );
+    // dom0 writes on; its events wait at 7 too, without holding it back.
+    for _ in 0..30 {
+        let (ty, _) = h.dom0(MsgType::Write, &[b"/local/domain/5/x"], Some(b"0"));
+        assert_eq!(ty, MsgType::Write);
+    }
+    // 7 reads everything: 5 goes on (the writes held back are answered).
+    for _ in 0..200 {
+        let got = b.receive(&h).len();
+        h.core.service_domains(&[cb]);
+        replies += a.receive(&h).len();
+        if got == 0 && h.core.outstanding(5) == Some((0, 0)) {
+            break;
+        }
+    }
+    assert_eq!(replies, 30);
+    assert_eq!(h.core.outstanding(5), Some((0, 0)));
+    // Events nobody reads let go after their time is up.
+    for _ in 0..30 {
+        a.send(&h, MsgType::Write, &[b"x"], Some(b"2"));
+        h.core.service_domains(&[ca]);
+        replies += a.receive(&h).len();
+    }
+    assert_eq!(replies, 51, "held back again");
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    for _ in 0..10 {
+        h.core.service_domains(&[]);
+        replies += a.receive(&h).len();
+    }
+    assert_eq!(replies, 60, "answered once the events' time was up");
+    // Their own events wait at 7 in turn.
+    assert_eq!(h.core.outstanding(5), Some((9, 0)));
+}
+
 #[test]
 fn special_node_events_go_only_to_domains_that_may_read_them() {
     let mut h = Host::new();
