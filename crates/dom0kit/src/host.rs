@@ -355,10 +355,12 @@ fn reap(run: &RunDir, hv: &SimDomain, children: &mut Vec<Child>) {
     }
     while xs.read_watch().is_ok() {
         children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
-        let Ok(live) = hv.list_domains() else {
+        // The store first: a domain created between the two looks is
+        // then in the hv's list, not taken for a dead one.
+        let Ok(ids) = xs.directory(Tx::NONE, "/local/domain") else {
             continue;
         };
-        let Ok(ids) = xs.directory(Tx::NONE, "/local/domain") else {
+        let Ok(live) = hv.list_domains() else {
             continue;
         };
         for id in ids
@@ -402,7 +404,8 @@ enum Ended {
 /// a look (`destroy` cleans up later); `restart`, `coredump-restart`
 /// and `rename-restart` create it again (there is no core to dump; the
 /// old one is gone, not renamed), a crashed one at most 3 times a
-/// minute, as xl stops a guest that crashes at once; anything else
+/// minute, as xl stops a guest that crashes at once, a rebooted one at
+/// most 10 times; anything else
 /// destroys it. A suspended guest is left as it is (nothing here saves
 /// it); a soft reset is not built and destroys it.
 fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended) -> Vec<Child> {
@@ -448,11 +451,14 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
     let (Some(config), Some(name), true) = (kept, name, restart) else {
         return Vec::new();
     };
-    if crashed && !may_restart_crashed(run, &name) {
-        eprintln!("reaper: {name} crashed 3 times within a minute; not restarting it");
+    let why = if crashed { "crashed" } else { "rebooted" };
+    // As xl stops a guest that crashes at once; a guest that reboots at
+    // once is stopped too, later, so that it cannot keep the reaper busy.
+    let limit = if crashed { 3 } else { 10 };
+    if !may_restart(run, &name, limit) {
+        eprintln!("reaper: {name} {why} {limit} times within a minute; not starting it again");
         return Vec::new();
     }
-    let why = if crashed { "crashed" } else { "rebooted" };
     let mut spawner = Spawner::new(run);
     match dom::create(hv, xs, &config, &mut spawner) {
         Ok(c) => eprintln!("reaper: {name} {why}; started again as domain {}", c.domid),
@@ -461,9 +467,9 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
     spawner.children
 }
 
-/// Whether a guest that crashed may be started again: not if it crashed
-/// 3 times within the last minute (the times are kept in its directory).
-fn may_restart_crashed(run: &RunDir, name: &str) -> bool {
+/// Whether a guest may be started again: not if it was `limit` times
+/// within the last minute (the times are kept in its directory).
+fn may_restart(run: &RunDir, name: &str, limit: usize) -> bool {
     let log = run.domain_dir(name).join("restarts");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -474,7 +480,7 @@ fn may_restart_crashed(run: &RunDir, name: &str) -> bool {
         .filter_map(|l| l.parse().ok())
         .filter(|&t| now.saturating_sub(t) < 60)
         .collect();
-    if recent.len() >= 3 {
+    if recent.len() >= limit {
         return false;
     }
     recent.push(now);

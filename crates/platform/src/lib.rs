@@ -249,9 +249,9 @@ impl ShutdownReason {
 
 /// What a domain asks of the scheduler about itself (`SCHEDOP_*`).
 pub trait Schedule {
-    /// Shuts this domain down (`SCHEDOP_shutdown`): it stops running,
-    /// and dom0 is told (`VIRQ_DOM_EXC`) and decides what follows. A
-    /// second shutdown keeps the first reason.
+    /// Shuts this domain down (`SCHEDOP_shutdown`): it stops running (no
+    /// later call of it does anything), and dom0 is told (`VIRQ_DOM_EXC`)
+    /// and decides what follows.
     fn shutdown(&self, reason: ShutdownReason) -> Result<()>;
 }
 

@@ -10,7 +10,8 @@
 //! to the pool when no dom0 process holds the domain any more (zombies).
 //! A guest that shut down (`SCHEDOP_shutdown`) is not dead when its
 //! process goes: as on Xen, it stays, memory and all, until dom0 destroys
-//! it (the sim cannot stop a process; the guest exits after the call).
+//! it. It runs no more: every later call of its connection is `ESRCH`
+//! (its process, which the hv does not stop, exits after the call).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -413,6 +414,11 @@ impl Hypervisor {
             }
             (Some(d), _) => (d, conn.dom0),
         };
+        // A domain that shut down runs no more (on Xen its vCPUs stop):
+        // the process may linger, its calls do nothing.
+        if !dom0 && self.is_shut_down(me.0) {
+            return Err(ESRCH);
+        }
         let owner = dom0.then_some(c);
         let ok = |r| Ok((r, Vec::new()));
         match req {
@@ -536,12 +542,8 @@ impl Hypervisor {
                 if platform::ShutdownReason::from_code(reason).is_none() {
                     return Err(EINVAL);
                 }
-                let d = self.live_mut(me)?;
-                // As Xen: the first reason stands.
-                if d.shutdown.is_none() {
-                    d.shutdown = Some(reason);
-                    self.dom_exc();
-                }
+                self.live_mut(me)?.shutdown = Some(reason);
+                self.dom_exc();
                 ok(Reply::Ok)
             }
             Request::Release { domid } => {

@@ -263,9 +263,11 @@ fn a_guest_that_shuts_down_stays_with_its_memory_until_destroyed() {
         "dom0 does not shut down through the sim"
     );
     let mut g = host.guest(64);
-    assert!(g.try_cmd("shutdown 9").contains("no such reason"));
     g.cmd("shutdown 1");
     assert!(wait_event(&virq_fd), "VIRQ_DOM_EXC fired");
+    // It runs no more: its calls are refused, a second shutdown too.
+    assert!(!g.try_cmd("alloc 1").starts_with("ok"));
+    assert!(!g.try_cmd("shutdown 0").starts_with("ok"));
     let _ = host.dom0.ack(virq);
     let domid = g.domid;
     let me = |host: &Host| {

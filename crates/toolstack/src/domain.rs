@@ -540,21 +540,23 @@ pub fn list<S: Read + Write>(
                     format!("(domain {d})")
                 }
             });
-        let mut state = String::from("------");
-        let letter = if i.dying {
-            (5, 'd')
-        } else if i.shutdown == Some(platform::ShutdownReason::Crash) {
-            (4, 'c')
-        } else if i.shutdown.is_some() {
-            (3, 's')
+        // xl's letters: r b p s c d (one a column; a crash is `s` and `c`).
+        let mut state = *b"------";
+        if i.dying {
+            state[5] = b'd';
+        } else if let Some(r) = i.shutdown {
+            state[3] = b's';
+            if r == platform::ShutdownReason::Crash {
+                state[4] = b'c';
+            }
         } else if i.paused {
-            (2, 'p')
+            state[2] = b'p';
         } else if i.attached {
-            (1, 'b')
+            state[1] = b'b';
         } else {
-            (0, 'r')
-        };
-        state.replace_range(letter.0..letter.0 + 1, &letter.1.to_string());
+            state[0] = b'r';
+        }
+        let state = String::from_utf8_lossy(&state).into_owned();
         out.push(Listed {
             name,
             domid: d,

@@ -369,11 +369,12 @@ impl<D: FrontendDriver> FrontendRunner<D> {
         &mut self.driver
     }
 
-    /// Closes every device before the guest shuts down, as Linux's
-    /// `xenbus_dev_shutdown`: each says Closing, its driver lets go of it,
-    /// and it says Closed (the backend sees that and disconnects). It
-    /// does not wait for the backends: a guest that goes leaves what they
-    /// hold mapped to the hypervisor.
+    /// Closes every device before the guest shuts down: each says
+    /// Closing, its driver lets go of it, and it says Closed (the backend
+    /// sees that and disconnects). Unlike Linux's `xenbus_dev_shutdown`
+    /// it does not wait for the backends (the driver has flushed what
+    /// must last): a guest that goes leaves what they hold mapped to the
+    /// hypervisor.
     pub fn shutdown<S: Read + Write>(&mut self, xs: &mut Client<S>) {
         for (_, d) in std::mem::take(&mut self.devices) {
             let dir = d.dev.frontend_dir();

@@ -42,6 +42,9 @@ pub trait Hypervisor: Send {
     fn exceptions(&mut self, domids: &[u16]) -> Exceptions;
     /// Whether `domid` exists and is not dying (the signal is left as is).
     fn exists(&mut self, domid: u16) -> bool;
+    /// Whether `domid` shut down and is not dying yet (the signal is left
+    /// as is).
+    fn is_shut_down(&mut self, domid: u16) -> bool;
 }
 
 /// What became of the introduced domains when `VIRQ_DOM_EXC` fired.
@@ -131,6 +134,13 @@ where
         self.dom
             .list_domains()
             .is_ok_and(|all| all.iter().any(|i| i.domid == DomId(domid) && !i.dying))
+    }
+
+    fn is_shut_down(&mut self, domid: u16) -> bool {
+        self.dom.list_domains().is_ok_and(|all| {
+            all.iter()
+                .any(|i| i.domid == DomId(domid) && !i.dying && i.shutdown.is_some())
+        })
     }
 }
 

@@ -135,6 +135,10 @@ impl Hypervisor for LoopbackHv {
     fn exists(&mut self, domid: u16) -> bool {
         self.0.dead.lock().is_ok_and(|d| !d.contains(&domid))
     }
+    /// Its domains never shut down.
+    fn is_shut_down(&mut self, _domid: u16) -> bool {
+        false
+    }
 }
 
 /// Feeds `data` to a daemon serving domain 5 on a ring: each piece is

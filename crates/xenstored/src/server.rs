@@ -1018,6 +1018,13 @@ impl Core {
                 self.conns.insert(id, conn);
                 self.domains.insert(domid, id);
                 self.fire_special("@introduceDomain", domid);
+                // One that shut down before it was introduced is
+                // announced now: its VIRQ_DOM_EXC came before we knew it.
+                if self.hv.as_mut().is_some_and(|hv| hv.is_shut_down(domid))
+                    && self.shut_down.insert(domid)
+                {
+                    self.fire_special("@releaseDomain", domid);
+                }
             }
         }
         Ok(())

@@ -324,14 +324,14 @@ fn a_dead_domain_is_released() {
 #[test]
 fn a_domain_that_shuts_down_is_announced_once_and_keeps_its_ring() {
     let h = host();
-    let (mut c, g1, _g2) = two_domains(&h);
+    let (mut c, g1, g2) = two_domains(&h);
     c.watch("@releaseDomain", "rel").unwrap();
     assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
     let mut x1 = ring_client(&g1);
     x1.write(Tx::NONE, "data/before", b"1").unwrap();
     platform::Schedule::shutdown(&g1.dom, platform::ShutdownReason::Poweroff).unwrap();
-    // A second shutdown keeps the first reason and is not announced again.
-    platform::Schedule::shutdown(&g1.dom, platform::ShutdownReason::Crash).unwrap();
+    // It runs no more: a second shutdown is refused.
+    assert!(platform::Schedule::shutdown(&g1.dom, platform::ShutdownReason::Crash).is_err());
     assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
     let info = h.dom0.list_domains().unwrap();
     let me = info.iter().find(|i| i.domid.0 == g1.domid).unwrap();
@@ -346,6 +346,14 @@ fn a_domain_that_shuts_down_is_announced_once_and_keeps_its_ring() {
         .unwrap();
     assert!(c.read_watch().is_err(), "announced once");
     c.stream_mut().set_read_timeout(None).unwrap();
+    // Another domain's shutdown is announced; the first is not again.
+    platform::Schedule::shutdown(&g2.dom, platform::ShutdownReason::Reboot).unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    c.stream_mut()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(c.read_watch().is_err(), "one event for one shutdown");
+    c.stream_mut().set_read_timeout(None).unwrap();
     // Its hv connection going is no death now: it waits for dom0 to
     // destroy it (which would kill its process, this test's).
     g1.dom.hang_up_hv().unwrap();
@@ -353,6 +361,26 @@ fn a_domain_that_shuts_down_is_announced_once_and_keeps_its_ring() {
     assert!(introduced(&mut c, g1.domid));
     let info = h.dom0.list_domains().unwrap();
     assert!(info.iter().any(|i| i.domid.0 == g1.domid && !i.dying));
+}
+
+#[test]
+fn a_domain_that_shut_down_before_it_was_introduced_is_announced_then() {
+    let h = host();
+    let g = guest(&h);
+    let mut c = Client::connect(&h.socket).unwrap();
+    make_home(&mut c, &g);
+    c.watch("@releaseDomain", "rel").unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    platform::Schedule::shutdown(&g.dom, platform::ShutdownReason::Poweroff).unwrap();
+    // Not introduced: nothing to announce yet.
+    c.stream_mut()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(c.read_watch().is_err());
+    c.stream_mut().set_read_timeout(None).unwrap();
+    introduce(&mut c, &g).unwrap();
+    assert_eq!(c.read_watch().unwrap().path, "@releaseDomain");
+    assert!(introduced(&mut c, g.domid));
 }
 
 #[test]
