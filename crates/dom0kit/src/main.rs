@@ -55,7 +55,7 @@ commands:
                        serves domains introduced to it on their ring pages;
                        --quota sets a domain quota (nodes, watches, transactions,
                        transaction-nodes, node-permissions, path-max, node-size,
-                       outstanding; 0: off); a watch event keeps the request that
+                       outstanding, memory; 0: off); a watch event keeps the request that
                        caused it outstanding for at most --timeout (default 20 s);
                        on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,

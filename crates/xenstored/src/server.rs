@@ -434,6 +434,32 @@ impl Core {
         }
     }
 
+    /// The bytes domain connection `id` holds, as the memory quota counts
+    /// them: the nodes its domain owns, its watches, its transactions and
+    /// the replies and events waiting for it. (Requests held back are not
+    /// counted: they are what waits for room, at most a ring's worth.)
+    fn memory_of(&self, id: u64) -> usize {
+        let Some(c) = self.conns.get(&id) else {
+            return 0;
+        };
+        self.tree.owned_bytes(c.caller.domid)
+            + c.watches
+                .iter()
+                .map(|w| w.path.as_str().len() + w.token.len())
+                .sum::<usize>()
+            + c.txs.values().map(Transaction::footprint).sum::<usize>()
+            + c.out.len()
+    }
+
+    /// Whether domain connection `id` may have its next request handled:
+    /// neither its `outstanding` nor its `memory` quota is reached (C's
+    /// `domain_can_read`).
+    fn may_read(&self, id: u64) -> bool {
+        self.conns.get(&id).is_some_and(|c| {
+            c.open.len() < c.caller.quota.outstanding && self.memory_of(id) < c.caller.quota.memory
+        })
+    }
+
     /// One message of request `serial` of `origin` was delivered.
     fn release(&mut self, origin: u64, serial: u64) {
         let Some(c) = self.conns.get_mut(&origin) else {
@@ -445,7 +471,7 @@ impl Core {
                 c.open.remove(&serial);
             }
         }
-        if !c.held.is_empty() && c.open.len() < c.caller.quota.outstanding {
+        if !c.held.is_empty() && self.may_read(origin) {
             if !self.kick.contains(&origin) {
                 self.kick.push(origin);
             }
@@ -764,6 +790,16 @@ impl Core {
         self.settle();
         let mut ready = ready.to_vec();
         ready.append(&mut self.kick);
+        // Held back by the memory quota, which their own replies going,
+        // dom0 removing their nodes or a new quota may have ended.
+        for &id in self.domains.values() {
+            if self.conns.get(&id).is_some_and(|c| !c.held.is_empty())
+                && !ready.contains(&id)
+                && self.may_read(id)
+            {
+                ready.push(id);
+            }
+        }
         let ready = &ready[..];
         for id in ready {
             if let Some(r) = self.conns.get(id).and_then(|c| c.ring.as_ref()) {
@@ -1183,13 +1219,13 @@ impl Core {
     /// allows. What each queues keeps it outstanding until it is sent.
     fn run_held(&mut self, id: u64) {
         loop {
-            let Some(c) = self.conns.get_mut(&id) else {
+            let Some(c) = self.conns.get(&id) else {
                 return;
             };
-            if c.dead || c.ignored || c.open.len() >= c.caller.quota.outstanding {
+            if c.dead || c.ignored || c.held.is_empty() || !self.may_read(id) {
                 return;
             }
-            let Some(m) = c.held.pop_front() else {
+            let Some(m) = self.conns.get_mut(&id).and_then(|c| c.held.pop_front()) else {
                 return;
             };
             let serial = self.next_serial;
@@ -1325,6 +1361,21 @@ impl Core {
                 return Err(XsError::NoEnt);
             }
             return Err(XsError::NoSpc);
+        }
+        // The memory quota: a request that adds to what the domain holds
+        // (its payload bounds what it adds) may not take it past it.
+        if !caller.privileged
+            && matches!(
+                m.ty,
+                MsgType::Write
+                    | MsgType::Mkdir
+                    | MsgType::SetPerms
+                    | MsgType::Watch
+                    | MsgType::TransactionStart
+            )
+            && self.memory_of(id) + m.payload.len() > caller.quota.memory
+        {
+            return Err(XsError::NoMem);
         }
         match m.ty {
             MsgType::Read => {

@@ -68,6 +68,10 @@ pub struct Quotas {
     /// and the watch events they caused not yet delivered) beyond which
     /// its ring is not read.
     pub outstanding: usize,
+    /// `memory`: bytes the domain's nodes, watches, transactions and
+    /// queued requests and replies may take; a request that would go past
+    /// it is `ENOMEM`, and a domain at it is not read from.
+    pub memory: usize,
 }
 
 impl Quotas {
@@ -81,10 +85,11 @@ impl Quotas {
         path_max: abi::xs_wire::XENSTORE_REL_PATH_MAX,
         node_size: NODE_SIZE_QUOTA,
         outstanding: 20,
+        memory: MEMORY_QUOTA,
     };
 
     /// The names `GET_QUOTA` lists, in its order.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "nodes",
         "watches",
         "transactions",
@@ -93,6 +98,7 @@ impl Quotas {
         "path-max",
         "node-size",
         "outstanding",
+        "memory",
     ];
 
     fn slot(&mut self, name: &str) -> Option<&mut usize> {
@@ -105,6 +111,7 @@ impl Quotas {
             "path-max" => &mut self.path_max,
             "node-size" => &mut self.node_size,
             "outstanding" => &mut self.outstanding,
+            "memory" => &mut self.memory,
             _ => return None,
         })
     }
@@ -504,12 +511,24 @@ pub fn set_perms(
     }])
 }
 
+/// C xenstored's hard memory quota (`quota_memory_per_domain_hard`).
+pub const MEMORY_QUOTA: usize = 2 * 1024 * 1024 + 512 * 1024;
+
+/// The bytes node `path` takes, as the memory quota counts them: its
+/// path, value and permission entries. (Its children's names are counted
+/// in their own paths, so that adding a child costs no walk of the list.)
+pub fn footprint(path: &str, node: &Node) -> usize {
+    path.len() + node.value.len() + node.perms.entries().len() * 4
+}
+
 /// The committed tree.
 pub struct Tree {
     nodes: HashMap<String, Node>,
     gen: u64,
     /// Nodes each domain owns (for the node-count quota).
     owned: HashMap<u16, usize>,
+    /// Bytes of the nodes each domain owns (for the memory quota).
+    owned_bytes: HashMap<u16, usize>,
 }
 
 impl Tree {
@@ -520,6 +539,7 @@ impl Tree {
             nodes: HashMap::new(),
             gen: 0,
             owned: HashMap::from([(0, 1)]),
+            owned_bytes: HashMap::new(),
         };
         let root = Node {
             value: Vec::new(),
@@ -634,20 +654,35 @@ impl Tree {
                 }
             }
         }
-        let mut owned = HashMap::new();
-        for n in map.values() {
+        let (mut owned, mut owned_bytes) = (HashMap::new(), HashMap::new());
+        for (p, n) in &map {
             *owned.entry(n.perms.owner()).or_default() += 1;
+            *owned_bytes.entry(n.perms.owner()).or_default() += footprint(p, n);
         }
         Ok(Tree {
             nodes: map,
             gen,
             owned,
+            owned_bytes,
         })
     }
 
     /// Nodes `domid` owns.
     pub fn owned_count(&self, domid: u16) -> usize {
         self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    /// Bytes of the nodes `domid` owns ([`footprint`]).
+    pub fn owned_bytes(&self, domid: u16) -> usize {
+        self.owned_bytes.get(&domid).copied().unwrap_or(0)
+    }
+
+    fn count_bytes(&mut self, owner: u16, add: usize, sub: usize) {
+        let b = self.owned_bytes.entry(owner).or_default();
+        *b = (*b + add).saturating_sub(sub);
+        if *b == 0 {
+            self.owned_bytes.remove(&owner);
+        }
     }
 
     fn count(&mut self, owner: u16, up: bool) {
@@ -691,6 +726,7 @@ impl Nodes for Tree {
     fn edit_children(&mut self, path: &str, gen: u64, f: &mut dyn FnMut(&mut Vec<String>)) {
         if let Some(node) = self.nodes.get_mut(path) {
             // Unique unless a transaction holds a copy: then copied once.
+            // (Its footprint does not change.)
             f(Arc::make_mut(&mut node.children));
             node.gen = gen;
             node.cgen = gen;
@@ -699,6 +735,7 @@ impl Nodes for Tree {
     fn set(&mut self, path: &str, node: Option<Node>) {
         if let Some(n) = &node {
             self.count(n.perms.owner(), true);
+            self.count_bytes(n.perms.owner(), footprint(path, n), 0);
         }
         let old = match node {
             Some(n) => self.nodes.insert(path.to_string(), n),
@@ -706,6 +743,7 @@ impl Nodes for Tree {
         };
         if let Some(old) = old {
             self.count(old.perms.owner(), false);
+            self.count_bytes(old.perms.owner(), 0, footprint(path, &old));
         }
     }
     fn next_gen(&mut self) -> u64 {

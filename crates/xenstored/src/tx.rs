@@ -155,6 +155,29 @@ fn apply(n: &mut impl Nodes, caller: &Caller, op: &Op) -> Result<Vec<Change>, Xs
 }
 
 impl Transaction {
+    /// The bytes it holds, as the memory quota counts them: its copies of
+    /// nodes and the values and permissions its log will write.
+    pub fn footprint(&self) -> usize {
+        let view: usize = self
+            .view
+            .iter()
+            .map(|(p, n)| {
+                n.as_ref()
+                    .map_or(p.len(), |n| crate::store::footprint(p, n))
+            })
+            .sum();
+        let log: usize = self
+            .log
+            .iter()
+            .map(|op| match op {
+                Op::Write(p, v) => p.as_str().len() + v.len(),
+                Op::Mkdir(p) | Op::Rm(p) => p.as_str().len(),
+                Op::SetPerms(p, perms) => p.as_str().len() + perms.entries().len() * 4,
+            })
+            .sum();
+        view + log
+    }
+
     /// The node-count quota at commit, as C's `transaction_fix_domains`:
     /// every unprivileged domain whose count the transaction changes
     /// (owners of nodes it made, removed or gave away) must stay below

@@ -529,7 +529,7 @@ fn get_and_set_quota_are_dom0s() {
         names,
         (
             MsgType::GetQuota,
-            b"nodes watches transactions transaction-nodes node-permissions path-max node-size outstanding\0"
+            b"nodes watches transactions transaction-nodes node-permissions path-max node-size outstanding memory\0"
                 .to_vec()
         )
     );
@@ -547,7 +547,11 @@ fn get_and_set_quota_are_dom0s() {
         get(&mut core, &mut d0, b"outstanding"),
         (MsgType::GetQuota, b"20\0".to_vec())
     );
-    assert_eq!(get(&mut core, &mut d0, b"memory"), err("EINVAL"));
+    assert_eq!(
+        get(&mut core, &mut d0, b"memory"),
+        (MsgType::GetQuota, b"2621440\0".to_vec())
+    );
+    assert_eq!(get(&mut core, &mut d0, b"bytes"), err("EINVAL"));
     let set =
         |core: &mut Core, c: &mut Conn, parts: &[&[u8]]| quota(core, c, MsgType::SetQuota, parts);
     assert_eq!(

@@ -235,6 +235,68 @@ fn a_watcher_that_does_not_read_holds_the_writer_back_up_to_its_quota() {
     assert_eq!(h.core.outstanding(5), Some((9, 0)));
 }
 
+/// Sends one request and serves the domain; the replies it got.
+fn ask(
+    h: &mut Host,
+    g: &mut Guest,
+    ty: MsgType,
+    parts: &[&[u8]],
+    value: Option<&[u8]>,
+) -> Vec<Message> {
+    g.send(h, ty, parts, value);
+    let id = h.conn(g);
+    h.core.service_domains(&[id]);
+    g.receive(h)
+}
+
+#[test]
+fn the_memory_quota_refuses_what_would_pass_it_and_stops_reading_at_it() {
+    let mut h = Host::new();
+    let mut a = h.domain(5);
+    let (ty, _) = h.dom0(MsgType::SetQuota, &[b"5", b"memory", b"2600"], None);
+    assert_eq!(ty, MsgType::SetQuota);
+    let big = vec![b'v'; 900];
+    for name in [b"a".as_slice(), b"b"] {
+        let r = ask(&mut h, &mut a, MsgType::Write, &[name], Some(&big));
+        assert_eq!(r[0].ty, MsgType::Write);
+    }
+    // A third would take the domain past 2600 bytes: ENOMEM, nothing made.
+    let r = ask(&mut h, &mut a, MsgType::Write, &[b"c"], Some(&big));
+    assert_eq!(
+        (r[0].ty, r[0].payload.as_slice()),
+        (MsgType::Error, b"ENOMEM\0".as_slice())
+    );
+    let r = ask(&mut h, &mut a, MsgType::Read, &[b"c"], None);
+    assert_eq!(r[0].ty, MsgType::Error);
+    // What it gives back it may use again.
+    let r = ask(&mut h, &mut a, MsgType::Rm, &[b"a"], None);
+    assert_eq!(r[0].ty, MsgType::Rm);
+    let r = ask(&mut h, &mut a, MsgType::Write, &[b"c"], Some(&big));
+    assert_eq!(r[0].ty, MsgType::Write);
+
+    // Replies it does not read count too: at the quota, its requests wait
+    // in its ring until it reads them.
+    let ca = h.conn(&a);
+    for _ in 0..6 {
+        a.send(&h, MsgType::Read, &[b"c"], None);
+        h.core.service_domains(&[ca]);
+    }
+    let (_, held) = h.core.outstanding(5).unwrap();
+    assert!(held > 0, "held back at the quota");
+    let mut answered = 0;
+    for _ in 0..100 {
+        answered += a.receive(&h).len();
+        h.core.service_domains(&[ca]);
+        if answered == 6 {
+            break;
+        }
+    }
+    assert_eq!(answered, 6, "all answered once it read");
+    // dom0 is not limited.
+    let (ty, _) = h.dom0(MsgType::Write, &[b"/local/domain/5/d"], Some(&big));
+    assert_eq!(ty, MsgType::Write);
+}
+
 #[test]
 fn special_node_events_go_only_to_domains_that_may_read_them() {
     let mut h = Host::new();
