@@ -308,7 +308,36 @@ fn next_ready(buf: &[u8], room: u64) -> bool {
 }
 
 /// The next request; `None` if it was oversized and already answered.
-fn read_request<S: Read + Write>(r: &mut BufReader<S>) -> io::Result<Option<Request>> {
+/// Takes a buffer of `len` bytes from `pool` (zeroing only bytes it
+/// never held) or makes one.
+fn pooled(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let mut b = pool.pop().unwrap_or_default();
+    b.resize(b.len().max(len), 0);
+    b.truncate(len);
+    b
+}
+
+/// Buffers a connection keeps for its next requests: at most
+/// [`MAX_BATCH`] of them, none over 1 MiB, [`POOL_BYTES`] in all.
+fn keep(pool: &mut Vec<Vec<u8>>, bufs: impl Iterator<Item = Vec<u8>>) {
+    let mut total: usize = pool.iter().map(Vec::capacity).sum();
+    for b in bufs {
+        let c = b.capacity();
+        if c == 0 || c > 1 << 20 || pool.len() >= MAX_BATCH || total + c > POOL_BYTES {
+            continue;
+        }
+        total += c;
+        pool.push(b);
+    }
+}
+
+/// Bytes of buffers one connection keeps between requests.
+const POOL_BYTES: usize = 4 << 20;
+
+fn read_request<S: Read + Write>(
+    r: &mut BufReader<S>,
+    pool: &mut Vec<Vec<u8>>,
+) -> io::Result<Option<Request>> {
     let mut h = [0u8; 28];
     r.read_exact(&mut h)?;
     if u32_of(&h) != REQUEST_MAGIC {
@@ -327,7 +356,7 @@ fn read_request<S: Read + Write>(r: &mut BufReader<S>) -> io::Result<Option<Requ
     }
     let mut payload = Vec::new();
     if ty == CMD_WRITE {
-        payload = vec![0u8; len as usize];
+        payload = pooled(pool, len as usize);
         r.read_exact(&mut payload)?;
     }
     Ok(Some(Request {
@@ -353,8 +382,11 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
     // served together (a client with many in flight gets them answered in
     // one exchange with the backend).
     let mut r = BufReader::with_capacity(256 << 10, s);
+    // Read buffers of earlier replies, used again unzeroed (a read fills
+    // its buffer whole, or fails and sends none of it).
+    let mut pool: Vec<Vec<u8>> = Vec::new();
     loop {
-        let Some(first) = read_request(&mut r)? else {
+        let Some(first) = read_request(&mut r, &mut pool)? else {
             continue;
         };
         if first.ty == CMD_DISC {
@@ -366,7 +398,7 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
             && batchable(batch[0].flags, batch[0].ty)
             && next_ready(r.buffer(), MAX_BATCH_BYTES.saturating_sub(bytes))
         {
-            if let Some(q) = read_request(&mut r)? {
+            if let Some(q) = read_request(&mut r, &mut pool)? {
                 bytes += u64::from(q.len);
                 batch.push(q);
             }
@@ -375,7 +407,7 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
             return Err(io::ErrorKind::Other.into());
         };
         let replies = if batchable(batch[0].flags, batch[0].ty) {
-            serve_batch(&mut *d, &batch)
+            serve_batch(&mut *d, &batch, &mut pool)
         } else {
             vec![serve_one(&mut *d, &batch[0])]
         };
@@ -387,6 +419,9 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
             reply(&mut out, *err, *handle, data)?;
         }
         out.flush()?;
+        let used = replies.into_iter().map(|(_, _, data)| data);
+        let payloads = batch.into_iter().map(|q| q.payload);
+        keep(&mut pool, used.chain(payloads));
     }
 }
 
@@ -395,7 +430,7 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
 /// A reply: error, handle, data.
 type Reply = (u32, u64, Vec<u8>);
 
-fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request]) -> Vec<Reply> {
+fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request], pool: &mut Vec<Vec<u8>>) -> Vec<Reply> {
     let (size, ro) = (d.size(), d.read_only());
     let mut errs: Vec<u32> = batch
         .iter()
@@ -419,7 +454,7 @@ fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request]) -> Vec<Reply> {
         .zip(&errs)
         .map(|(q, &e)| {
             if q.ty == CMD_READ && e == 0 {
-                vec![0u8; q.len as usize]
+                pooled(pool, q.len as usize)
             } else {
                 Vec::new()
             }

@@ -22,6 +22,18 @@ pub trait Mover {
     fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant>;
     /// Writes `buf` into the segments (for a read), in order.
     fn write_guest(&mut self, segments: &[Segment], buf: &[u8]) -> Result<(), BadGrant>;
+    /// A read of the segments from `storage` at `offset` straight into
+    /// the guest's pages, when both can (pages already mapped writable,
+    /// an engine with [`Storage::read_into`]); `None` otherwise, and the
+    /// read goes through a buffer and [`write_guest`](Self::write_guest).
+    fn read_from(
+        &mut self,
+        _segments: &[Segment],
+        _storage: &dyn Storage,
+        _offset: u64,
+    ) -> Option<std::io::Result<()>> {
+        None
+    }
 }
 
 /// Counters of what was refused or failed.
@@ -176,39 +188,66 @@ fn execute_group(
     use crate::storage::StorageIo;
     let bytes = |segs: &[Segment]| segs.iter().map(Segment::len).sum::<usize>();
     let mut status = vec![blkif::BLKIF_RSP_OKAY; group.len()];
-    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+    // This thread's buffers from the last group, not zeroed again: a
+    // read's is filled whole by the storage (or the read fails and it is
+    // never shown), a write's whole by the guest's data.
+    let mut bufs = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    bufs.resize_with(group.len().max(bufs.len()), Vec::new);
     for (k, r) in group.iter().enumerate() {
-        match &r.op {
-            Op::Read { segments, .. } => bufs.push(vec![0u8; bytes(segments)]),
-            Op::Write { segments, .. } => {
-                let mut buf = vec![0u8; bytes(segments)];
-                if mover.read_guest(segments, &mut buf).is_err() {
-                    c.grant_errors += 1;
-                    status[k] = blkif::BLKIF_RSP_ERROR;
-                }
-                bufs.push(buf);
-            }
+        let (segments, write) = match &r.op {
+            Op::Read { segments, .. } => (segments, false),
+            Op::Write { segments, .. } => (segments, true),
             _ => {
                 c.bad += 1;
                 status[k] = blkif::BLKIF_RSP_ERROR;
-                bufs.push(Vec::new());
+                bufs[k].clear();
+                continue;
+            }
+        };
+        let n = bytes(segments);
+        if bufs[k].len() < n {
+            bufs[k].resize(n, 0);
+        }
+        if write && mover.read_guest(segments, &mut bufs[k][..n]).is_err() {
+            c.grant_errors += 1;
+            status[k] = blkif::BLKIF_RSP_ERROR;
+        }
+    }
+    // A group of reads only (order among reads does not matter) goes
+    // straight into the guest's pages where it can: one copy less.
+    let mut direct = vec![false; group.len()];
+    if group.iter().all(|r| matches!(r.op, Op::Read { .. })) {
+        for (k, r) in group.iter().enumerate() {
+            let Op::Read { sector, segments } = &r.op else {
+                continue;
+            };
+            if let Some(res) = mover.read_from(segments, storage, sector * 512) {
+                direct[k] = true;
+                if res.is_ok() {
+                    c.ok += 1;
+                } else {
+                    c.io_errors += 1;
+                    status[k] = blkif::BLKIF_RSP_ERROR;
+                }
             }
         }
     }
     let mut which = Vec::new();
     let mut ios: Vec<StorageIo<'_>> = Vec::new();
     for (k, (r, buf)) in group.iter().zip(bufs.iter_mut()).enumerate() {
-        if status[k] != blkif::BLKIF_RSP_OKAY {
+        if status[k] != blkif::BLKIF_RSP_OKAY || direct[k] {
             continue;
         }
         match &r.op {
-            Op::Read { sector, .. } => ios.push(StorageIo::Read {
+            Op::Read { sector, segments } => ios.push(StorageIo::Read {
                 offset: sector * 512,
-                buf,
+                buf: &mut buf[..bytes(segments)],
             }),
-            Op::Write { sector, .. } => ios.push(StorageIo::Write {
+            Op::Write {
+                sector, segments, ..
+            } => ios.push(StorageIo::Write {
                 offset: sector * 512,
-                data: buf,
+                data: &buf[..bytes(segments)],
             }),
             _ => continue,
         }
@@ -227,11 +266,14 @@ fn execute_group(
         }
     }
     for (k, r) in group.iter().enumerate() {
-        if status[k] != blkif::BLKIF_RSP_OKAY {
+        if status[k] != blkif::BLKIF_RSP_OKAY || direct[k] {
             continue;
         }
         if let Op::Read { segments, .. } = &r.op {
-            if mover.write_guest(segments, &bufs[k]).is_err() {
+            if mover
+                .write_guest(segments, &bufs[k][..bytes(segments)])
+                .is_err()
+            {
                 c.grant_errors += 1;
                 status[k] = blkif::BLKIF_RSP_ERROR;
                 continue;
@@ -239,7 +281,19 @@ fn execute_group(
         }
         c.ok += 1;
     }
+    // Kept for the next group, up to a ring's worth of full transfers.
+    bufs.truncate(SCRATCH_KEPT);
+    SCRATCH.with(|s| *s.borrow_mut() = bufs);
     status
+}
+
+/// Buffers of this many requests are kept between groups (each at most
+/// an indirect request's 1 MiB).
+const SCRATCH_KEPT: usize = 32;
+
+thread_local! {
+    /// A serving thread's buffers for [`execute_group`].
+    static SCRATCH: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Whether a request can go in a group: a plain read or write.
@@ -627,6 +681,27 @@ impl<P: platform::GrantMapper + platform::OwnMemory + Clone> PersistentMover<P> 
 }
 
 impl<P: platform::GrantMapper + platform::OwnMemory + Clone> Mover for PersistentMover<P> {
+    fn read_from(
+        &mut self,
+        segments: &[Segment],
+        storage: &dyn Storage,
+        offset: u64,
+    ) -> Option<std::io::Result<()>> {
+        use platform::GrantMapping;
+        if !self.all_mapped(segments) {
+            return None;
+        }
+        let mut dst = Vec::with_capacity(segments.len());
+        for s in segments {
+            match self.maps.get(&s.gref) {
+                Some((m, true)) => dst.push(m.memory().subslice(s.offset(), s.len()).ok()?),
+                // Not writable: `write_guest` refuses it.
+                _ => return None,
+            }
+        }
+        storage.read_into(&dst, offset)
+    }
+
     fn read_guest(&mut self, segments: &[Segment], buf: &mut [u8]) -> Result<(), BadGrant> {
         use platform::GrantMapping;
         if !self.all_mapped(segments) {

@@ -12,6 +12,12 @@ pub trait Storage: Send + Sync {
     fn size(&self) -> u64;
     /// Reads `buf.len()` bytes at `offset` (all of them, or an error).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Reads straight into `dst` (a guest's mapped pages, one slice after
+    /// another) at `offset`, all of it or an error; `None` if this engine
+    /// cannot, and the caller reads into its own buffer and copies.
+    fn read_into(&self, _dst: &[abi::VolatileSlice<'_>], _offset: u64) -> Option<io::Result<()>> {
+        None
+    }
     /// Writes `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Everything written so far is on stable storage.
@@ -189,6 +195,12 @@ impl Storage for FileStorage {
         self.file.read_exact_at(tmp, offset)?;
         buf.copy_from_slice(tmp);
         Ok(())
+    }
+
+    /// A buffered file (an `O_DIRECT` one reads through aligned bounce
+    /// buffers instead).
+    fn read_into(&self, dst: &[abi::VolatileSlice<'_>], offset: u64) -> Option<io::Result<()>> {
+        (!self.direct).then(|| crate::sys::preadv_exact(&self.file, dst, offset))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -1,6 +1,6 @@
-//! The system calls std lacks: punching a hole in a file, and io_uring
-//! for batches of reads and writes. Every `unsafe` block of the crate is
-//! here.
+//! The system calls std lacks: punching a hole in a file, reading
+//! straight into shared memory (`preadv`), and io_uring for batches of
+//! reads and writes. Every `unsafe` block of the crate is here.
 
 #![allow(unsafe_code)]
 
@@ -26,6 +26,68 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Fills `dst`, one slice after another, from `file` at `offset`: all of
+/// it or an error (`UnexpectedEof` past the end), `preadv` again after a
+/// short read. The slices are shared memory (a guest's mapped pages):
+/// the kernel writes into them; nothing here reads them.
+pub(crate) fn preadv_exact(
+    file: &File,
+    dst: &[abi::VolatileSlice<'_>],
+    offset: u64,
+) -> io::Result<()> {
+    // Where the read stands: slice `i`, `skip` bytes into it.
+    let (mut i, mut skip, mut at) = (0usize, 0usize, offset);
+    while i < dst.len() {
+        let iov: Vec<libc::iovec> = dst[i..]
+            .iter()
+            .take(libc::UIO_MAXIOV as usize)
+            .enumerate()
+            .map(|(k, s)| {
+                let from = if k == 0 { skip } else { 0 };
+                libc::iovec {
+                    // In bounds: `from` < the slice's length.
+                    iov_base: s.as_ptr().wrapping_add(from).cast(),
+                    iov_len: s.len() - from,
+                }
+            })
+            .collect();
+        let off = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: every iovec lies inside one of `dst`'s slices, which
+        // borrow live mappings for the call's duration; the kernel writes
+        // at most `iov_len` bytes into each.
+        let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), iov.len() as i32, off) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut n = n as usize;
+        at += n as u64;
+        while n > 0 && i < dst.len() {
+            let left = dst[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        // Empty slices are skipped.
+        while i < dst.len() && dst[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use platform::{
 };
 use ring::{BackRing, FrontRing};
 use sim::{HvConfig, SimDomain};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 fn request(op: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest {
     let mut r = BlkifRequest::zeroed();
@@ -468,4 +469,127 @@ fn a_request_unanswered_in_time_stops_every_queue() {
     .stop();
     assert_eq!(c.bad + c.grant_errors + c.io_errors, 0);
     drop(hv);
+}
+
+/// Reads of a buffered file go straight into the guest's persistently
+/// mapped pages (`preadv`), segment offsets within pages kept; a page
+/// granted read-only is still refused.
+#[test]
+fn reads_go_straight_into_persistently_mapped_pages() {
+    use blk::serve::{PersistentBudget, PersistentMover};
+    use blk::storage::FileStorage;
+    let (_hv, dom0, new, guest) = host("direct", 64);
+    let path = std::env::temp_dir().join(format!("dom0kit-blk-direct-{}.img", std::process::id()));
+    let image: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &image).unwrap();
+    let storage = Counting {
+        inner: FileStorage::open(&path, true).unwrap(),
+        into: AtomicU32::new(0),
+        at: AtomicU32::new(0),
+    };
+    let ring_pfn = guest.alloc_pages(1).unwrap();
+    let data = guest.alloc_pages(3).unwrap();
+    let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
+    let g = |i: u64, ro: bool| {
+        guest
+            .grant_access(DomId(0), platform::Pfn(data.0 + i), ro)
+            .unwrap()
+            .0
+    };
+    let (a, b, ro) = (g(0, false), g(1, false), g(2, true));
+    let mut front: FrontRing<_, Slot64, BlkifResponse> =
+        FrontRing::init(guest.pages(ring_pfn, 1).unwrap()).unwrap();
+    let ring_map = dom0
+        .map_grants(&[GrantSpec {
+            domid: new.domid,
+            gref: ring_ref,
+            writable: true,
+        }])
+        .unwrap();
+    let mut back: BackRing<_, Slot64, BlkifResponse> = BackRing::init(ring_map.memory()).unwrap();
+    let disk = Disk {
+        sectors: 2048,
+        read_only: false,
+        discard: false,
+        secure_discard: false,
+        max_indirect_segments: 256,
+    };
+    let mut mover =
+        PersistentMover::new(dom0.clone(), new.domid, PersistentBudget::new(64)).unwrap();
+    let mut c = Counters::default();
+    // Sectors 1..=7 of page a then 0..=2 of page b: 10 sectors from 300.
+    for req in [
+        request(blkif::BLKIF_OP_READ, 1, 300, &[(a, 1, 7), (b, 0, 2)]),
+        request(blkif::BLKIF_OP_READ, 2, 8, &[(ro, 0, 7)]),
+    ] {
+        front.put_request(&req).unwrap();
+    }
+    front.push_requests().unwrap();
+    serve_ring::<_, blk::serve::Abi64>(&mut back, &disk, &storage, &mut mover, &mut c, 64).unwrap();
+    let mut statuses = Vec::new();
+    while let Some(rsp) = front.take_response().unwrap() {
+        statuses.push((rsp.id, rsp.status));
+    }
+    assert_eq!(statuses, [(1, 0), (2, -1)]);
+    let page = |i: u64| {
+        let mut v = vec![0u8; 4096];
+        guest
+            .pages(platform::Pfn(data.0 + i), 1)
+            .unwrap()
+            .read_bytes(0, &mut v)
+            .unwrap();
+        v
+    };
+    let (pa, pb) = (page(0), page(1));
+    let from = 300 * 512;
+    assert!(
+        pa[..512].iter().all(|&x| x == 0),
+        "sector 0 of page a untouched"
+    );
+    assert_eq!(&pa[512..], &image[from..from + 7 * 512]);
+    assert_eq!(&pb[..3 * 512], &image[from + 7 * 512..from + 10 * 512]);
+    assert!(pb[3 * 512..].iter().all(|&x| x == 0));
+    assert!(
+        page(2).iter().all(|&x| x == 0),
+        "the read-only page is not written"
+    );
+    assert_eq!((c.ok, c.grant_errors), (1, 1));
+    // The first straight in; the second through a buffer (then refused).
+    assert_eq!(storage.into.load(Ordering::Relaxed), 1);
+    assert_eq!(storage.at.load(Ordering::Relaxed), 1);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A file, counting how its reads were made.
+struct Counting {
+    inner: blk::storage::FileStorage,
+    into: AtomicU32,
+    at: AtomicU32,
+}
+
+impl blk::storage::Storage for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.at.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+    fn read_into(
+        &self,
+        dst: &[abi::VolatileSlice<'_>],
+        offset: u64,
+    ) -> Option<std::io::Result<()>> {
+        self.into.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_into(dst, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.discard(offset, len)
+    }
 }

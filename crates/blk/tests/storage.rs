@@ -79,3 +79,31 @@ fn a_buffered_batch_reads_back() {
 fn the_same_with_o_direct_through_io_uring() {
     batch_round_trip(true);
 }
+
+#[test]
+fn a_buffered_file_reads_straight_into_shared_memory_slices() {
+    let p = image("into.img", 64 << 10);
+    let bytes: Vec<u8> = (0..64u32 << 10).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&p, &bytes).unwrap();
+    let s = FileStorage::open(&p, true).unwrap();
+    let mem = abi::OwnedMem::new(3 * 4096);
+    let v = mem.as_volatile();
+    // Three slices, one empty, crossing pages: read one after another.
+    let dst = [
+        v.subslice(100, 300).unwrap(),
+        v.subslice(400, 0).unwrap(),
+        v.subslice(4096, 8000).unwrap(),
+    ];
+    s.read_into(&dst, 10).unwrap().unwrap();
+    let got = mem.to_vec();
+    assert_eq!(&got[100..400], &bytes[10..310]);
+    assert_eq!(&got[4096..4096 + 8000], &bytes[310..8310]);
+    assert!(got[..100].iter().chain(&got[400..4096]).all(|&b| b == 0));
+    // Past the end: an error, not a short read.
+    let e = s.read_into(&dst, (64 << 10) - 1000).unwrap().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    // O_DIRECT reads go through aligned buffers instead.
+    let d = FileStorage::open_with(&p, true, true).unwrap();
+    assert!(d.is_direct());
+    assert!(d.read_into(&dst, 0).is_none());
+}
