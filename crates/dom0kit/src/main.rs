@@ -56,7 +56,7 @@ commands:
                        --quota sets a domain quota (nodes, watches, transactions,
                        transaction-nodes, node-permissions, path-max, node-size,
                        outstanding, memory; 0: off); a watch event keeps the request that
-                       caused it outstanding for at most --timeout (default 20 s);
+                       caused it outstanding for at most --timeout (default 20 s; 0: no limit);
                        on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)

@@ -175,7 +175,8 @@ pub struct Core {
     /// queues keeps it outstanding.
     current: Option<(u64, u64)>,
     next_serial: u64,
-    watch_event_timeout: Duration,
+    /// `None`: watch events keep their requests outstanding until sent.
+    watch_event_timeout: Option<Duration>,
 }
 
 /// xenstored on its unix socket.
@@ -386,14 +387,15 @@ impl Core {
             kick: Vec::new(),
             current: None,
             next_serial: 0,
-            watch_event_timeout: WATCH_EVENT_TIMEOUT,
+            watch_event_timeout: Some(WATCH_EVENT_TIMEOUT),
         }
     }
 
     /// How long a watch event may keep its request outstanding
-    /// ([`WATCH_EVENT_TIMEOUT`] unless changed).
+    /// ([`WATCH_EVENT_TIMEOUT`] unless changed); zero: without limit, as
+    /// C's `--timeout watch-event=0`.
     pub fn set_watch_event_timeout(&mut self, t: Duration) {
-        self.watch_event_timeout = t;
+        self.watch_event_timeout = (!t.is_zero()).then_some(t);
     }
 
     /// Requests of domain `domid` outstanding, and requests read but held
@@ -412,10 +414,19 @@ impl Core {
         let mut released = Vec::new();
         for c in self.conns.values_mut() {
             sent_markers(c, &mut released);
+            // Expiries grow along a connection's queue: the first one to
+            // come ends the look. Markers let go of are dropped (the
+            // others' `end`s stay in order).
+            let before = released.len();
             for m in c.markers.iter_mut() {
-                if m.expires.is_some_and(|t| t <= now) {
-                    released.extend(m.origin.take());
+                match m.expires {
+                    Some(t) if t > now => break,
+                    Some(_) => released.extend(m.origin.take()),
+                    None => {}
                 }
+            }
+            if released.len() > before {
+                c.markers.retain(|m| m.origin.is_some());
             }
         }
         for (origin, serial) in released {
@@ -483,12 +494,18 @@ impl Core {
     /// anyone's requests outstanding.
     fn remove_conn(&mut self, id: u64) -> Option<Conn> {
         let c = self.conns.remove(&id)?;
+        self.release_markers(&c);
+        Some(c)
+    }
+
+    /// What waited in a connection that is gone or replaced keeps no one
+    /// outstanding.
+    fn release_markers(&mut self, c: &Conn) {
         for m in &c.markers {
             if let Some((origin, serial)) = m.origin {
                 self.release(origin, serial);
             }
         }
-        Some(c)
     }
 
     /// The quotas domains introduced from now on get (C's defaults unless
@@ -1046,7 +1063,9 @@ impl Core {
             // a fresh connection on the new ring that keeps its target,
             // quotas and features, nothing fired.
             Some(&id) => {
-                self.conns.insert(id, conn);
+                if let Some(old) = self.conns.insert(id, conn) {
+                    self.release_markers(&old);
+                }
             }
             None => {
                 let id = self.next_conn;
@@ -1274,8 +1293,10 @@ impl Core {
             c.queued += bytes.len() as u64;
             c.out.extend(bytes);
             if let Some((origin, serial)) = self.current {
-                let expires = (m.ty == MsgType::WatchEvent && origin != id)
-                    .then(|| Instant::now() + self.watch_event_timeout);
+                let expires = self
+                    .watch_event_timeout
+                    .filter(|_| m.ty == MsgType::WatchEvent && origin != id)
+                    .and_then(|t| Instant::now().checked_add(t));
                 c.markers.push_back(Marker {
                     end: c.queued,
                     origin: Some((origin, serial)),

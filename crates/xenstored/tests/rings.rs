@@ -235,6 +235,29 @@ fn a_watcher_that_does_not_read_holds_the_writer_back_up_to_its_quota() {
     assert_eq!(h.core.outstanding(5), Some((9, 0)));
 }
 
+#[test]
+fn a_watcher_introduced_again_holds_no_one_back() {
+    let mut h = Host::new();
+    let (mut a, mut b) = (h.domain(5), h.domain(7));
+    h.dom0(MsgType::SetPerms, &[b"/local/domain/5", b"n5", b"r7"], None);
+    let token = vec![b't'; 900];
+    b.send(&h, MsgType::Watch, &[b"/local/domain/5/x", &token], None);
+    let (ca, cb) = (h.conn(&a), h.conn(&b));
+    h.core.service_domains(&[cb]);
+    b.receive(&h);
+    for _ in 0..5 {
+        a.send(&h, MsgType::Write, &[b"x"], Some(b"1"));
+        h.core.service_domains(&[ca]);
+        a.receive(&h);
+    }
+    assert_eq!(h.core.outstanding(5), Some((4, 0)), "4 events wait at 7");
+    // 7 introduced again: a fresh connection, its old output gone.
+    let r = h.dom0(MsgType::Introduce, &[b"7", b"1", b"1"], None);
+    assert_eq!(r.0, MsgType::Introduce);
+    h.core.service_domains(&[]);
+    assert_eq!(h.core.outstanding(5), Some((0, 0)));
+}
+
 /// Sends one request and serves the domain; the replies it got.
 fn ask(
     h: &mut Host,
