@@ -281,15 +281,19 @@ fn execute_group(
         }
         c.ok += 1;
     }
-    // Kept for the next group, up to a ring's worth of full transfers.
-    bufs.truncate(SCRATCH_KEPT);
+    // Kept for the next group, at most SCRATCH_BYTES of them (an idle
+    // queue does not pin a burst's worth).
+    let mut kept = 0;
+    bufs.retain(|b| {
+        kept += b.capacity();
+        kept <= SCRATCH_BYTES
+    });
     SCRATCH.with(|s| *s.borrow_mut() = bufs);
     status
 }
 
-/// Buffers of this many requests are kept between groups (each at most
-/// an indirect request's 1 MiB).
-const SCRATCH_KEPT: usize = 32;
+/// Bytes of buffers a serving thread keeps between groups.
+const SCRATCH_BYTES: usize = 4 << 20;
 
 thread_local! {
     /// A serving thread's buffers for [`execute_group`].

@@ -41,6 +41,10 @@ pub(crate) fn preadv_exact(
 ) -> io::Result<()> {
     // Where the read stands: slice `i`, `skip` bytes into it.
     let (mut i, mut skip, mut at) = (0usize, 0usize, offset);
+    // Empty slices are skipped (nothing at all to read is done at once).
+    while i < dst.len() && dst[i].is_empty() {
+        i += 1;
+    }
     while i < dst.len() {
         let iov: Vec<libc::iovec> = dst[i..]
             .iter()

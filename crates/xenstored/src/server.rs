@@ -462,12 +462,35 @@ impl Core {
             + c.out.len()
     }
 
+    /// At most what request `m` adds to what its caller holds: its
+    /// payload, and for a `WRITE` or `MKDIR` the absolute path of the node
+    /// and of every ancestor it makes (each a node of its own).
+    fn cost(&self, m: &Message, parts: &[&[u8]], domid: u16) -> usize {
+        let mut cost = m.payload.len();
+        if matches!(m.ty, MsgType::Write | MsgType::Mkdir) {
+            let Some(Ok(mut at)) = parts.first().map(|p| Path::parse(p, domid, false)) else {
+                return cost;
+            };
+            while self.tree.node_ref(at.as_str()).is_none() {
+                cost += at.as_str().len() + 4;
+                match at.parent() {
+                    Some(p) => at = p,
+                    None => break,
+                }
+            }
+        }
+        cost
+    }
+
     /// Whether domain connection `id` may have its next request handled:
-    /// neither its `outstanding` nor its `memory` quota is reached (C's
-    /// `domain_can_read`).
+    /// its `outstanding` quota is not reached, nor its `memory` quota
+    /// while replies wait for it (C's `domain_can_read`). A domain at its
+    /// memory quota with nothing waiting is read, so that it can give
+    /// back what it holds (what would add more is `ENOMEM`).
     fn may_read(&self, id: u64) -> bool {
         self.conns.get(&id).is_some_and(|c| {
-            c.open.len() < c.caller.quota.outstanding && self.memory_of(id) < c.caller.quota.memory
+            c.open.len() < c.caller.quota.outstanding
+                && (c.out.is_empty() || self.memory_of(id) < c.caller.quota.memory)
         })
     }
 
@@ -1384,7 +1407,7 @@ impl Core {
             return Err(XsError::NoSpc);
         }
         // The memory quota: a request that adds to what the domain holds
-        // (its payload bounds what it adds) may not take it past it.
+        // may not take it past it (nor add anything once it is there).
         if !caller.privileged
             && matches!(
                 m.ty,
@@ -1394,9 +1417,13 @@ impl Core {
                     | MsgType::Watch
                     | MsgType::TransactionStart
             )
-            && self.memory_of(id) + m.payload.len() > caller.quota.memory
         {
-            return Err(XsError::NoMem);
+            let held = self.memory_of(id);
+            if held >= caller.quota.memory
+                || held + self.cost(m, &parts, caller.domid) > caller.quota.memory
+            {
+                return Err(XsError::NoMem);
+            }
         }
         match m.ty {
             MsgType::Read => {

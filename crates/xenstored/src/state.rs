@@ -22,7 +22,7 @@ use crate::store::{Node, Quotas, Tree};
 
 const MAGIC: &[u8; 16] = b"dom0kit-xs-state";
 /// Version 1 had the tree and the special nodes only; it is still read.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// Everything the state file holds besides the tree.
 #[derive(Default)]
@@ -181,10 +181,15 @@ fn quotas_out(w: &mut Writer, q: &Quotas) {
     }
 }
 
-/// The quotas of a file of `version` (2 had none past `node-size`).
+/// The quotas of a file of `version`.
 fn quotas_in(r: &mut Reader<'_>, version: u32) -> Result<Quotas, StateError> {
     let mut q = Quotas::DEFAULT;
-    let known = if version >= 3 { Quotas::NAMES.len() } else { 7 };
+    // 2 had none past `node-size`, 3 none past `outstanding`.
+    let known = match version {
+        ..=2 => 7,
+        3 => 8,
+        _ => Quotas::NAMES.len(),
+    };
     for name in &Quotas::NAMES[..known] {
         let v = usize::try_from(r.u64()?).map_err(|_| StateError::Damaged("bad quota"))?;
         q.set(name, v);

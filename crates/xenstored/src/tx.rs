@@ -45,6 +45,24 @@ pub struct Transaction {
     local_gen: u64,
     /// Whether the transaction made a node (C's `node_created`).
     created: bool,
+    /// What [`footprint`](Transaction::footprint) tells, kept as the view
+    /// and the log change.
+    bytes: usize,
+}
+
+/// The bytes a view entry takes, as the memory quota counts them.
+fn entry_bytes(path: &str, n: &Option<Node>) -> usize {
+    n.as_ref()
+        .map_or(path.len(), |n| crate::store::footprint(path, n))
+}
+
+/// The bytes a logged operation takes.
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Write(p, v) => p.as_str().len() + v.len(),
+        Op::Mkdir(p) | Op::Rm(p) => p.as_str().len(),
+        Op::SetPerms(p, perms) => p.as_str().len() + perms.entries().len() * 4,
+    }
 }
 
 /// The tree as the transaction sees it.
@@ -79,6 +97,7 @@ impl Nodes for View<'_> {
         self.tx
             .seen
             .insert(path.to_string(), n.as_ref().map(|n| n.gen));
+        self.tx.bytes += entry_bytes(path, &n);
         self.tx.view.insert(path.to_string(), n.clone());
         n
     }
@@ -95,7 +114,10 @@ impl Nodes for View<'_> {
                 .seen
                 .insert(path.to_string(), self.base.version(path).map(|v| v.0));
         }
-        self.tx.view.insert(path.to_string(), node);
+        self.tx.bytes += entry_bytes(path, &node);
+        if let Some(old) = self.tx.view.insert(path.to_string(), node) {
+            self.tx.bytes = self.tx.bytes.saturating_sub(entry_bytes(path, &old));
+        }
     }
 
     fn next_gen(&mut self) -> u64 {
@@ -158,24 +180,7 @@ impl Transaction {
     /// The bytes it holds, as the memory quota counts them: its copies of
     /// nodes and the values and permissions its log will write.
     pub fn footprint(&self) -> usize {
-        let view: usize = self
-            .view
-            .iter()
-            .map(|(p, n)| {
-                n.as_ref()
-                    .map_or(p.len(), |n| crate::store::footprint(p, n))
-            })
-            .sum();
-        let log: usize = self
-            .log
-            .iter()
-            .map(|op| match op {
-                Op::Write(p, v) => p.as_str().len() + v.len(),
-                Op::Mkdir(p) | Op::Rm(p) => p.as_str().len(),
-                Op::SetPerms(p, perms) => p.as_str().len() + perms.entries().len() * 4,
-            })
-            .sum();
-        view + log
+        self.bytes
     }
 
     /// The node-count quota at commit, as C's `transaction_fix_domains`:
@@ -251,6 +256,7 @@ impl Transaction {
             return Err(XsError::NoSpc);
         }
         apply(&mut View { base, tx: self }, caller, &op)?;
+        self.bytes += op_bytes(&op);
         self.log.push(op);
         Ok(())
     }

@@ -318,6 +318,30 @@ fn the_memory_quota_refuses_what_would_pass_it_and_stops_reading_at_it() {
     // dom0 is not limited.
     let (ty, _) = h.dom0(MsgType::Write, &[b"/local/domain/5/d"], Some(&big));
     assert_eq!(ty, MsgType::Write);
+    // Past its quota (a lower one, or what dom0 gave it), a domain that
+    // reads its replies is still heard: it may give back, not add.
+    h.dom0(MsgType::SetQuota, &[b"5", b"memory", b"1000"], None);
+    let r = ask(&mut h, &mut a, MsgType::Write, &[b"e"], Some(b"1"));
+    assert_eq!(r[0].payload, b"ENOMEM\0");
+    // A write deep down costs every node it makes: refused whole.
+    h.dom0(MsgType::SetQuota, &[b"5", b"memory", b"2600"], None);
+    for name in [b"b".as_slice(), b"c"] {
+        let r = ask(&mut h, &mut a, MsgType::Rm, &[name], None);
+        assert_eq!(r[0].ty, MsgType::Rm);
+    }
+    let deep = b"p/".repeat(60);
+    let r = ask(
+        &mut h,
+        &mut a,
+        MsgType::Write,
+        &[&deep[..deep.len() - 1]],
+        Some(b"1"),
+    );
+    assert_eq!(r[0].payload, b"ENOMEM\0");
+    let r = ask(&mut h, &mut a, MsgType::Read, &[b"p"], None);
+    assert_eq!(r[0].ty, MsgType::Error, "nothing of it made");
+    let r = ask(&mut h, &mut a, MsgType::Rm, &[b"d"], None);
+    assert_eq!(r[0].ty, MsgType::Rm);
 }
 
 #[test]
