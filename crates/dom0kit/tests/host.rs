@@ -949,6 +949,28 @@ fn two_creates_of_one_name_at_once_make_one_guest() {
     }
 }
 
+#[test]
+fn a_stale_name_claim_is_taken_over_and_destroy_clears_the_index() {
+    let h = Host::up("names");
+    let before = h.xenstore_ls();
+    // What a toolstack that died mid-create would leave: the name claimed
+    // for a domain that does not have it.
+    h.xenstore(&["write", "/tool/dom0kit/names/ghost", "77"]);
+    let cfg = h.config("ghost");
+    let out = h.ok(&["create", cfg.to_str().unwrap()]);
+    assert!(out.contains("created domain ghost"), "{out}");
+    let id = h.xenstore(&["read", "/tool/dom0kit/names/ghost"]);
+    assert_ne!(id.trim(), "77");
+    // A second one of the name is refused by the claim.
+    assert!(!h.run(&["create", cfg.to_str().unwrap()]).status.success());
+    h.ok(&["destroy", "ghost"]);
+    assert_eq!(
+        settled_store(&h, &before),
+        before,
+        "the index goes with its last name"
+    );
+}
+
 /// The `flags:` of the descriptors process `pid` holds on `file`.
 fn open_flags(pid: i32, file: &Path) -> Vec<u32> {
     let mut out = Vec::new();

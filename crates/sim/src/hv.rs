@@ -692,10 +692,8 @@ impl Hypervisor {
         let Ok((info_fd, info_map)) = made else {
             return Err(undo(self, &p2m, &grant_frames));
         };
-        // Zero the frames: a new domain never sees an old one's memory.
-        for m in p2m.iter().chain(&grant_frames) {
-            let _ = self.machine.slice().fill(m.0 as usize * 4096, 4096, 0);
-        }
+        // The frames are zero: never used, or zeroed when their last
+        // domain was reaped (a new domain never sees an old one's memory).
         let info_s = info_map.slice();
         for (pfn, m) in p2m.iter().enumerate() {
             let _ = info_s.store_u64(info::P2M + pfn * 8, m.0, Ordering::Relaxed);
@@ -1078,6 +1076,11 @@ impl Hypervisor {
         let s = self.geometry.slot(d.slot);
         let _ = c.store_u16(self.geometry.slot_of(domid), 0, Ordering::Release);
         let _ = c.store_u32(s + slot::STATE, layout::STATE_FREE, Ordering::Release);
+        // Zeroed as they return to the pool (nothing maps them any more),
+        // so that creating a domain need not.
+        for m in d.p2m.iter().chain(&d.grant_frames).chain(&d.retired) {
+            let _ = self.machine.slice().fill(m.0 as usize * 4096, 4096, 0);
+        }
         self.frames.free(&d.p2m);
         self.frames.free(&d.grant_frames);
         self.frames.free(&d.retired);

@@ -475,3 +475,32 @@ fn a_guest_that_hangs_up_keeps_its_frames_until_its_process_exits() {
         host.dom0.physinfo().unwrap().1 == free_before
     });
 }
+
+/// A domain's memory is zeroed as its frames return to the pool: the next
+/// domain to get them sees none of it (and creating one writes nothing).
+#[test]
+fn a_new_domain_never_sees_an_old_ones_memory() {
+    use platform::ForeignMemory;
+    let host = Host::with(|c| c.machine_pages = 3072);
+    let free_before = host.dom0.physinfo().unwrap().1;
+    // All but 20 of the free frames (4 go to its grant table): the second
+    // guest gets nearly all of the first one's.
+    let pages = free_before - 4 - 20;
+    let pfns: Vec<abi::Pfn> = (0..pages).map(Pfn).collect();
+    let mut g = host.guest(pages);
+    {
+        let map = host.dom0.map_foreign(DomId(g.domid), &pfns).unwrap();
+        map.memory().fill(0, pages as usize * 4096, 0xa5).unwrap();
+    }
+    g.kill();
+    eventually("frames to return", || {
+        host.dom0.physinfo().unwrap().1 == free_before
+    });
+    let g2 = host.guest(pages);
+    let map = host.dom0.map_foreign(DomId(g2.domid), &pfns).unwrap();
+    let mut page = vec![0u8; 4096];
+    for p in 0..pages as usize {
+        map.memory().read_bytes(p * 4096, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0), "page {p} of the new domain");
+    }
+}

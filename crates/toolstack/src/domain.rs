@@ -114,6 +114,15 @@ fn pseudo_uuid(domid: u16) -> String {
     )
 }
 
+/// The toolstack's index of names (dom0's): `<NAMES>/<name>` is the id
+/// of the domain that claimed the name.
+const NAMES: &str = "/tool/dom0kit/names";
+
+/// The index node of domain name `name`.
+fn name_node(name: &str) -> String {
+    format!("{NAMES}/{name}")
+}
+
 /// The domain called `name`, if any (by `/local/domain/*/name`).
 pub fn find<S: Read + Write>(
     xs: &mut Client<S>,
@@ -183,9 +192,7 @@ pub fn create<S: Read + Write>(
     config: &DomainConfig,
     launch: &mut impl Launch,
 ) -> Result<Created, DomainError> {
-    if find(xs, &config.name)?.is_some() {
-        return Err(DomainError::Exists(config.name.clone()));
-    }
+    // The name is checked in the transaction that claims it (`build`).
     let new = hv.create_domain(&HvDomainConfig {
         pages: config.memory_mib * 256,
         grant_frames: 32,
@@ -218,21 +225,27 @@ fn build<S: Read + Write>(
     let kib = (config.memory_mib * 1024).to_string();
     let mut taken = false;
     in_transaction(xs, |xs, t| {
-        // The name is checked again in the transaction that claims it:
-        // another create that commits the same name first changes
-        // `/local/domain`, which this one read, so this one retries and
-        // sees it.
-        taken = false;
-        for other in xs.directory(t, "/local/domain")? {
-            if other == domid.to_string() {
-                continue;
+        // The name is claimed in this transaction, in the toolstack's
+        // index (one node a name, not a look at every domain's): another
+        // create that claims it first changes the node this one read, so
+        // this one retries and sees it. An entry whose domain no longer
+        // has that name (a toolstack that died mid-way) is stale.
+        let claim = name_node(&config.name);
+        taken = match xs.read(t, &claim) {
+            Ok(id) => {
+                let id = String::from_utf8_lossy(&id).into_owned();
+                id != domid.to_string()
+                    && xs
+                        .read(t, &format!("/local/domain/{id}/name"))
+                        .is_ok_and(|n| n == config.name.as_bytes())
             }
-            let name = xs.read(t, &format!("/local/domain/{other}/name"));
-            if name.is_ok_and(|n| n == config.name.as_bytes()) {
-                taken = true;
-                return Ok(());
-            }
+            Err(ClientError::Xs(XsError::NoEnt)) => false,
+            Err(e) => return Err(e),
+        };
+        if taken {
+            return Ok(());
         }
+        xs.write(t, &claim, domid.to_string().as_bytes())?;
         for (dir, p) in [(home.as_str(), &ro), (vm.as_str(), &ro)] {
             xs.rm(t, dir).or_else(ignore_noent)?;
             xs.mkdir(t, dir)?;
@@ -476,6 +489,10 @@ fn destroy_id<S: Read + Write>(
         .read(Tx::NONE, &format!("/local/domain/{domid}/vm"))
         .ok()
         .and_then(|v| String::from_utf8(v).ok());
+    let name = xs
+        .read(Tx::NONE, &format!("/local/domain/{domid}/name"))
+        .ok()
+        .and_then(|v| String::from_utf8(v).ok());
     // Not introduced (it failed early, or died and was released): fine.
     let _ = xs.request(
         MsgType::Release,
@@ -504,16 +521,31 @@ fn destroy_id<S: Read + Write>(
                 .map_err(Into::into),
         );
     }
-    // `/vm` itself once its last domain is gone; in a transaction, so that
-    // a domain being created meanwhile keeps its entry.
-    note(
-        in_transaction(xs, |xs, t| match xs.directory(t, "/vm") {
-            Ok(c) if c.is_empty() => xs.rm(t, "/vm"),
-            Ok(_) => Ok(()),
-            Err(e) => ignore_noent(e),
-        })
-        .map_err(Into::into),
-    );
+    // Its name, if the index gives it to this domain.
+    if let Some(name) = &name {
+        let claim = name_node(name);
+        note(
+            in_transaction(xs, |xs, t| match xs.read(t, &claim) {
+                Ok(id) if id == domid.to_string().as_bytes() => xs.rm(t, &claim),
+                Ok(_) => Ok(()),
+                Err(e) => ignore_noent(e),
+            })
+            .map_err(Into::into),
+        );
+    }
+    // `/vm` and the name index themselves once their last domain is gone;
+    // in a transaction, so that a domain being created meanwhile keeps its
+    // entry.
+    for dir in [NAMES, "/tool/dom0kit", "/vm"] {
+        note(
+            in_transaction(xs, |xs, t| match xs.directory(t, dir) {
+                Ok(c) if c.is_empty() => xs.rm(t, dir),
+                Ok(_) => Ok(()),
+                Err(e) => ignore_noent(e),
+            })
+            .map_err(Into::into),
+        );
+    }
     match first {
         Some(e) => Err(e),
         None => Ok(()),
