@@ -613,9 +613,11 @@ pub(crate) fn create(h: &HostArgs) -> Result<(), String> {
     check_targets(&config)?;
     refuse_unbuilt(&config)?;
     let (hv, mut xs) = connect(&h.run)?;
-    keep_config(&h.run, &config, &text, file.ends_with(".toml"));
     let mut spawner = Spawner::new(&h.run);
     let c = dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
+    // Not before: a refused duplicate must not overwrite the running
+    // guest's.
+    keep_config(&h.run, &config, &text, file.ends_with(".toml"));
     if let Err(e) = wait_connected(&mut xs, &c, Duration::from_secs(10)) {
         // As xl does when a device's hotplug fails: the domain goes.
         let _ = dom::destroy(&hv, &mut xs, &c.domid.to_string(), Duration::from_secs(1));

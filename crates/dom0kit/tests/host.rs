@@ -969,6 +969,19 @@ fn a_stale_name_claim_is_taken_over_and_destroy_clears_the_index() {
         before,
         "the index goes with its last name"
     );
+    // dom0's name is taken; a name with a dot is claimed (escaped: xenstore
+    // paths have no dots).
+    let dom0 = h.dir.join("dom0.cfg");
+    std::fs::write(&dom0, "name = \"Domain-0\"\nmemory = 16\n").unwrap();
+    let out = h.run(&["create", dom0.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    let cfg = h.config("web.1");
+    h.ok(&["create", cfg.to_str().unwrap()]);
+    assert!(!h.run(&["create", cfg.to_str().unwrap()]).status.success());
+    assert!(h.ok(&["list"]).lines().any(|l| l.starts_with("web.1 ")));
+    h.ok(&["destroy", "web.1"]);
+    assert_eq!(settled_store(&h, &before), before);
 }
 
 /// The `flags:` of the descriptors process `pid` holds on `file`.

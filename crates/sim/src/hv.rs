@@ -64,6 +64,7 @@ impl HvConfig {
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
+const EAGAIN: i32 = 11;
 const ENOMEM: i32 = 12;
 const EACCES: i32 = 13;
 const EEXIST: i32 = 17;
@@ -607,6 +608,11 @@ impl Hypervisor {
     fn attach_guest(&mut self, c: u64, token: [u8; TOKEN_LEN]) -> Result<(Reply, Vec<RawFd>), i32> {
         let conn = self.conns.get(&c).ok_or(EINVAL)?;
         let (pid, _) = sys::peer_cred(conn.fd.as_raw_fd()).map_err(|_| EACCES)?;
+        // The process is this domain from now on; its exit is noticed
+        // through the pidfd, and signals go to it, never to a reused pid.
+        // Without one the domain's frames could be reused while it still
+        // maps them: no attach.
+        let pidfd = sys::pidfd_open(pid).map_err(|_| EAGAIN)?;
         let d = self
             .domains
             .values_mut()
@@ -614,14 +620,10 @@ impl Hypervisor {
             .ok_or(EACCES)?;
         d.token = None;
         d.conn = Some(c);
-        // The process is this domain from now on; its exit is noticed
-        // through the pidfd, and signals go to it, never to a reused pid.
-        if let Ok(pidfd) = sys::pidfd_open(pid) {
-            let _ = self
-                .epoll
-                .add(pidfd.as_raw_fd(), PROCESS | u64::from(d.domid.0));
-            d.process = Some(pidfd);
-        }
+        let _ = self
+            .epoll
+            .add(pidfd.as_raw_fd(), PROCESS | u64::from(d.domid.0));
+        d.process = Some(pidfd);
         let domid = d.domid;
         if let Some(conn) = self.conns.get_mut(&c) {
             conn.domid = Some(domid);

@@ -118,9 +118,42 @@ fn pseudo_uuid(domid: u16) -> String {
 /// of the domain that claimed the name.
 const NAMES: &str = "/tool/dom0kit/names";
 
-/// The index node of domain name `name`.
+/// The index node of domain name `name` (a `.`, which xenstore paths do
+/// not allow, as `@2e`: names have no `@`).
 fn name_node(name: &str) -> String {
-    format!("{NAMES}/{name}")
+    format!("{NAMES}/{}", name.replace('.', "@2e"))
+}
+
+/// Whether another domain than `me` has `name`: dom0's, or the one the
+/// index names, if that domain still has it (an entry whose domain does
+/// not is stale: a toolstack died mid-way).
+fn name_taken<S: Read + Write>(
+    xs: &mut Client<S>,
+    t: Tx,
+    name: &str,
+    me: Option<u16>,
+) -> Result<bool, ClientError> {
+    let has = |xs: &mut Client<S>, id: &str| -> Result<bool, ClientError> {
+        match xs.read(t, &format!("/local/domain/{id}/name")) {
+            Ok(n) => Ok(n == name.as_bytes()),
+            Err(ClientError::Xs(XsError::NoEnt)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    if has(xs, "0")? {
+        return Ok(true);
+    }
+    match xs.read(t, &name_node(name)) {
+        Ok(id) => {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            if me.is_some_and(|m| m.to_string() == id) {
+                return Ok(false);
+            }
+            has(xs, &id)
+        }
+        Err(ClientError::Xs(XsError::NoEnt)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The domain called `name`, if any (by `/local/domain/*/name`).
@@ -192,7 +225,11 @@ pub fn create<S: Read + Write>(
     config: &DomainConfig,
     launch: &mut impl Launch,
 ) -> Result<Created, DomainError> {
-    // The name is checked in the transaction that claims it (`build`).
+    // A cheap look first (one claim, one name), so that a duplicate
+    // starts nothing; the transaction that claims the name decides.
+    if name_taken(xs, Tx::NONE, &config.name, None)? {
+        return Err(DomainError::Exists(config.name.clone()));
+    }
     let new = hv.create_domain(&HvDomainConfig {
         pages: config.memory_mib * 256,
         grant_frames: 32,
@@ -230,22 +267,11 @@ fn build<S: Read + Write>(
         // create that claims it first changes the node this one read, so
         // this one retries and sees it. An entry whose domain no longer
         // has that name (a toolstack that died mid-way) is stale.
-        let claim = name_node(&config.name);
-        taken = match xs.read(t, &claim) {
-            Ok(id) => {
-                let id = String::from_utf8_lossy(&id).into_owned();
-                id != domid.to_string()
-                    && xs
-                        .read(t, &format!("/local/domain/{id}/name"))
-                        .is_ok_and(|n| n == config.name.as_bytes())
-            }
-            Err(ClientError::Xs(XsError::NoEnt)) => false,
-            Err(e) => return Err(e),
-        };
+        taken = name_taken(xs, t, &config.name, Some(domid))?;
         if taken {
             return Ok(());
         }
-        xs.write(t, &claim, domid.to_string().as_bytes())?;
+        xs.write(t, &name_node(&config.name), domid.to_string().as_bytes())?;
         for (dir, p) in [(home.as_str(), &ro), (vm.as_str(), &ro)] {
             xs.rm(t, dir).or_else(ignore_noent)?;
             xs.mkdir(t, dir)?;
