@@ -73,22 +73,43 @@ fn the_same_by_persistent_grants() {
     });
 }
 
-fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>) {
-    let (hv, dom0, new, guest) = host("sim", 64);
+/// A 1 MiB writable disk.
+const DISK: Disk = Disk {
+    sectors: 2048,
+    read_only: false,
+    discard: false,
+    secure_discard: false,
+    max_indirect_segments: 256,
+};
+
+/// A guest's ring page granted to dom0 and mapped by it, and data pages
+/// granted after it (read-only where `ro` says).
+struct Pages<M> {
+    ring_pfn: platform::Pfn,
+    ring_map: M,
+    data: platform::Pfn,
+    grefs: Vec<u32>,
+}
+
+fn pages(
+    dom0: &SimDomain,
+    new: &platform::NewDomain,
+    guest: &SimDomain,
+    ro: &[bool],
+) -> Pages<<SimDomain as GrantMapper>::Mapping> {
     let ring_pfn = guest.alloc_pages(1).unwrap();
-    let data = guest.alloc_pages(3).unwrap();
+    let data = guest.alloc_pages(ro.len() as u64).unwrap();
     let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
-    let g = |i: u64, ro: bool| {
-        guest
-            .grant_access(DomId(0), platform::Pfn(data.0 + i), ro)
-            .unwrap()
-            .0
-    };
-    let (w, r, ro) = (g(0, true), g(1, false), g(2, true));
-    guest.pages(data, 1).unwrap().fill(0, 4096, 0x5a).unwrap();
-    let mut front: FrontRing<_, Slot64, BlkifResponse> =
-        FrontRing::init(guest.pages(ring_pfn, 1).unwrap()).unwrap();
-    // dom0 maps the ring.
+    let grefs = ro
+        .iter()
+        .enumerate()
+        .map(|(i, &ro)| {
+            guest
+                .grant_access(DomId(0), platform::Pfn(data.0 + i as u64), ro)
+                .unwrap()
+                .0
+        })
+        .collect();
     let ring_map = dom0
         .map_grants(&[GrantSpec {
             domid: new.domid,
@@ -96,15 +117,25 @@ fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>
             writable: true,
         }])
         .unwrap();
-    let mut back: BackRing<_, Slot64, BlkifResponse> = BackRing::init(ring_map.memory()).unwrap();
+    Pages {
+        ring_pfn,
+        ring_map,
+        data,
+        grefs,
+    }
+}
+
+fn through_grants(mover: impl Fn(SimDomain, DomId) -> Box<dyn blk::serve::Mover>) {
+    let (hv, dom0, new, guest) = host("sim", 64);
+    let p = pages(&dom0, &new, &guest, &[true, false, true]);
+    let (w, r, ro) = (p.grefs[0], p.grefs[1], p.grefs[2]);
+    let data = p.data;
+    guest.pages(data, 1).unwrap().fill(0, 4096, 0x5a).unwrap();
+    let mut front: FrontRing<_, Slot64, BlkifResponse> =
+        FrontRing::init(guest.pages(p.ring_pfn, 1).unwrap()).unwrap();
+    let mut back: BackRing<_, Slot64, BlkifResponse> = BackRing::init(p.ring_map.memory()).unwrap();
     let storage = MemStorage::new(1 << 20);
-    let disk = Disk {
-        sectors: 2048,
-        read_only: false,
-        discard: false,
-        secure_discard: false,
-        max_indirect_segments: 256,
-    };
+    let disk = DISK;
     let mut mover = mover(dom0.clone(), new.domid);
     let mut c = Counters::default();
     for req in [
@@ -487,33 +518,13 @@ fn reads_go_straight_into_persistently_mapped_pages() {
         into: AtomicU32::new(0),
         at: AtomicU32::new(0),
     };
-    let ring_pfn = guest.alloc_pages(1).unwrap();
-    let data = guest.alloc_pages(3).unwrap();
-    let ring_ref = guest.grant_access(DomId(0), ring_pfn, false).unwrap();
-    let g = |i: u64, ro: bool| {
-        guest
-            .grant_access(DomId(0), platform::Pfn(data.0 + i), ro)
-            .unwrap()
-            .0
-    };
-    let (a, b, ro) = (g(0, false), g(1, false), g(2, true));
+    let p = pages(&dom0, &new, &guest, &[false, false, true]);
+    let (a, b, ro) = (p.grefs[0], p.grefs[1], p.grefs[2]);
+    let data = p.data;
     let mut front: FrontRing<_, Slot64, BlkifResponse> =
-        FrontRing::init(guest.pages(ring_pfn, 1).unwrap()).unwrap();
-    let ring_map = dom0
-        .map_grants(&[GrantSpec {
-            domid: new.domid,
-            gref: ring_ref,
-            writable: true,
-        }])
-        .unwrap();
-    let mut back: BackRing<_, Slot64, BlkifResponse> = BackRing::init(ring_map.memory()).unwrap();
-    let disk = Disk {
-        sectors: 2048,
-        read_only: false,
-        discard: false,
-        secure_discard: false,
-        max_indirect_segments: 256,
-    };
+        FrontRing::init(guest.pages(p.ring_pfn, 1).unwrap()).unwrap();
+    let mut back: BackRing<_, Slot64, BlkifResponse> = BackRing::init(p.ring_map.memory()).unwrap();
+    let disk = DISK;
     let mut mover =
         PersistentMover::new(dom0.clone(), new.domid, PersistentBudget::new(64)).unwrap();
     let mut c = Counters::default();

@@ -414,20 +414,29 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
     if ended == Ended::Shutdown(R::Suspend) {
         return Vec::new();
     }
-    let name = xs
-        .read(Tx::NONE, &format!("/local/domain/{domid}/name"))
-        .ok()
-        .and_then(|v| String::from_utf8(v).ok());
+    // Its name and whether the toolstack is destroying it (then it is no
+    // crash), in one look: a `destroy` that has removed the domain's
+    // directory meanwhile has done the cleanup, and nothing follows.
+    let home = format!("/local/domain/{domid}");
+    let look = xenbus::paths::in_transaction(xs, |xs, t| {
+        let name = match xs.read(t, &format!("{home}/name")) {
+            Ok(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+            Err(ClientError::Xs(XsError::NoEnt)) => None,
+            Err(e) => return Err(e),
+        };
+        let destroying = xs.read(t, &format!("{home}/destroying")).is_ok();
+        let exists = xs.read(t, &home).is_ok();
+        Ok((name, destroying, exists))
+    });
+    let Ok((name, destroying, true)) = look else {
+        return Vec::new();
+    };
     let kept = name.as_ref().and_then(|n| {
         ["config.cfg", "config.toml"].iter().find_map(|f| {
             let text = std::fs::read_to_string(run.domain_dir(n).join(f)).ok()?;
             toolstack::config::parse_file(f, &text).ok()
         })
     });
-    // A domain the toolstack is destroying is not a crash.
-    let destroying = xs
-        .read(Tx::NONE, &format!("/local/domain/{domid}/destroying"))
-        .is_ok();
     let action = match (&kept, ended) {
         (Some(_), _) if destroying => OnEvent::Destroy,
         (Some(c), Ended::Shutdown(R::Poweroff)) => c.on_poweroff,

@@ -104,6 +104,20 @@ impl Host {
         (sock, url)
     }
 
+    /// Waits up to 5 s for the hv to have every frame back
+    /// (`before_frames` free) and for no guest process to be left; asserts
+    /// both.
+    fn assert_all_back(&self, before_frames: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (self.free_frames() != before_frames || !self.processes().is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.free_frames(), before_frames, "every frame came back");
+        assert!(self.processes().is_empty(), "{:?}", self.processes());
+    }
+
     fn free_frames(&self) -> u64 {
         let d = sim::SimDomain::attach_dom0(&self.run_dir().join("hv.sock")).unwrap();
         d.physinfo().unwrap().1
@@ -220,14 +234,7 @@ fn create_list_destroy_round_trip() {
         "xenstore is as it was"
     );
     // The hv kills the guest and frees its memory as the process goes.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while (h.free_frames() != before_frames || !h.processes().is_empty())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(h.free_frames(), before_frames, "every frame came back");
-    assert!(h.processes().is_empty(), "{:?}", h.processes());
+    h.assert_all_back(before_frames);
     let gone = h.run(&["destroy", "alpha"]);
     assert!(!gone.status.success());
 }
@@ -265,14 +272,7 @@ fn ten_guests_at_once_leave_nothing_behind() {
     }
     assert_eq!(h.ok(&["list"]).lines().count(), 2, "{}", h.ok(&["list"]));
     assert_eq!(settled_store(&h, &before_store), before_store);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while (h.free_frames() != before_frames || !h.processes().is_empty())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(h.free_frames(), before_frames, "every frame came back");
-    assert!(h.processes().is_empty(), "{:?}", h.processes());
+    h.assert_all_back(before_frames);
     assert_eq!(
         h.eventfds(),
         before_eventfds,
@@ -449,14 +449,7 @@ fn shutdown_and_reboot_do_what_on_poweroff_and_on_reboot_say() {
     h.ok(&["shutdown", "-w", "calm"]);
     wait_row(&h, "calm", Option::is_none);
     assert_eq!(settled_store(&h, &before_store), before_store);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while (h.free_frames() != before_frames || !h.processes().is_empty())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(h.free_frames(), before_frames, "every frame came back");
-    assert!(h.processes().is_empty(), "{:?}", h.processes());
+    h.assert_all_back(before_frames);
 
     // on_reboot's default, restart: the same guest again, as a new
     // domain, its disk exported and working.
