@@ -470,7 +470,14 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
     }
     let mut spawner = Spawner::new(run);
     match dom::create(hv, xs, &config, &mut spawner) {
-        Ok(c) => eprintln!("reaper: {name} {why}; started again as domain {}", c.domid),
+        // As `create`: its devices connect, or it goes again.
+        Ok(c) => match wait_connected(xs, &c, Duration::from_secs(10)) {
+            Ok(()) => eprintln!("reaper: {name} {why}; started again as domain {}", c.domid),
+            Err(e) => {
+                let _ = dom::destroy(hv, xs, &c.domid.to_string(), Duration::from_secs(1));
+                eprintln!("reaper: {name} {why}; started again, but {e}; destroyed");
+            }
+        },
         Err(e) => eprintln!("reaper: {name} {why}; starting it again failed: {e}"),
     }
     spawner.children
