@@ -41,11 +41,16 @@ pub(crate) fn preadv_exact(
 ) -> io::Result<()> {
     // Where the read stands: slice `i`, `skip` bytes into it.
     let (mut i, mut skip, mut at) = (0usize, 0usize, offset);
-    // Empty slices are skipped (nothing at all to read is done at once).
-    while i < dst.len() && dst[i].is_empty() {
-        i += 1;
-    }
-    while i < dst.len() {
+    loop {
+        // Past what is filled (and past empty slices): nothing left is
+        // done.
+        while i < dst.len() && dst[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
+        if i == dst.len() {
+            return Ok(());
+        }
         let iov: Vec<libc::iovec> = dst[i..]
             .iter()
             .take(libc::UIO_MAXIOV as usize)
@@ -77,23 +82,15 @@ pub(crate) fn preadv_exact(
         let mut n = n as usize;
         at += n as u64;
         while n > 0 && i < dst.len() {
-            let left = dst[i].len() - skip;
-            if n >= left {
-                n -= left;
+            let step = n.min(dst[i].len() - skip);
+            n -= step;
+            skip += step;
+            if skip == dst[i].len() {
                 i += 1;
                 skip = 0;
-            } else {
-                skip += n;
-                n = 0;
             }
         }
-        // Empty slices are skipped.
-        while i < dst.len() && dst[i].len() == skip {
-            i += 1;
-            skip = 0;
-        }
     }
-    Ok(())
 }
 
 /// One read or write of a [`Uring::run`] batch.
