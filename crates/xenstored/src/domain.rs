@@ -77,6 +77,18 @@ where
     }
 }
 
+impl<P: DomainControl> PlatformHv<P> {
+    /// What the hypervisor tells of `domid`, if it exists and is not
+    /// dying.
+    fn living(&self, domid: u16) -> Option<platform::DomainInfo> {
+        self.dom
+            .list_domains()
+            .ok()?
+            .into_iter()
+            .find(|i| i.domid == DomId(domid) && !i.dying)
+    }
+}
+
 impl<P> Hypervisor for PlatformHv<P>
 where
     P: ForeignMemory + EventChannels + DomainControl + Clone + Send + 'static,
@@ -131,16 +143,11 @@ where
     }
 
     fn exists(&mut self, domid: u16) -> bool {
-        self.dom
-            .list_domains()
-            .is_ok_and(|all| all.iter().any(|i| i.domid == DomId(domid) && !i.dying))
+        self.living(domid).is_some()
     }
 
     fn is_shut_down(&mut self, domid: u16) -> bool {
-        self.dom.list_domains().is_ok_and(|all| {
-            all.iter()
-                .any(|i| i.domid == DomId(domid) && !i.dying && i.shutdown.is_some())
-        })
+        self.living(domid).is_some_and(|i| i.shutdown.is_some())
     }
 }
 

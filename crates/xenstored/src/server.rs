@@ -429,9 +429,7 @@ impl Core {
                 c.markers.retain(|m| m.origin.is_some());
             }
         }
-        for (origin, serial) in released {
-            self.release(origin, serial);
-        }
+        self.release_all(released);
     }
 
     /// [`settle`](Self::settle) of one connection's sent messages.
@@ -440,9 +438,7 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&id) {
             sent_markers(c, &mut released);
         }
-        for (origin, serial) in released {
-            self.release(origin, serial);
-        }
+        self.release_all(released);
     }
 
     /// The bytes domain connection `id` holds, as the memory quota counts
@@ -505,10 +501,9 @@ impl Core {
                 c.open.remove(&serial);
             }
         }
+        // `service_domains` serves it (it looks at every held domain);
+        // soon, not after the next wait.
         if !c.held.is_empty() && self.may_read(origin) {
-            if !self.kick.contains(&origin) {
-                self.kick.push(origin);
-            }
             self.busy = true;
         }
     }
@@ -524,10 +519,13 @@ impl Core {
     /// What waited in a connection that is gone or replaced keeps no one
     /// outstanding.
     fn release_markers(&mut self, c: &Conn) {
-        for m in &c.markers {
-            if let Some((origin, serial)) = m.origin {
-                self.release(origin, serial);
-            }
+        self.release_all(c.markers.iter().filter_map(|m| m.origin).collect());
+    }
+
+    /// [`release`](Self::release) of each (connection, serial).
+    fn release_all(&mut self, released: Vec<(u64, u64)>) {
+        for (origin, serial) in released {
+            self.release(origin, serial);
         }
     }
 

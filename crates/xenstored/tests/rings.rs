@@ -164,6 +164,20 @@ fn a_domain_that_does_not_read_loses_events_not_its_connection() {
     assert_eq!(error, 0);
 }
 
+/// Domain 5 and domain 7, which may read 5's `x` and watches it with a
+/// token that makes each event about 1 KiB (one fills its response ring);
+/// the watch's reply and first event are read.
+fn writer_and_watcher(h: &mut Host) -> (Guest, Guest) {
+    let (a, mut b) = (h.domain(5), h.domain(7));
+    h.dom0(MsgType::SetPerms, &[b"/local/domain/5", b"n5", b"r7"], None);
+    let token = vec![b't'; 900];
+    b.send(h, MsgType::Watch, &[b"/local/domain/5/x", &token], None);
+    let cb = h.conn(&b);
+    h.core.service_domains(&[cb]);
+    assert_eq!(b.receive(h).len(), 2, "the watch's reply and first event");
+    (a, b)
+}
+
 /// Domain 5 writes what domain 7 watches and never reads: after its
 /// `outstanding` quota (20) of requests whose events wait at 7, 5's next
 /// request is held back, its ring no longer read, until 7 reads or the
@@ -173,14 +187,8 @@ fn a_watcher_that_does_not_read_holds_the_writer_back_up_to_its_quota() {
     let mut h = Host::new();
     h.core
         .set_watch_event_timeout(std::time::Duration::from_millis(300));
-    let (mut a, mut b) = (h.domain(5), h.domain(7));
-    h.dom0(MsgType::SetPerms, &[b"/local/domain/5", b"n5", b"r7"], None);
-    // Events of about 1 KiB: one fills 7's response ring.
-    let token = vec![b't'; 900];
-    b.send(&h, MsgType::Watch, &[b"/local/domain/5/x", &token], None);
+    let (mut a, mut b) = writer_and_watcher(&mut h);
     let (ca, cb) = (h.conn(&a), h.conn(&b));
-    h.core.service_domains(&[cb]);
-    assert_eq!(b.receive(&h).len(), 2, "the watch's reply and first event");
     // The first write's event fills 7's ring; every later one waits.
     let mut replies = 0;
     for _ in 0..30 {
@@ -238,13 +246,8 @@ fn a_watcher_that_does_not_read_holds_the_writer_back_up_to_its_quota() {
 #[test]
 fn a_watcher_introduced_again_holds_no_one_back() {
     let mut h = Host::new();
-    let (mut a, mut b) = (h.domain(5), h.domain(7));
-    h.dom0(MsgType::SetPerms, &[b"/local/domain/5", b"n5", b"r7"], None);
-    let token = vec![b't'; 900];
-    b.send(&h, MsgType::Watch, &[b"/local/domain/5/x", &token], None);
-    let (ca, cb) = (h.conn(&a), h.conn(&b));
-    h.core.service_domains(&[cb]);
-    b.receive(&h);
+    let (mut a, _b) = writer_and_watcher(&mut h);
+    let ca = h.conn(&a);
     for _ in 0..5 {
         a.send(&h, MsgType::Write, &[b"x"], Some(b"1"));
         h.core.service_domains(&[ca]);
