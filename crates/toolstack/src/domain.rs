@@ -447,6 +447,13 @@ impl ShutdownRequest {
     }
 }
 
+/// The id of guest `name_or_id` (never dom0's), or `NotFound`.
+fn guest_id<S: Read + Write>(xs: &mut Client<S>, name_or_id: &str) -> Result<u16, DomainError> {
+    find(xs, name_or_id)?
+        .filter(|&d| d != 0)
+        .ok_or_else(|| DomainError::NotFound(name_or_id.to_string()))
+}
+
 /// Asks domain `name_or_id` to shut down, as `xl shutdown`/`xl reboot`
 /// do: `control/shutdown` gets the request; the guest acts on it and
 /// shuts itself down (or ignores it: nothing forces it). Returns its id.
@@ -455,9 +462,7 @@ pub fn request_shutdown<S: Read + Write>(
     name_or_id: &str,
     how: ShutdownRequest,
 ) -> Result<u16, DomainError> {
-    let domid = find(xs, name_or_id)?
-        .filter(|&d| d != 0)
-        .ok_or_else(|| DomainError::NotFound(name_or_id.to_string()))?;
+    let domid = guest_id(xs, name_or_id)?;
     xs.write(
         Tx::NONE,
         &format!("/local/domain/{domid}/control/shutdown"),
@@ -475,9 +480,7 @@ pub fn destroy<S: Read + Write>(
     name_or_id: &str,
     wait: Duration,
 ) -> Result<u16, DomainError> {
-    let domid = find(xs, name_or_id)?
-        .filter(|&d| d != 0)
-        .ok_or_else(|| DomainError::NotFound(name_or_id.to_string()))?;
+    let domid = guest_id(xs, name_or_id)?;
     destroy_id(hv, xs, domid, wait)?;
     Ok(domid)
 }
