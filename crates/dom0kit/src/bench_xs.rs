@@ -9,6 +9,10 @@
 //!   1000 events have arrived;
 //! * directory of 10,000 children, listed whole with `DIRECTORY_PART`, by
 //!   one client and by 16 at once.
+//!
+//! Beside each rate, the daemon's own CPU time per operation (the run time
+//! of the process behind the socket, found by `SO_PEERCRED`), so that what
+//! a rate costs shows too.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -25,6 +29,42 @@ pub(crate) struct Row {
     pub(crate) name: &'static str,
     pub(crate) unit: &'static str,
     pub(crate) values: Vec<f64>,
+    /// The daemon's CPU time per operation (µs), NaN if unknown.
+    pub(crate) cpu_us: Vec<f64>,
+}
+
+/// The pid of the process that listens on `path`.
+fn daemon_pid(path: &std::path::Path) -> Option<i32> {
+    let s = UnixStream::connect(path).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for the kernel to fill.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
+/// CPU time of `pid`'s threads so far, in seconds (their `schedstat`s'
+/// run time, to the nanosecond).
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split(' ').next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
 }
 
 fn io<T>(r: std::io::Result<T>) -> Result<T, String> {
@@ -207,14 +247,14 @@ fn drain(
     Ok(())
 }
 
-/// Lists the children `rounds` times from each of `clients` clients at once.
+/// Lists the children (made by [`setup_children`]) `rounds` times from
+/// each of `clients` clients at once.
 fn directory(
     path: &std::path::Path,
     children: u32,
     rounds: u32,
     clients: u32,
 ) -> Result<f64, String> {
-    setup_children(path, children)?;
     let t = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
@@ -311,48 +351,73 @@ pub(crate) fn run(
             name: "pipelined mixed read/write, 64 in flight",
             unit: "ops/s",
             values: Vec::new(),
+            cpu_us: Vec::new(),
         },
         Row {
             name: "transactions (start, write, commit), 1 client",
             unit: "tx/s",
             values: Vec::new(),
+            cpu_us: Vec::new(),
         },
         Row {
             name: "transactions, 16 clients at once",
             unit: "tx/s",
             values: Vec::new(),
+            cpu_us: Vec::new(),
         },
         Row {
             name: "watch fan-out: one write, 1000 watchers",
             unit: "writes/s",
             values: Vec::new(),
+            cpu_us: Vec::new(),
         },
         Row {
             name: "DIRECTORY_PART of 10,000 children, 1 client",
             unit: "listings/s",
             values: Vec::new(),
+            cpu_us: Vec::new(),
         },
         Row {
             name: "DIRECTORY_PART of 10,000 children, 16 clients",
             unit: "listings/s",
             values: Vec::new(),
+            cpu_us: Vec::new(),
         },
     ];
     let mut notes = Vec::new();
     for (name, path) in sockets {
-        let mut record = |row: usize, r: Result<f64, String>| match r {
-            Ok(v) => rows[row].values.push(v),
-            Err(e) => {
-                notes.push(format!("{name}, {}: {e}", rows[row].name));
-                rows[row].values.push(f64::NAN);
+        let pid = daemon_pid(path);
+        let cpu = || pid.and_then(cpu_seconds).unwrap_or(f64::NAN);
+        let mut record = |row: usize, count: u32, work: &dyn Fn() -> Result<f64, String>| {
+            let before = cpu();
+            let r = work();
+            let used = cpu() - before;
+            match r {
+                Ok(v) => {
+                    rows[row].values.push(v);
+                    rows[row].cpu_us.push(used * 1e6 / f64::from(count));
+                }
+                Err(e) => {
+                    notes.push(format!("{name}, {}: {e}", rows[row].name));
+                    rows[row].values.push(f64::NAN);
+                    rows[row].cpu_us.push(f64::NAN);
+                }
             }
         };
-        record(0, pipelined(path, ops));
-        record(1, transactions(path, txs, 1));
-        record(2, transactions(path, txs / 4, 16));
-        record(3, fan_out(path, 1000, fan_rounds));
-        record(4, directory(path, 10_000, dir_rounds, 1));
-        record(5, directory(path, 10_000, dir_rounds / 2 + 1, 16));
+        record(0, ops, &|| pipelined(path, ops));
+        record(1, txs, &|| transactions(path, txs, 1));
+        record(2, txs / 4 * 16, &|| transactions(path, txs / 4, 16));
+        record(3, fan_rounds, &|| fan_out(path, 1000, fan_rounds));
+        // Made outside the measured work; a failure shows in the listing.
+        let made = setup_children(path, 10_000);
+        record(4, dir_rounds, &|| {
+            made.clone()?;
+            directory(path, 10_000, dir_rounds, 1)
+        });
+        let (rounds, clients) = (dir_rounds / 2 + 1, 16);
+        record(5, rounds * clients, &|| {
+            directory(path, 10_000, rounds, clients)
+        });
     }
     for n in &notes {
         eprintln!("not measured: {n}");

@@ -47,7 +47,7 @@ commands:
       --dom0-memory SIZE     dom0's own memory (default 64M)
       --max-domains N        domains at once, zombies included (default 256)
       --frames POLICY        contiguous, interleaved or shuffled (default shuffled)
-  xenstored [--socket PATH] [--hv HV_SOCKET] [--quota NAME=N ...] [--timeout watch-event=SECS]
+  xenstored [--socket PATH] [--hv HV_SOCKET] [--quota NAME=N ...] [--timeout watch-event=SECS] [--busy-poll USEC]
             [--state FILE [--restore]]
                        run our xenstore daemon in the foreground (socket: --socket,
                        $XENSTORED_PATH, $XENSTORED_RUNDIR/socket or /var/run/xenstored/socket);
@@ -57,6 +57,8 @@ commands:
                        transaction-nodes, node-permissions, path-max, node-size,
                        outstanding, memory; 0: off); a watch event keeps the request that
                        caused it outstanding for at most --timeout (default 20 s; 0: no limit);
+                       after work it looks for more for up to --busy-poll before sleeping,
+                       adapting as cpuidle-haltpoll does (default 200 us; 0: never);
                        on SIGTERM the state goes to FILE, --restore continues from it
   xenstore MODE ...     xenstore-utils: read, write, rm, exists, list, ls, chmod, watch,
                        control (also as xenstore-MODE through a link to this binary)
@@ -197,6 +199,7 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     let mut hv: Option<PathBuf> = None;
     let mut quota_flags: Vec<(&str, usize)> = Vec::new();
     let mut watch_event_timeout: Option<u64> = None;
+    let mut busy_poll = xenstored::busy_poll::DEFAULT_MAX;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -229,6 +232,13 @@ fn xenstored(args: &[String]) -> Result<(), String> {
                         ))
                     }
                 }
+            }
+            "--busy-poll" => {
+                let us = value(&mut it, a)?;
+                let us: u64 = us
+                    .parse()
+                    .map_err(|_| format!("xenstored: --busy-poll {us}: expected microseconds"))?;
+                busy_poll = std::time::Duration::from_micros(us);
             }
             "--state" => state = Some(value(&mut it, a)?.into()),
             "--restore" => restore = true,
@@ -264,6 +274,7 @@ fn xenstored(args: &[String]) -> Result<(), String> {
     }
     let mut d =
         xenstored::Daemon::bind_with(&socket, core).map_err(|e| format!("xenstored: {e}"))?;
+    d.set_busy_poll(busy_poll);
     stop_on_sigterm();
     println!("xenstored: serving on {}", socket.display());
     d.run(|| STOP.load(std::sync::atomic::Ordering::Relaxed))
@@ -332,6 +343,18 @@ fn bench_xenstore(args: &[String]) -> Result<(), String> {
             .map(|(v, n)| format!("{n}/{}: {:.2}", names[0], v / base))
             .collect();
         println!("{:<44} {vals}  {}  ({})", r.name, ratios.join("  "), r.unit);
+    }
+    println!("\ndaemon CPU time per operation (us; lower is better)");
+    for r in &rows {
+        let vals: String = r.cpu_us.iter().map(|v| format!("{v:>14.2}")).collect();
+        let ratios: Vec<String> = r
+            .cpu_us
+            .iter()
+            .zip(&names)
+            .skip(1)
+            .map(|(v, n)| format!("{n}/{}: {:.2}", names[0], v / r.cpu_us[0]))
+            .collect();
+        println!("{:<44} {vals}  {}", r.name, ratios.join("  "));
     }
     Ok(())
 }

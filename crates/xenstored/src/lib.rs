@@ -1,14 +1,16 @@
 //! Our xenstore daemon: the tree ([`store`]), transactions that conflict
 //! only on what they touched ([`tx`]), watches, the unix-socket transport
-//! ([`server`]) and domains on their ring pages ([`domain`]).
+//! ([`server`]) and domains on their ring pages ([`domain`]), polling a
+//! while for the next request before sleeping ([`busy_poll`]).
 //! Specification: `docs/misc/xenstore.txt` and `xen/io/xs_wire.h`;
 //! behaviour matched against Debian's C xenstored.
 //!
-//! Not built yet: the `outstanding` and `memory` quotas. Built: the path-length,
-//! node-size, permission-entry, node-count, transaction and watch quotas
-//! for unprivileged callers, GET/SET_QUOTA, and Xen 4.18's features
+//! Built: C xenstored's quotas for unprivileged callers (path length, node
+//! size, permission entries, nodes, transactions, watches, outstanding
+//! requests, memory), GET/SET_QUOTA, and Xen 4.18's features
 //! (GET/SET_FEATURE, watch depth, ring reconnection).
 
+pub mod busy_poll;
 pub mod domain;
 pub mod fuzz;
 pub mod server;

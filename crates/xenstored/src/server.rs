@@ -23,6 +23,7 @@ use xenstore::{Path, Perms, XsError};
 use abi::xs_wire::{self, offsets};
 use ring::{ByteConsumer, ByteProducer, ByteRingLayout};
 
+use crate::busy_poll::BusyPoll;
 use crate::domain::{DomainRing, Hypervisor};
 use crate::store::{self, Caller, Change, Tree};
 use crate::tx::{Op, Transaction};
@@ -185,6 +186,9 @@ pub struct Daemon {
     listener: UnixListener,
     streams: HashMap<u64, UnixStream>,
     socket: PathBuf,
+    busy_poll: BusyPoll,
+    /// When the last work was done.
+    idle_since: Instant,
 }
 
 fn ok() -> Vec<u8> {
@@ -216,7 +220,20 @@ impl Daemon {
             listener,
             streams: HashMap::new(),
             socket: socket.to_path_buf(),
+            busy_poll: BusyPoll::default(),
+            idle_since: Instant::now(),
         })
+    }
+
+    /// Looks for work for at most `max` after the last of it before
+    /// sleeping ([`crate::busy_poll`]; zero: never).
+    pub fn set_busy_poll(&mut self, max: Duration) {
+        self.busy_poll = BusyPoll::new(max);
+    }
+
+    /// The busy-poll window as it stands.
+    pub fn busy_poll(&self) -> BusyPoll {
+        self.busy_poll
     }
 
     /// The socket path.
@@ -275,7 +292,12 @@ impl Daemon {
                 revents: 0,
             });
         }
-        let timeout_ms = if self.core.busy { 0 } else { timeout_ms };
+        let polling = self.idle_since.elapsed() < self.busy_poll.window();
+        let timeout_ms = if self.core.busy || polling {
+            0
+        } else {
+            timeout_ms
+        };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         #[allow(unsafe_code)]
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -286,6 +308,21 @@ impl Daemon {
             } else {
                 Err(e)
             };
+        }
+        let worked = r > 0 || self.core.busy;
+        if !worked && polling {
+            // Let whatever else runs on this CPU go first.
+            // SAFETY: no arguments, no memory.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::sched_yield()
+            };
+            return Ok(());
+        }
+        let by_dom0 = fds[0].revents != 0 || fds[first_stream..].iter().any(|f| f.revents != 0);
+        if r > 0 {
+            self.busy_poll
+                .idle_ended(self.idle_since.elapsed(), by_dom0);
         }
         if fds[0].revents != 0 {
             self.accept();
@@ -315,6 +352,9 @@ impl Daemon {
         self.core.settle();
         for id in self.core.reap() {
             self.streams.remove(&id);
+        }
+        if worked {
+            self.idle_since = Instant::now();
         }
         Ok(())
     }

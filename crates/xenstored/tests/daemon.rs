@@ -222,3 +222,55 @@ fn relative_watches_get_relative_events() {
         .unwrap();
     assert_eq!(a.read_watch().unwrap().path, "device/vbd");
 }
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is valid for the kernel to fill.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(r, 0);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[test]
+fn the_daemon_polls_between_a_clients_requests_and_sleeps_when_idle() {
+    use std::time::{Duration, Instant};
+    let socket =
+        std::env::temp_dir().join(format!("dom0kit-xsd-{}-busy/socket", std::process::id()));
+    let mut d = xenstored::Daemon::bind(&socket).unwrap();
+    d.set_busy_poll(Duration::from_millis(5));
+    let client = std::thread::spawn({
+        let socket = socket.clone();
+        move || {
+            let mut c = Client::connect(&socket).unwrap();
+            for i in 0..300 {
+                c.write(Tx::NONE, "/busy", format!("{i}").as_bytes())
+                    .unwrap();
+            }
+        }
+    });
+    // The daemon served here: its CPU is this thread's.
+    while !client.is_finished() {
+        d.turn(10).unwrap();
+    }
+    client.join().unwrap();
+    assert!(
+        d.busy_poll().window() > Duration::ZERO,
+        "requests one after another opened the window"
+    );
+    let (cpu, t) = (thread_cpu(), Instant::now());
+    while t.elapsed() < Duration::from_millis(400) {
+        d.turn(10).unwrap();
+    }
+    let spent = thread_cpu() - cpu;
+    // One window of polling at most, then sleep: well under the 400 ms a
+    // daemon that never slept would spend.
+    assert!(
+        spent < Duration::from_millis(60),
+        "idle daemon spent {spent:?}"
+    );
+}
