@@ -10,9 +10,9 @@
 //! * directory of 10,000 children, listed whole with `DIRECTORY_PART`, by
 //!   one client and by 16 at once.
 //!
-//! Beside each rate, the daemon's own CPU time per operation (the run time
-//! of the process behind the socket, found by `SO_PEERCRED`), so that what
-//! a rate costs shows too.
+//! Beside each rate, the daemon's own CPU time per operation over the same
+//! stretch (the CPU clock of the process behind the socket, found by
+//! `SO_PEERCRED`), so that what a rate costs shows too.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -56,15 +56,57 @@ fn daemon_pid(path: &std::path::Path) -> Option<i32> {
     (r == 0 && cred.pid > 0).then_some(cred.pid)
 }
 
-/// CPU time of `pid`'s threads so far, in seconds (their `schedstat`s'
-/// run time, to the nanosecond).
+/// CPU time of process `pid` so far (all its threads, gone ones
+/// included), in seconds.
 fn cpu_seconds(pid: i32) -> Option<f64> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += stat.split(' ').next()?.parse::<u64>().ok()?;
+    let mut clock: libc::clockid_t = 0;
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock` and `t` are valid for the kernel to fill.
+    #[allow(unsafe_code)]
+    let ok = unsafe {
+        libc::clock_getcpuclockid(pid, &mut clock) == 0 && libc::clock_gettime(clock, &mut t) == 0
+    };
+    ok.then(|| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
+}
+
+/// A rate, and the daemon's CPU time per operation meanwhile (µs; NaN if
+/// unknown).
+struct Measured {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// A measured stretch of a workload: wall time, and the daemon's CPU time.
+struct Span {
+    wall: Instant,
+    pid: Option<i32>,
+    cpu: Option<f64>,
+}
+
+impl Span {
+    fn start(pid: Option<i32>) -> Span {
+        Span {
+            wall: Instant::now(),
+            pid,
+            cpu: pid.and_then(cpu_seconds),
+        }
     }
-    Some(ns as f64 / 1e9)
+
+    /// `ops` operations were done since the start.
+    fn end(self, ops: u32) -> Measured {
+        let secs = self.wall.elapsed().as_secs_f64();
+        let used = match (self.cpu, self.pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => b - a,
+            _ => f64::NAN,
+        };
+        Measured {
+            rate: f64::from(ops) / secs,
+            cpu_us: used * 1e6 / f64::from(ops),
+        }
+    }
 }
 
 fn io<T>(r: std::io::Result<T>) -> Result<T, String> {
@@ -80,7 +122,7 @@ fn send(s: &mut UnixStream, m: &Message) -> Result<(), String> {
     io(s.write_all(&bytes))
 }
 
-fn pipelined(path: &std::path::Path, ops: u32) -> Result<f64, String> {
+fn pipelined(path: &std::path::Path, pid: Option<i32>, ops: u32) -> Result<Measured, String> {
     let mut s = io(UnixStream::connect(path))?;
     let mut d = Decoder::new();
     let request = |i: u32| {
@@ -109,7 +151,7 @@ fn pipelined(path: &std::path::Path, ops: u32) -> Result<f64, String> {
         }
         done += d.feed(&buf[..n]).map_err(|e| e.to_string())?.len();
     }
-    let t = Instant::now();
+    let t = Span::start(pid);
     let mut sent = 0;
     while sent < 64.min(ops) {
         send(&mut s, &request(sent))?;
@@ -135,13 +177,18 @@ fn pipelined(path: &std::path::Path, ops: u32) -> Result<f64, String> {
             }
         }
     }
-    Ok(f64::from(ops) / t.elapsed().as_secs_f64())
+    Ok(t.end(ops))
 }
 
 /// `n` transactions per client, `clients` clients at once, each on its own
 /// keys (so none conflicts); transactions per second in all.
-fn transactions(path: &std::path::Path, n: u32, clients: u32) -> Result<f64, String> {
-    let t = Instant::now();
+fn transactions(
+    path: &std::path::Path,
+    pid: Option<i32>,
+    n: u32,
+    clients: u32,
+) -> Result<Measured, String> {
+    let t = Span::start(pid);
     let workers: Vec<_> = (0..clients)
         .map(|w| {
             let path = path.to_path_buf();
@@ -167,10 +214,15 @@ fn transactions(path: &std::path::Path, n: u32, clients: u32) -> Result<f64, Str
         w.join()
             .map_err(|_| "a client thread panicked".to_string())??;
     }
-    Ok(f64::from(n * clients) / t.elapsed().as_secs_f64())
+    Ok(t.end(n * clients))
 }
 
-fn fan_out(path: &std::path::Path, watchers: usize, rounds: u32) -> Result<f64, String> {
+fn fan_out(
+    path: &std::path::Path,
+    pid: Option<i32>,
+    watchers: usize,
+    rounds: u32,
+) -> Result<Measured, String> {
     let mut w = xs(Client::connect(path))?;
     xs(w.write(Tx::NONE, "/bench/fan", b"0"))?;
     let mut conns = Vec::with_capacity(watchers);
@@ -191,13 +243,13 @@ fn fan_out(path: &std::path::Path, watchers: usize, rounds: u32) -> Result<f64, 
     let mut decoders: Vec<Decoder> = (0..watchers).map(|_| Decoder::new()).collect();
     let mut pending: Vec<usize> = vec![2; watchers];
     drain(&mut conns, &mut decoders, &mut pending)?;
-    let t = Instant::now();
+    let t = Span::start(pid);
     for r in 0..rounds {
         xs(w.write(Tx::NONE, "/bench/fan", r.to_string().as_bytes()))?;
         pending.iter_mut().for_each(|p| *p = 1);
         drain(&mut conns, &mut decoders, &mut pending)?;
     }
-    Ok(f64::from(rounds) / t.elapsed().as_secs_f64())
+    Ok(t.end(rounds))
 }
 
 /// Reads until every connection has had its `pending` messages.
@@ -251,11 +303,12 @@ fn drain(
 /// each of `clients` clients at once.
 fn directory(
     path: &std::path::Path,
+    pid: Option<i32>,
     children: u32,
     rounds: u32,
     clients: u32,
-) -> Result<f64, String> {
-    let t = Instant::now();
+) -> Result<Measured, String> {
+    let t = Span::start(pid);
     let workers: Vec<_> = (0..clients)
         .map(|_| {
             let path = path.to_path_buf();
@@ -266,7 +319,7 @@ fn directory(
         w.join()
             .map_err(|_| "a client thread panicked".to_string())??;
     }
-    Ok(f64::from(rounds * clients) / t.elapsed().as_secs_f64())
+    Ok(t.end(rounds * clients))
 }
 
 /// Creates `/bench/dir/child-NNNNN`, pipelined (again: it is idempotent).
@@ -387,37 +440,33 @@ pub(crate) fn run(
     let mut notes = Vec::new();
     for (name, path) in sockets {
         let pid = daemon_pid(path);
-        let cpu = || pid.and_then(cpu_seconds).unwrap_or(f64::NAN);
-        let mut record = |row: usize, count: u32, work: &dyn Fn() -> Result<f64, String>| {
-            let before = cpu();
-            let r = work();
-            let used = cpu() - before;
-            match r {
-                Ok(v) => {
-                    rows[row].values.push(v);
-                    rows[row].cpu_us.push(used * 1e6 / f64::from(count));
-                }
-                Err(e) => {
-                    notes.push(format!("{name}, {}: {e}", rows[row].name));
-                    rows[row].values.push(f64::NAN);
-                    rows[row].cpu_us.push(f64::NAN);
-                }
+        let mut record = |row: usize, r: Result<Measured, String>| match r {
+            Ok(m) => {
+                rows[row].values.push(m.rate);
+                rows[row].cpu_us.push(m.cpu_us);
+            }
+            Err(e) => {
+                notes.push(format!("{name}, {}: {e}", rows[row].name));
+                rows[row].values.push(f64::NAN);
+                rows[row].cpu_us.push(f64::NAN);
             }
         };
-        record(0, ops, &|| pipelined(path, ops));
-        record(1, txs, &|| transactions(path, txs, 1));
-        record(2, txs / 4 * 16, &|| transactions(path, txs / 4, 16));
-        record(3, fan_rounds, &|| fan_out(path, 1000, fan_rounds));
-        // Made outside the measured work; a failure shows in the listing.
+        record(0, pipelined(path, pid, ops));
+        record(1, transactions(path, pid, txs, 1));
+        record(2, transactions(path, pid, txs / 4, 16));
+        record(3, fan_out(path, pid, 1000, fan_rounds));
+        // Made outside the measured stretch; a failure shows in the
+        // listing.
         let made = setup_children(path, 10_000);
-        record(4, dir_rounds, &|| {
-            made.clone()?;
-            directory(path, 10_000, dir_rounds, 1)
-        });
-        let (rounds, clients) = (dir_rounds / 2 + 1, 16);
-        record(5, rounds * clients, &|| {
-            directory(path, 10_000, rounds, clients)
-        });
+        record(
+            4,
+            made.clone()
+                .and_then(|()| directory(path, pid, 10_000, dir_rounds, 1)),
+        );
+        record(
+            5,
+            made.and_then(|()| directory(path, pid, 10_000, dir_rounds / 2 + 1, 16)),
+        );
     }
     for n in &notes {
         eprintln!("not measured: {n}");

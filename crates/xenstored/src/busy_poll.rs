@@ -4,20 +4,23 @@
 //! VM whose idle vCPUs halt, tens of microseconds, more than the request
 //! costs. A client whose requests follow one another (a toolstack's
 //! transaction: start, write, commit) pays it on every one. So after work
-//! the daemon polls without sleeping for a while (its *window*), and the
-//! window adapts to what it catches, as Linux's `cpuidle-haltpoll`
-//! governor adapts its poll time:
+//! for dom0 (the socket's clients) the daemon polls without sleeping for a
+//! while (its *window*), and the window adapts to what it catches, as
+//! Linux's `cpuidle-haltpoll` governor adapts its poll time. Between two
+//! turns with dom0 work (an *idle spell* of dom0's):
 //!
-//! * an idle spell that ended within the window changes nothing;
+//! * a spell that ended within the window changes nothing;
 //! * one that ended after the window but within `max` grows the window
-//!   (doubled, from [`GROW_START`]) — if dom0 ended it: a guest's requests
-//!   never make dom0's xenstored spin for it;
+//!   (doubled, from [`GROW_START`]);
 //! * one longer than `max` halves the window, to nothing below
 //!   [`GROW_START`].
 //!
-//! An idle daemon therefore sleeps, and a daemon serving a steady stream
-//! spends at most `max` between two requests looking for the next one.
-//! `max` zero turns the polling off.
+//! Guests' requests are served as they come but neither start, extend nor
+//! grow a window: no guest makes dom0's xenstored spin. (A guest can still
+//! make dom0's own clients busy, by writing what they watch; their
+//! requests are dom0's.) An idle daemon sleeps, and one serving a steady
+//! stream from dom0 spends at most `max` between two requests looking for
+//! the next one. `max` zero turns the polling off.
 
 use std::time::Duration;
 
@@ -26,6 +29,10 @@ pub const GROW_START: Duration = Duration::from_micros(25);
 
 /// The default `max`.
 pub const DEFAULT_MAX: Duration = Duration::from_micros(200);
+
+/// The largest `max` taken: while it polls, the daemon does not look at
+/// watch events' expiry.
+pub const LIMIT: Duration = Duration::from_millis(10);
 
 /// The window and its bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,14 +55,14 @@ impl BusyPoll {
         self.window
     }
 
-    /// An idle spell of `idle` has ended; `by_dom0`: dom0 ended it.
-    pub fn idle_ended(&mut self, idle: Duration, by_dom0: bool) {
+    /// An idle spell of dom0's of `idle` has ended.
+    pub fn idle_ended(&mut self, idle: Duration) {
         if idle > self.max {
             self.window /= 2;
             if self.window < GROW_START {
                 self.window = Duration::ZERO;
             }
-        } else if idle > self.window && by_dom0 {
+        } else if idle > self.window {
             self.window = (self.window * 2).max(GROW_START).min(self.max);
         }
     }
@@ -77,46 +84,42 @@ mod tests {
     fn the_window_grows_to_what_dom0_needs_and_no_further() {
         let mut p = BusyPoll::new(200 * US);
         assert_eq!(p.window(), Duration::ZERO);
-        p.idle_ended(60 * US, true);
+        p.idle_ended(60 * US);
         assert_eq!(p.window(), 25 * US);
-        p.idle_ended(60 * US, true);
+        p.idle_ended(60 * US);
         assert_eq!(p.window(), 50 * US);
-        p.idle_ended(60 * US, true);
+        p.idle_ended(60 * US);
         assert_eq!(p.window(), 100 * US);
         // Caught within the window: unchanged.
-        p.idle_ended(60 * US, true);
+        p.idle_ended(60 * US);
         assert_eq!(p.window(), 100 * US);
         for _ in 0..5 {
-            p.idle_ended(190 * US, true);
+            p.idle_ended(190 * US);
         }
         assert_eq!(p.window(), 200 * US);
     }
 
     #[test]
-    fn a_guest_never_grows_it_and_long_sleeps_shrink_it_to_nothing() {
+    fn long_sleeps_shrink_it_to_nothing() {
         let mut p = BusyPoll::new(200 * US);
-        for _ in 0..10 {
-            p.idle_ended(60 * US, false);
-        }
-        assert_eq!(p.window(), Duration::ZERO);
         for _ in 0..4 {
-            p.idle_ended(150 * US, true);
+            p.idle_ended(150 * US);
         }
         assert_eq!(p.window(), 200 * US);
-        p.idle_ended(Duration::from_millis(5), false);
+        p.idle_ended(Duration::from_millis(5));
         assert_eq!(p.window(), 100 * US);
-        p.idle_ended(Duration::from_millis(5), true);
-        p.idle_ended(Duration::from_millis(5), true);
+        p.idle_ended(Duration::from_millis(5));
+        p.idle_ended(Duration::from_millis(5));
         assert_eq!(p.window(), 25 * US);
-        p.idle_ended(Duration::from_millis(5), true);
+        p.idle_ended(Duration::from_millis(5));
         assert_eq!(p.window(), Duration::ZERO);
     }
 
     #[test]
     fn max_zero_never_polls() {
         let mut p = BusyPoll::new(Duration::ZERO);
-        p.idle_ended(Duration::ZERO, true);
-        p.idle_ended(10 * US, true);
+        p.idle_ended(Duration::ZERO);
+        p.idle_ended(10 * US);
         assert_eq!(p.window(), Duration::ZERO);
     }
 }

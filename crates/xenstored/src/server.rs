@@ -23,7 +23,7 @@ use xenstore::{Path, Perms, XsError};
 use abi::xs_wire::{self, offsets};
 use ring::{ByteConsumer, ByteProducer, ByteRingLayout};
 
-use crate::busy_poll::BusyPoll;
+use crate::busy_poll::{self, BusyPoll};
 use crate::domain::{DomainRing, Hypervisor};
 use crate::store::{self, Caller, Change, Tree};
 use crate::tx::{Op, Transaction};
@@ -187,7 +187,8 @@ pub struct Daemon {
     streams: HashMap<u64, UnixStream>,
     socket: PathBuf,
     busy_poll: BusyPoll,
-    /// When the last work was done.
+    /// When the last work for dom0 (the socket) was done: polling follows
+    /// only that, so that no guest keeps the daemon polling.
     idle_since: Instant,
 }
 
@@ -225,10 +226,11 @@ impl Daemon {
         })
     }
 
-    /// Looks for work for at most `max` after the last of it before
-    /// sleeping ([`crate::busy_poll`]; zero: never).
+    /// Looks for work for at most `max` (at most [`busy_poll::LIMIT`])
+    /// after dom0's last before sleeping ([`crate::busy_poll`]; zero:
+    /// never).
     pub fn set_busy_poll(&mut self, max: Duration) {
-        self.busy_poll = BusyPoll::new(max);
+        self.busy_poll = BusyPoll::new(max.min(busy_poll::LIMIT));
     }
 
     /// The busy-poll window as it stands.
@@ -309,8 +311,8 @@ impl Daemon {
                 Err(e)
             };
         }
-        let worked = r > 0 || self.core.busy;
-        if !worked && polling {
+        let by_dom0 = fds[0].revents != 0 || fds[first_stream..].iter().any(|f| f.revents != 0);
+        if r == 0 && !self.core.busy && polling {
             // Let whatever else runs on this CPU go first.
             // SAFETY: no arguments, no memory.
             #[allow(unsafe_code)]
@@ -319,10 +321,8 @@ impl Daemon {
             };
             return Ok(());
         }
-        let by_dom0 = fds[0].revents != 0 || fds[first_stream..].iter().any(|f| f.revents != 0);
-        if r > 0 {
-            self.busy_poll
-                .idle_ended(self.idle_since.elapsed(), by_dom0);
+        if by_dom0 {
+            self.busy_poll.idle_ended(self.idle_since.elapsed());
         }
         if fds[0].revents != 0 {
             self.accept();
@@ -353,7 +353,7 @@ impl Daemon {
         for id in self.core.reap() {
             self.streams.remove(&id);
         }
-        if worked {
+        if by_dom0 {
             self.idle_since = Instant::now();
         }
         Ok(())

@@ -242,26 +242,42 @@ fn the_daemon_polls_between_a_clients_requests_and_sleeps_when_idle() {
     let socket =
         std::env::temp_dir().join(format!("dom0kit-xsd-{}-busy/socket", std::process::id()));
     let mut d = xenstored::Daemon::bind(&socket).unwrap();
-    d.set_busy_poll(Duration::from_millis(5));
+    d.set_busy_poll(Duration::from_millis(10));
+    // Requests 2 ms apart: the window grows past the gap.
+    let done = Arc::new(AtomicU32::new(0));
     let client = std::thread::spawn({
-        let socket = socket.clone();
+        let (socket, done) = (socket.clone(), done.clone());
         move || {
             let mut c = Client::connect(&socket).unwrap();
-            for i in 0..300 {
+            for i in 0..100 {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 c.write(Tx::NONE, "/busy", format!("{i}").as_bytes())
                     .unwrap();
+                done.store(i + 1, Ordering::Relaxed);
             }
         }
     });
     // The daemon served here: its CPU is this thread's.
+    let mut looked = false;
     while !client.is_finished() {
         d.turn(10).unwrap();
+        if !looked && done.load(Ordering::Relaxed) >= 50 {
+            looked = true;
+            assert!(
+                d.busy_poll().window() > Duration::from_millis(2),
+                "requests 2 ms apart opened the window past 2 ms: {:?}",
+                d.busy_poll()
+            );
+        }
     }
+    // Right after dom0's last request the daemon polls: a turn with
+    // nothing to do returns at once instead of sleeping its second.
+    let t = Instant::now();
+    d.turn(1000).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(500), "it slept");
     client.join().unwrap();
-    assert!(
-        d.busy_poll().window() > Duration::ZERO,
-        "requests one after another opened the window"
-    );
     let (cpu, t) = (thread_cpu(), Instant::now());
     while t.elapsed() < Duration::from_millis(400) {
         d.turn(10).unwrap();

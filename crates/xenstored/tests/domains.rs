@@ -105,14 +105,17 @@ struct Guest {
 }
 
 fn guest(h: &Host) -> Guest {
-    let new = h
-        .dom0
+    guest_of(&h.dom0, &h._hv)
+}
+
+fn guest_of(dom0: &SimDomain, hv: &HvHandle) -> Guest {
+    let new = dom0
         .create_domain(&DomainConfig {
             pages: 64,
             grant_frames: 1,
         })
         .unwrap();
-    let dom = SimDomain::attach_guest(h._hv.socket(), &new.token).unwrap();
+    let dom = SimDomain::attach_guest(hv.socket(), &new.token).unwrap();
     let pfn = dom.alloc_pages(1).unwrap();
     let port = dom.alloc_unbound(abi::DomId(0)).unwrap();
     // The page is set up before the domain is introduced.
@@ -563,5 +566,86 @@ fn a_restarted_daemon_keeps_its_domains() {
     assert_eq!(
         xs_err(c.read(Tx::NONE, &format!("{home}/data"))),
         XsError::NoEnt
+    );
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is valid for the kernel to fill.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(r, 0);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[test]
+fn a_guest_that_keeps_signalling_does_not_keep_the_daemon_polling() {
+    use std::time::Instant;
+    let dir = std::env::temp_dir().join(format!(
+        "dom0kit-xsd-dom-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
+    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
+    let core = xenstored::Core::new().with_hypervisor(platform(&hv));
+    let socket = dir.join("xenstored.sock");
+    // Served in this thread: its CPU is the daemon's.
+    let mut d = xenstored::Daemon::bind_with(&socket, core).unwrap();
+    d.set_busy_poll(Duration::from_millis(10));
+    let g = guest_of(&dom0, &hv);
+    // dom0 introduces the guest, then writes 2 ms apart: the window
+    // opens past 2 ms.
+    let toolstack = std::thread::spawn({
+        let (socket, domid, pfn, port) = (socket.clone(), g.domid, g.pfn, g.port);
+        move || {
+            let mut c = Client::connect(&socket).unwrap();
+            let (d, f, p) = (domid.to_string(), pfn.to_string(), port.to_string());
+            c.request(MsgType::Introduce, Tx::NONE, args(&[&d, &f, &p]))
+                .unwrap();
+            for i in 0..40 {
+                std::thread::sleep(Duration::from_millis(2));
+                c.write(Tx::NONE, "/busy", format!("{i}").as_bytes())
+                    .unwrap();
+            }
+            c
+        }
+    });
+    while !toolstack.is_finished() {
+        d.turn(10).unwrap();
+    }
+    let _dom0_client = toolstack.join().unwrap();
+    assert!(d.busy_poll().window() > Duration::from_millis(2));
+    // The guest signals every half millisecond, far inside the window.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signaller = std::thread::spawn({
+        let (dom, port, stop) = (g.dom.clone(), abi::Port(g.port), stop.clone());
+        move || {
+            let mut sent = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                dom.notify(port).unwrap();
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            sent
+        }
+    });
+    let (cpu, t) = (thread_cpu(), Instant::now());
+    while t.elapsed() < Duration::from_millis(400) {
+        d.turn(10).unwrap();
+    }
+    let spent = thread_cpu() - cpu;
+    stop.store(true, Ordering::Relaxed);
+    let sent = signaller.join().unwrap();
+    assert!(sent > 100, "the guest signalled {sent} times");
+    // Each signal is served, but none keeps the daemon polling: a daemon
+    // that polled after each would have spent the whole 400 ms.
+    assert!(
+        spent < Duration::from_millis(150),
+        "the daemon spent {spent:?}"
     );
 }
