@@ -190,9 +190,12 @@ fn execute_group(
     let mut status = vec![blkif::BLKIF_RSP_OKAY; group.len()];
     // This thread's buffers from the last group, not zeroed again: a
     // read's is filled whole by the storage (or the read fails and it is
-    // never shown), a write's whole by the guest's data.
+    // never shown), a write's whole by the guest's data. Each is used
+    // through a page-aligned window, so that an `O_DIRECT` file reads and
+    // writes it as it is.
     let mut bufs = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     bufs.resize_with(group.len().max(bufs.len()), Vec::new);
+    let window = crate::storage::aligned_window;
     for (k, r) in group.iter().enumerate() {
         let (segments, write) = match &r.op {
             Op::Read { segments, .. } => (segments, false),
@@ -205,10 +208,7 @@ fn execute_group(
             }
         };
         let n = bytes(segments);
-        if bufs[k].len() < n {
-            bufs[k].resize(n, 0);
-        }
-        if write && mover.read_guest(segments, &mut bufs[k][..n]).is_err() {
+        if write && mover.read_guest(segments, window(&mut bufs[k], n)).is_err() {
             c.grant_errors += 1;
             status[k] = blkif::BLKIF_RSP_ERROR;
         }
@@ -241,13 +241,13 @@ fn execute_group(
         match &r.op {
             Op::Read { sector, segments } => ios.push(StorageIo::Read {
                 offset: sector * 512,
-                buf: &mut buf[..bytes(segments)],
+                buf: window(buf, bytes(segments)),
             }),
             Op::Write {
                 sector, segments, ..
             } => ios.push(StorageIo::Write {
                 offset: sector * 512,
-                data: &buf[..bytes(segments)],
+                data: window(buf, bytes(segments)),
             }),
             _ => continue,
         }
@@ -271,7 +271,7 @@ fn execute_group(
         }
         if let Op::Read { segments, .. } = &r.op {
             if mover
-                .write_guest(segments, &bufs[k][..bytes(segments)])
+                .write_guest(segments, window(&mut bufs[k], bytes(segments)))
                 .is_err()
             {
                 c.grant_errors += 1;

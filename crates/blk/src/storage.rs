@@ -84,18 +84,22 @@ pub struct FileStorage {
     /// Opened `O_DIRECT`: I/O bypasses the page cache, through buffers
     /// aligned to 4096.
     direct: bool,
-    /// Batches go through an io_uring of ours (`O_DIRECT` files); `None`
-    /// (buffered, or the kernel gave none): one `pread`/`pwrite` after
-    /// another.
-    ring: Option<std::sync::Mutex<crate::sys::Uring>>,
+    /// Batches go through io_urings of ours (`O_DIRECT` files), one per
+    /// batch in flight, kept for the next ones; `None` (buffered, or the
+    /// kernel gave none): one `pread`/`pwrite` after another.
+    rings: Option<std::sync::Mutex<Vec<crate::sys::Uring>>>,
 }
+
+/// io_urings a file keeps between batches (one a queue's serving thread
+/// at once, at most).
+const KEPT_RINGS: usize = 8;
 
 /// Entries of a file's io_uring (a ring's worth of requests).
 const URING_ENTRIES: u32 = 64;
 
 /// The alignment `O_DIRECT` buffers get (a page: enough for any logical
 /// block size up to it).
-const DIRECT_ALIGN: usize = 4096;
+pub(crate) const DIRECT_ALIGN: usize = 4096;
 
 impl FileStorage {
     /// Opens `path` for reading, and writing if `writable`.
@@ -147,10 +151,10 @@ impl FileStorage {
         // after another measured faster here (io_uring hands buffered I/O
         // to worker threads: 81-118k 4 KiB reads a second against
         // 148-166k).
-        let ring = if direct {
+        let rings = if direct {
             crate::sys::Uring::new(URING_ENTRIES)
                 .ok()
-                .map(std::sync::Mutex::new)
+                .map(|r| std::sync::Mutex::new(vec![r]))
         } else {
             None
         };
@@ -158,7 +162,7 @@ impl FileStorage {
             file,
             size,
             direct,
-            ring,
+            rings,
         })
     }
 
@@ -169,16 +173,29 @@ impl FileStorage {
 
     /// Whether batches go through io_uring.
     pub fn has_uring(&self) -> bool {
-        self.ring.is_some()
+        self.rings.is_some()
     }
 }
 
 /// A zeroed buffer of `len` bytes aligned for `O_DIRECT`, inside `raw`.
 fn aligned(raw: &mut Vec<u8>, len: usize) -> &mut [u8] {
     raw.clear();
-    raw.resize(len + DIRECT_ALIGN, 0);
+    aligned_window(raw, len)
+}
+
+/// `len` bytes of `raw` aligned for `O_DIRECT` (`raw` grown to hold them;
+/// bytes it held already are not zeroed again).
+pub(crate) fn aligned_window(raw: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if raw.len() < len + DIRECT_ALIGN {
+        raw.resize(len + DIRECT_ALIGN, 0);
+    }
     let off = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
     &mut raw[off..off + len]
+}
+
+/// Whether `O_DIRECT` can use `buf` as it is: page-aligned, whole sectors.
+fn direct_ready(buf: &[u8]) -> bool {
+    buf.as_ptr() as usize % DIRECT_ALIGN == 0 && buf.len() % 512 == 0
 }
 
 impl Storage for FileStorage {
@@ -187,7 +204,7 @@ impl Storage for FileStorage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if !self.direct {
+        if !self.direct || direct_ready(buf) {
             return self.file.read_exact_at(buf, offset);
         }
         let mut raw = Vec::new();
@@ -204,7 +221,7 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if !self.direct {
+        if !self.direct || direct_ready(buf) {
             return self.file.write_all_at(buf, offset);
         }
         let mut raw = Vec::new();
@@ -221,7 +238,13 @@ impl Storage for FileStorage {
 
     fn submit(&self, ios: &mut [StorageIo<'_>]) -> Vec<io::Result<()>> {
         use crate::sys::RawIo;
-        let Some(ring) = &self.ring else {
+        // A ring of our own for this batch: batches of other queues go on
+        // at the same time.
+        let ring = self.rings.as_ref().and_then(|rings| {
+            let kept = rings.lock().ok()?.pop();
+            kept.or_else(|| crate::sys::Uring::new(URING_ENTRIES).ok())
+        });
+        let Some(mut ring) = ring else {
             return ios
                 .iter_mut()
                 .map(|io| match io {
@@ -230,20 +253,21 @@ impl Storage for FileStorage {
                 })
                 .collect();
         };
-        let Ok(mut ring) = ring.lock() else {
-            return ios
-                .iter()
-                .map(|_| Err(io::Error::other("io_uring poisoned")))
-                .collect();
-        };
-        // O_DIRECT (the only files with a ring): through aligned bounce
-        // buffers.
+        // O_DIRECT (the only files with a ring): buffers that are not
+        // aligned go through aligned bounce buffers.
         let mut bounce: Vec<Vec<u8>> = ios.iter().map(|_| Vec::new()).collect();
         let mut raw: Vec<RawIo<'_>> = Vec::with_capacity(ios.len());
-        for (io, b) in ios.iter().zip(bounce.iter_mut()) {
+        for (io, b) in ios.iter_mut().zip(bounce.iter_mut()) {
             match io {
                 StorageIo::Read { offset, buf } => {
-                    raw.push(RawIo::Read(aligned(b, buf.len()), *offset));
+                    if direct_ready(buf) {
+                        raw.push(RawIo::Read(buf, *offset));
+                    } else {
+                        raw.push(RawIo::Read(aligned(b, buf.len()), *offset));
+                    }
+                }
+                StorageIo::Write { offset, data } if direct_ready(data) => {
+                    raw.push(RawIo::Write(data, *offset));
                 }
                 StorageIo::Write { offset, data } => {
                     let t = aligned(b, data.len());
@@ -254,8 +278,13 @@ impl Storage for FileStorage {
         }
         let results = ring.run(&self.file, &mut raw);
         drop(raw);
+        if let Some(Ok(mut rings)) = self.rings.as_ref().map(|r| r.lock()) {
+            if rings.len() < KEPT_RINGS {
+                rings.push(ring);
+            }
+        }
         for ((io, b), r) in ios.iter_mut().zip(bounce.iter_mut()).zip(&results) {
-            if let (StorageIo::Read { buf, .. }, Ok(())) = (io, r) {
+            if let (StorageIo::Read { buf, .. }, Ok(()), false) = (io, r, b.is_empty()) {
                 let n = buf.len();
                 let off = b.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
                 buf.copy_from_slice(&b[off..off + n]);

@@ -107,3 +107,77 @@ fn a_buffered_file_reads_straight_into_shared_memory_slices() {
     assert!(d.is_direct());
     assert!(d.read_into(&dst, 0).is_none());
 }
+
+/// A page-aligned window of `len` bytes in `raw`.
+fn page_aligned(raw: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    raw.resize(len + 4096, 0);
+    let off = raw.as_ptr().align_offset(4096);
+    &mut raw[off..off + len]
+}
+
+#[test]
+fn o_direct_batches_of_aligned_and_unaligned_buffers_run_side_by_side() {
+    let p = image("direct-side.img", 8 << 20);
+    let s = std::sync::Arc::new(FileStorage::open_with(&p, true, true).unwrap());
+    assert!(s.has_uring());
+    // Two threads, each its own batches of aligned and unaligned buffers
+    // on its own half of the disk, at once.
+    let workers: Vec<_> = (0..2u8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for round in 0..20u8 {
+                    let base = u64::from(t) * (4 << 20);
+                    let fill = |k: usize| t * 100 + round + k as u8;
+                    let mut raws: Vec<Vec<u8>> = vec![Vec::new(); 8];
+                    let mut unaligned: Vec<Vec<u8>> = Vec::new();
+                    let mut datas: Vec<&[u8]> = Vec::new();
+                    for (k, raw) in raws.iter_mut().enumerate() {
+                        let w = page_aligned(raw, 64 << 10);
+                        w.fill(fill(k));
+                    }
+                    for k in 0..8 {
+                        // Every other one off the page boundary by 512.
+                        let mut v = vec![0u8; (64 << 10) + 512];
+                        v[512..].fill(fill(k + 8));
+                        unaligned.push(v);
+                    }
+                    for (k, raw) in raws.iter_mut().enumerate() {
+                        let off = raw.as_ptr().align_offset(4096);
+                        datas.push(&raw[off..off + (64 << 10)]);
+                        datas.push(&unaligned[k][512..]);
+                    }
+                    let mut ios: Vec<StorageIo<'_>> = datas
+                        .iter()
+                        .enumerate()
+                        .map(|(k, d)| StorageIo::Write {
+                            offset: base + (k as u64) * (64 << 10),
+                            data: d,
+                        })
+                        .collect();
+                    assert!(s.submit(&mut ios).iter().all(Result::is_ok));
+                    // Read back into aligned buffers.
+                    let mut back: Vec<Vec<u8>> = vec![Vec::new(); 16];
+                    let mut ios: Vec<StorageIo<'_>> = back
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(k, raw)| StorageIo::Read {
+                            offset: base + (k as u64) * (64 << 10),
+                            buf: page_aligned(raw, 64 << 10),
+                        })
+                        .collect();
+                    assert!(s.submit(&mut ios).iter().all(Result::is_ok));
+                    drop(ios);
+                    for (k, raw) in back.iter_mut().enumerate() {
+                        let want = if k % 2 == 0 { fill(k / 2) } else { fill(k / 2 + 8) };
+                        let got = page_aligned(raw, 64 << 10);
+                        assert!(got.iter().all(|&b| b == want), "thread {t} round {round} io {k}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
