@@ -116,12 +116,18 @@ impl std::io::Write for Scripted<'_> {
     }
 }
 
+impl crate::nbd::Conn for Scripted<'_> {
+    type Writer = std::io::Sink;
+    fn writer(&self) -> std::io::Result<std::io::Sink> {
+        Ok(std::io::sink())
+    }
+}
+
 /// Body of the `nbd_server` fuzz target: arbitrary bytes from a client,
 /// against an export of a 1 MiB disk. Nothing may panic or hang (the
 /// stream ends), and what is written stays inside the disk.
 pub fn nbd(data: &[u8]) {
-    let disk: crate::nbd::Shared =
-        std::sync::Arc::new(std::sync::Mutex::new(MemStorage::new(1 << 20)));
+    let disk: crate::nbd::Shared = std::sync::Arc::new(MemStorage::new(1 << 20));
     let _ = crate::nbd::session(Scripted { input: data }, "xvda", &disk);
 }
 

@@ -4,44 +4,47 @@
 //! `EXPORT_NAME`, `LIST`, `ABORT`; `READ`, `WRITE` (with `FUA`), `FLUSH`,
 //! `WRITE_ZEROES`, `TRIM` (if the disk discards), `DISC`; simple replies
 //! (structured replies are declined, as the protocol allows). Several
-//! connections at once, each on its thread, one device behind them; the
+//! connections at once, each on a thread of its own (and its
+//! [`IN_FLIGHT`] workers), one device behind them; the
 //! plain reads and writes of a connection that have already arrived (up
-//! to 32 and 1 MiB) are served as one batch.
+//! to 32 and 1 MiB) are served as one batch, and up to [`IN_FLIGHT`]
+//! batches of a connection at once (replies in the order they finish, as
+//! the protocol allows; anything else waits for them and goes alone).
 //!
 //! Everything a client sends is bounded before it is buffered: an option
 //! of at most 64 KiB, a request of at most 32 MiB (the block size we
 //! advertise).
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 pub use crate::front::Io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-/// What the export serves.
-pub trait BlockDevice: Send {
+/// What the export serves, to several connections and batches at once.
+pub trait BlockDevice: Send + Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
     /// Whether writes are refused.
     fn read_only(&self) -> bool;
     /// Reads at a 512-byte aligned offset.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes at a 512-byte aligned offset.
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Everything written is on stable storage.
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&self) -> io::Result<()>;
     /// Whether [`discard`](Self::discard) works (`NBD_FLAG_SEND_TRIM`).
     fn can_discard(&self) -> bool {
         false
     }
     /// Gives the range back (`NBD_CMD_TRIM`: its contents become
     /// unspecified).
-    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
     /// Several reads and writes (each checked against the disk already),
     /// each with its result: one by one unless the device does better.
-    fn batch(&mut self, ios: &mut [Io<'_>]) -> Vec<io::Result<()>> {
+    fn batch(&self, ios: &mut [Io<'_>]) -> Vec<io::Result<()>> {
         ios.iter_mut()
             .map(|io| match io {
                 Io::Read { offset, buf } => self.read_at(*offset, buf),
@@ -96,7 +99,30 @@ pub const MAX_REQUEST: u32 = 32 << 20;
 pub(crate) const MAX_OPTION: u32 = 64 << 10;
 
 /// A shared device.
-pub type Shared = Arc<Mutex<dyn BlockDevice>>;
+pub type Shared = Arc<dyn BlockDevice>;
+
+/// A client's connection: requests are read from it while replies are
+/// written from other threads, through [`Conn::writer`].
+pub trait Conn: Read + Write {
+    /// Where replies go.
+    type Writer: Write + Send;
+    /// The writing end (a socket's clone).
+    fn writer(&self) -> io::Result<Self::Writer>;
+}
+
+impl Conn for UnixStream {
+    type Writer = UnixStream;
+    fn writer(&self) -> io::Result<UnixStream> {
+        self.try_clone()
+    }
+}
+
+/// Batches of one connection served at once, each by a worker thread of
+/// the connection's: as many as our blkfront's queues (2), so that the
+/// backend reads or writes one while the export moves another's data. A
+/// connection holds at most this many batches' buffers (a batch is up to
+/// 1 MiB, or one request of up to [`MAX_REQUEST`]).
+pub const IN_FLIGHT: usize = 2;
 
 /// Connections served at once; more wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -132,11 +158,21 @@ pub fn serve(
         let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
         let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(60)));
         let (name, dev, active) = (name.clone(), dev.clone(), active.clone());
+        /// Counts a connection as served until its thread ends, panic or not.
+        struct Active(Arc<AtomicUsize>);
+        impl Drop for Active {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         active.fetch_add(1, Ordering::Relaxed);
-        std::thread::spawn(move || {
+        let counted = Active(active);
+        let spawned = std::thread::Builder::new().spawn(move || {
+            let _counted = counted;
             let _ = session(stream, &name, &dev);
-            active.fetch_sub(1, Ordering::Relaxed);
         });
+        // No thread: the connection closes (and is counted off) here.
+        drop(spawned);
     }
 }
 
@@ -162,10 +198,7 @@ fn option_reply(s: &mut impl Write, opt: u32, ty: u32, data: &[u8]) -> io::Resul
     s.write_all(&b)
 }
 
-fn transmission_flags(dev: &Shared) -> (u64, u16) {
-    let Ok(d) = dev.lock() else {
-        return (0, TFLAG_HAS_FLAGS | TFLAG_READ_ONLY);
-    };
+fn transmission_flags(d: &Shared) -> (u64, u16) {
     let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN;
     if d.read_only() {
         f |= TFLAG_READ_ONLY;
@@ -179,7 +212,7 @@ fn transmission_flags(dev: &Shared) -> (u64, u16) {
 }
 
 /// One client: the handshake, then requests until it disconnects.
-pub fn session<S: Read + Write>(mut s: S, name: &str, dev: &Shared) -> io::Result<()> {
+pub fn session<S: Conn>(mut s: S, name: &str, dev: &Shared) -> io::Result<()> {
     s.write_all(&NBDMAGIC.to_be_bytes())?;
     s.write_all(&IHAVEOPT.to_be_bytes())?;
     s.write_all(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
@@ -307,11 +340,14 @@ fn next_ready(buf: &[u8], room: u64) -> bool {
         && (ty != CMD_WRITE || buf.len() >= 28 + len as usize)
 }
 
-/// The next request; `None` if it was oversized and already answered.
 /// Takes a buffer of `len` bytes from `pool` (zeroing only bytes it
 /// never held) or makes one.
-fn pooled(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
-    let mut b = pool.pop().unwrap_or_default();
+fn pooled(pool: &Mutex<Vec<Vec<u8>>>, len: usize) -> Vec<u8> {
+    let kept = pool
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop();
+    let mut b = kept.unwrap_or_default();
     b.resize(b.len().max(len), 0);
     b.truncate(len);
     b
@@ -319,7 +355,10 @@ fn pooled(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
 
 /// Buffers a connection keeps for its next requests: at most
 /// [`MAX_BATCH`] of them, none over 1 MiB, [`POOL_BYTES`] in all.
-fn keep(pool: &mut Vec<Vec<u8>>, bufs: impl Iterator<Item = Vec<u8>>) {
+fn keep(pool: &Mutex<Vec<Vec<u8>>>, bufs: impl Iterator<Item = Vec<u8>>) {
+    let mut pool = pool
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut total: usize = pool.iter().map(Vec::capacity).sum();
     for b in bufs {
         let c = b.capacity();
@@ -334,9 +373,11 @@ fn keep(pool: &mut Vec<Vec<u8>>, bufs: impl Iterator<Item = Vec<u8>>) {
 /// Bytes of buffers one connection keeps between requests.
 const POOL_BYTES: usize = 4 << 20;
 
-fn read_request<S: Read + Write>(
+/// The next request; `None` if it was oversized and already answered.
+fn read_request<S: Read, W: Write>(
     r: &mut BufReader<S>,
-    pool: &mut Vec<Vec<u8>>,
+    out: &Mutex<W>,
+    pool: &Mutex<Vec<Vec<u8>>>,
 ) -> io::Result<Option<Request>> {
     let mut h = [0u8; 28];
     r.read_exact(&mut h)?;
@@ -351,7 +392,7 @@ fn read_request<S: Read + Write>(
         if ty == CMD_WRITE {
             return Err(io::ErrorKind::InvalidData.into());
         }
-        reply(r.get_mut(), EINVAL, handle, &[])?;
+        send_replies(out, &[(EINVAL, handle, Vec::new())])?;
         return Ok(None);
     }
     let mut payload = Vec::new();
@@ -377,52 +418,182 @@ fn errno(e: &io::Error) -> u32 {
     }
 }
 
-fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
+/// Batches of a connection in flight, and whether writing a reply failed.
+struct Flight {
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl Flight {
+    /// Waits until fewer than `n` batches are in flight; false if a reply
+    /// could not be written (the connection is over).
+    fn wait_below(&self, n: usize) -> bool {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while st.0 >= n && !st.1 {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        !st.1
+    }
+
+    /// Batches in flight now.
+    fn in_flight(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+    }
+
+    fn start(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 += 1;
+    }
+
+    fn done(&self, written: bool) {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.0 -= 1;
+        st.1 |= !written;
+        drop(st);
+        self.changed.notify_all();
+    }
+}
+
+/// Writes a batch's replies together.
+fn send_replies<W: Write>(out: &Mutex<W>, replies: &[Reply]) -> io::Result<()> {
+    let mut w = out
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut b = io::BufWriter::with_capacity(64 << 10, &mut *w);
+    for (err, handle, data) in replies {
+        reply(&mut b, *err, *handle, data)?;
+    }
+    b.flush()
+}
+
+/// Calls [`Flight::done`] for a batch whose worker panicked.
+struct Unfinished<'a>(&'a Flight);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.done(false);
+    }
+}
+
+/// Whether `e` is a socket's read timeout.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn transmission<S: Conn>(s: S, dev: &Shared) -> io::Result<()> {
+    let out = Mutex::new(s.writer()?);
     // Buffered, so that requests that have already arrived are seen and
     // served together (a client with many in flight gets them answered in
     // one exchange with the backend).
     let mut r = BufReader::with_capacity(256 << 10, s);
     // Read buffers of earlier replies, used again unzeroed (a read fills
     // its buffer whole, or fails and sends none of it).
-    let mut pool: Vec<Vec<u8>> = Vec::new();
-    loop {
-        let Some(first) = read_request(&mut r, &mut pool)? else {
-            continue;
+    let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let flight = Flight {
+        state: Mutex::new((0, false)),
+        changed: Condvar::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Request>>(0);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let worker = || loop {
+            let next = rx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv();
+            let Ok(batch) = next else {
+                return;
+            };
+            let unfinished = Unfinished(&flight);
+            let replies = serve_batch(&**dev, &batch, &pool);
+            let written = send_replies(&out, &replies).is_ok();
+            let used = replies.into_iter().map(|(_, _, data)| data);
+            let payloads = batch.into_iter().map(|q| q.payload);
+            keep(&pool, used.chain(payloads));
+            std::mem::forget(unfinished);
+            flight.done(written);
         };
-        if first.ty == CMD_DISC {
-            return Ok(());
+        // As many workers as the system gives, up to IN_FLIGHT: batches
+        // in flight are never more than workers to take them.
+        let workers = (0..IN_FLIGHT)
+            .map_while(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok())
+            .count();
+        if workers == 0 {
+            return Err(io::ErrorKind::OutOfMemory.into());
         }
-        let mut bytes = u64::from(first.len);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH
-            && batchable(batch[0].flags, batch[0].ty)
-            && next_ready(r.buffer(), MAX_BATCH_BYTES.saturating_sub(bytes))
-        {
-            if let Some(q) = read_request(&mut r, &mut pool)? {
-                bytes += u64::from(q.len);
-                batch.push(q);
+        let result = (|| loop {
+            // At most `workers` batches: the next one is read only when a
+            // worker is free for it (a connection holds at most that many
+            // batches' buffers).
+            if !flight.wait_below(workers) {
+                return Err(io::ErrorKind::BrokenPipe.into());
             }
-        }
-        let Ok(mut d) = dev.lock() else {
-            return Err(io::ErrorKind::Other.into());
-        };
-        let replies = if batchable(batch[0].flags, batch[0].ty) {
-            serve_batch(&mut *d, &batch, &mut pool)
-        } else {
-            vec![serve_one(&mut *d, &batch[0])]
-        };
-        // Not under the device's lock: a client slow to read its replies
-        // holds up no one else. The replies of a batch go out together.
-        drop(d);
-        let mut out = io::BufWriter::with_capacity(64 << 10, r.get_mut());
-        for (err, handle, data) in &replies {
-            reply(&mut out, *err, *handle, data)?;
-        }
-        out.flush()?;
-        let used = replies.into_iter().map(|(_, _, data)| data);
-        let payloads = batch.into_iter().map(|q| q.payload);
-        keep(&mut pool, used.chain(payloads));
-    }
+            // A client waiting for replies sends nothing: its silence is
+            // timed only when nothing of it is in flight.
+            if r.buffer().is_empty() {
+                match r.fill_buf() {
+                    Ok(_) => {}
+                    Err(e) if timed_out(&e) && flight.in_flight() > 0 => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(first) = read_request(&mut r, &out, &pool)? else {
+                continue;
+            };
+            if first.ty == CMD_DISC {
+                flight.wait_below(1);
+                return Ok(());
+            }
+            let mut bytes = u64::from(first.len);
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH
+                && batchable(batch[0].flags, batch[0].ty)
+                && next_ready(r.buffer(), MAX_BATCH_BYTES.saturating_sub(bytes))
+            {
+                if let Some(q) = read_request(&mut r, &out, &pool)? {
+                    bytes += u64::from(q.len);
+                    batch.push(q);
+                }
+            }
+            if batchable(batch[0].flags, batch[0].ty) {
+                flight.start();
+                if tx.send(batch).is_err() {
+                    return Err(io::ErrorKind::Other.into());
+                }
+            } else {
+                // A flush, FUA write, trim or zeroing: after what is in
+                // flight, alone.
+                if !flight.wait_below(1) {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                let replies = [serve_one(&**dev, &batch[0])];
+                send_replies(&out, &replies)?;
+                let used = replies.into_iter().map(|(_, _, data)| data);
+                let payloads = batch.into_iter().map(|q| q.payload);
+                keep(&pool, used.chain(payloads));
+            }
+        })();
+        // The workers end when the channel does.
+        drop(tx);
+        result
+    })
 }
 
 /// Reads and writes, checked one by one, done as one batch; the replies
@@ -430,7 +601,7 @@ fn transmission<S: Read + Write>(s: S, dev: &Shared) -> io::Result<()> {
 /// A reply: error, handle, data.
 type Reply = (u32, u64, Vec<u8>);
 
-fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request], pool: &mut Vec<Vec<u8>>) -> Vec<Reply> {
+fn serve_batch(d: &dyn BlockDevice, batch: &[Request], pool: &Mutex<Vec<Vec<u8>>>) -> Vec<Reply> {
     let (size, ro) = (d.size(), d.read_only());
     let mut errs: Vec<u32> = batch
         .iter()
@@ -506,7 +677,7 @@ fn serve_batch(d: &mut dyn BlockDevice, batch: &[Request], pool: &mut Vec<Vec<u8
 }
 
 /// Any other request (or a FUA write), alone.
-fn serve_one(d: &mut dyn BlockDevice, q: &Request) -> Reply {
+fn serve_one(d: &dyn BlockDevice, q: &Request) -> Reply {
     let (offset, len, flags, ty) = (q.offset, q.len, q.flags, q.ty);
     let in_range = offset
         .checked_add(u64::from(len))
@@ -564,19 +735,19 @@ impl BlockDevice for crate::storage::MemStorage {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         crate::storage::Storage::read_at(self, buf, offset)
     }
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         crate::storage::Storage::write_at(self, buf, offset)
     }
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         crate::storage::Storage::flush(self)
     }
     fn can_discard(&self) -> bool {
         true
     }
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         crate::storage::Storage::discard(self, offset, len)
     }
 }

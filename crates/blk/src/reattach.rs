@@ -9,9 +9,11 @@
 //! xenbus frontend [`detach`](Reattachable::detach)es the old `BlkFront`s
 //! (one a queue) at disconnect, [`attach`](Reattachable::attach)es the new
 //! ones at connect, and [`remove`](Reattachable::remove)s the disk when
-//! the device goes. Transfers take the queues in turn, one at a time (so a
-//! flush on one covers what the others acknowledged); a queue whose ring
-//! broke leaves the turn, and a request unanswered in time stops them all.
+//! the device goes. A transfer takes a queue of its own, the next free one
+//! in turn, so transfers go on side by side, one a queue (a flush covers
+//! what every queue acknowledged before it: the backend's flush is of the
+//! whole disk); a queue whose ring broke leaves the turn, and a request
+//! unanswered in time stops them all.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,11 +25,16 @@ use crate::front::{BlkFront, FrontError};
 pub const WAIT: Duration = Duration::from_secs(60);
 
 struct State<P> {
-    /// One a queue; none while there is no connection.
-    fronts: Vec<BlkFront<P>>,
+    /// The queues no transfer has now; none while there is no connection.
+    idle: Vec<BlkFront<P>>,
+    /// Queues transfers have now (they come back to `idle` or `failed`).
+    busy: usize,
     /// Queues of this connection that failed (a request unanswered, a
     /// broken ring): out of the turn, kept to be handed back.
     failed: Vec<BlkFront<P>>,
+    /// A request went unanswered: every queue of this connection is out of
+    /// the turn, those a transfer has too when they come back.
+    stopped: bool,
     removed: bool,
 }
 
@@ -36,8 +43,8 @@ struct State<P> {
 pub struct Reattachable<P> {
     state: Mutex<State<P>>,
     changed: Condvar,
-    /// The attached frontends' abort flags, reachable while a transfer
-    /// holds `state`.
+    /// The attached frontends' abort flags, reachable while transfers
+    /// have their frontends.
     abort: Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>,
     sectors: u64,
     read_only: bool,
@@ -62,8 +69,10 @@ where
             discard,
             abort: Mutex::new(fronts.iter().map(BlkFront::aborter).collect()),
             state: Mutex::new(State {
-                fronts,
+                idle: fronts,
+                busy: 0,
                 failed: Vec::new(),
+                stopped: false,
                 removed: false,
             }),
             changed: Condvar::new(),
@@ -79,9 +88,7 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The queue the next transfer goes on: each in turn. (A transfer
-    /// waits for its answers, so queues do not overlap here; spreading a
-    /// batch over them on threads of its own was slower on 2 cores.)
+    /// Which of `queues` free ones the next transfer takes: each in turn.
     fn next(&self, queues: usize) -> usize {
         self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % queues.max(1)
     }
@@ -96,17 +103,30 @@ where
         self.read_only
     }
 
-    /// Takes the frontends out (for the caller to release): a transfer in
-    /// flight on them stops and waits for the next ones.
-    pub fn detach(&self) -> Vec<BlkFront<P>> {
+    /// Stops the transfers in flight (within 100 ms: they then wait for
+    /// the next frontends) and takes every frontend back.
+    fn take_all(&self) -> MutexGuard<'_, State<P>> {
         if let Ok(a) = self.abort.lock() {
             for f in a.iter() {
                 f.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        let mut s = self.lock();
+        while s.busy > 0 {
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        s
+    }
+
+    /// Takes the frontends out (for the caller to release): a transfer in
+    /// flight on them stops and waits for the next ones.
+    pub fn detach(&self) -> Vec<BlkFront<P>> {
         let fronts = {
-            let mut s = self.lock();
-            let mut all = std::mem::take(&mut s.fronts);
+            let mut s = self.take_all();
+            let mut all = std::mem::take(&mut s.idle);
             all.append(&mut s.failed);
             all
         };
@@ -122,27 +142,29 @@ where
         fronts: Vec<BlkFront<P>>,
         read_only: bool,
     ) -> Result<(), Vec<BlkFront<P>>> {
-        let mut s = self.lock();
         let same = !fronts.is_empty()
             && fronts
                 .iter()
                 .all(|f| f.sectors() == self.sectors && f.can_discard() == self.discard)
             && read_only == self.read_only;
-        if s.removed || !same {
+        if self.lock().removed || !same {
+            return Err(fronts);
+        }
+        // Never anything to stop: attach follows detach.
+        let mut s = self.take_all();
+        if s.removed {
             return Err(fronts);
         }
         if let Ok(mut a) = self.abort.lock() {
             *a = fronts.iter().map(BlkFront::aborter).collect();
         }
-        let old = std::mem::replace(&mut s.fronts, fronts);
+        // Anything left (attach without detach) is handed back at the next
+        // detach, to be released as a failed queue is.
+        let old = std::mem::replace(&mut s.idle, fronts);
+        s.failed.extend(old);
+        s.stopped = false;
         drop(s);
         self.changed.notify_all();
-        // Never: attach follows detach. Old frontends are stopped.
-        for f in &old {
-            f.aborter()
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        drop(old);
         Ok(())
     }
 
@@ -155,49 +177,70 @@ where
         fronts
     }
 
-    /// Runs `f` on the attached frontends, again on the next ones if the
-    /// connection is replaced meanwhile, for at most `wait` without one.
+    /// Runs `f` on a free queue of the attached frontends, again on the
+    /// next ones if the connection is replaced meanwhile, for at most
+    /// `wait` without one.
     fn run<T>(
         &self,
-        mut f: impl FnMut(&mut [BlkFront<P>]) -> Result<T, FrontError>,
+        mut f: impl FnMut(&mut BlkFront<P>) -> Result<T, FrontError>,
     ) -> io::Result<T> {
-        let deadline = Instant::now() + self.wait;
+        let mut deadline = Instant::now() + self.wait;
         let mut s = self.lock();
         loop {
             if s.removed {
                 return Err(io::Error::other("the device is gone"));
             }
             // Every queue failed: nothing more goes to this backend until
-            // the device reconnects.
-            if s.fronts.is_empty() && !s.failed.is_empty() {
+            // the device reconnects (unless it is being detached now: then
+            // the next connection).
+            let detaching = s.failed.iter().all(BlkFront::is_aborted);
+            if s.idle.is_empty() && s.busy == 0 && !s.failed.is_empty() && !detaching {
                 return Err(io::Error::other("every queue to the backend failed"));
             }
-            if !s.fronts.is_empty() && !s.fronts.iter().any(BlkFront::is_aborted) {
-                let r = f(&mut s.fronts);
-                match r {
+            let free = (!s.idle.is_empty()).then(|| self.next(s.idle.len()));
+            if let Some(k) = free.filter(|&k| !s.idle[k].is_aborted()) {
+                let mut front = s.idle.swap_remove(k);
+                s.busy += 1;
+                drop(s);
+                // Should `f` panic, the queue is lost but no longer busy
+                // (a detach waiting for it goes on).
+                let out = Busy(self);
+                let r = f(&mut front);
+                std::mem::forget(out);
+                s = self.lock();
+                s.busy -= 1;
+                match &r {
                     // A queue whose ring broke leaves the turn: its
                     // serving thread stopped, so none of its I/O can land
                     // later; the others go on.
-                    Err(FrontError::Broken(_)) => {
-                        let (bad, good): (Vec<_>, Vec<_>) = std::mem::take(&mut s.fronts)
-                            .into_iter()
-                            .partition(BlkFront::is_failed);
-                        s.fronts = good;
-                        s.failed.extend(bad);
-                    }
+                    Err(FrontError::Broken(_)) => s.failed.push(front),
                     // An unanswered request may still be carried out, after
                     // writes the other queues finish: every queue stops, as
                     // with one.
                     Err(FrontError::Timeout) => {
-                        let all = std::mem::take(&mut s.fronts);
-                        s.failed.extend(all);
+                        s.stopped = true;
+                        let idle = std::mem::take(&mut s.idle);
+                        s.failed.extend(idle);
+                        s.failed.push(front);
                     }
-                    _ => {}
+                    _ if s.stopped => s.failed.push(front),
+                    _ => s.idle.push(front),
                 }
+                self.changed.notify_all();
                 match r {
-                    Err(FrontError::Aborted) => {}
+                    // The connection is being replaced: again on the next,
+                    // waited for as long as any.
+                    Err(FrontError::Aborted) => {
+                        deadline = Instant::now() + self.wait;
+                        continue;
+                    }
                     r => return r.map_err(io::Error::other),
                 }
+            }
+            // Queues busy with other transfers: the connection is there,
+            // and waiting for one of them is not waiting for a connection.
+            if s.busy > 0 {
+                deadline = Instant::now() + self.wait;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -216,25 +259,25 @@ where
 
     /// Reads at `offset` (512-byte aligned).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.run(|f| f[self.next(f.len())].read(offset, buf))
+        self.run(|f| f.read(offset, buf))
     }
 
     /// Writes at `offset` (512-byte aligned).
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.run(|f| f[self.next(f.len())].write(offset, buf))
+        self.run(|f| f.write(offset, buf))
     }
 
     /// Everything acknowledged, on any queue, is on stable storage (the
     /// backend's flush is of the whole disk, and what it acknowledged is
     /// written).
     pub fn flush(&self) -> io::Result<()> {
-        self.run(|f| f[self.next(f.len())].flush())
+        self.run(|f| f.flush())
     }
 
     /// Several reads and writes in one exchange with the backend (all of
     /// them again on the next connection if this one goes meanwhile).
     pub fn batch(&self, ios: &mut [crate::front::Io<'_>]) -> Vec<io::Result<()>> {
-        match self.run(|f| f[self.next(f.len())].batch(ios)) {
+        match self.run(|f| f.batch(ios)) {
             Ok(rs) => rs
                 .into_iter()
                 .map(|r| r.map_err(io::Error::other))
@@ -248,11 +291,27 @@ where
 
     /// Gives a range back (512-byte aligned), if the backend discards.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.run(|f| f[self.next(f.len())].discard(offset, len))
+        self.run(|f| f.discard(offset, len))
     }
 }
 
-impl<P> crate::nbd::BlockDevice for Arc<Reattachable<P>>
+/// A queue out with a transfer; dropped only if the transfer panics.
+struct Busy<'a, P>(&'a Reattachable<P>);
+
+impl<P> Drop for Busy<'_, P> {
+    fn drop(&mut self) {
+        let mut s = self
+            .0
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.busy -= 1;
+        drop(s);
+        self.0.changed.notify_all();
+    }
+}
+
+impl<P> crate::nbd::BlockDevice for Reattachable<P>
 where
     P: platform::OwnMemory + platform::GrantTable + platform::EventChannels + Send + Sync,
 {
@@ -262,22 +321,22 @@ where
     fn read_only(&self) -> bool {
         self.read_only
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read(offset, buf)
     }
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.write(offset, buf)
     }
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         Reattachable::flush(self)
     }
     fn can_discard(&self) -> bool {
         self.discard
     }
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         Reattachable::discard(self, offset, len)
     }
-    fn batch(&mut self, ios: &mut [crate::front::Io<'_>]) -> Vec<io::Result<()>> {
+    fn batch(&self, ios: &mut [crate::front::Io<'_>]) -> Vec<io::Result<()>> {
         Reattachable::batch(self, ios)
     }
 }

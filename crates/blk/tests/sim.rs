@@ -439,7 +439,7 @@ fn a_write_in_flight_when_the_connection_is_replaced_is_made_again_on_the_next()
             })
             .collect();
         for _ in 0..2 {
-            let rs = blk::nbd::BlockDevice::batch(&mut disk.clone(), &mut ios);
+            let rs = blk::nbd::BlockDevice::batch(&*disk, &mut ios);
             assert!(rs.iter().all(Result::is_ok), "{rs:?}");
         }
         let c = storage.contents();
@@ -603,4 +603,53 @@ impl blk::storage::Storage for Counting {
     fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
         self.inner.discard(offset, len)
     }
+}
+
+#[test]
+fn a_transfer_waiting_on_one_queue_does_not_hold_up_the_others() {
+    use blk::reattach::Reattachable;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let (hv, dom0, new, guest) = host("side-by-side", 1200);
+    let storage = Arc::new(MemStorage::new(1 << 20));
+    // Queue 0's backend never answers; queue 1's does.
+    let dead = connect(&dom0, &guest, new.domid, &storage, false, 1);
+    let live = connect(&dom0, &guest, new.domid, &storage, true, 1);
+    let disk = Arc::new(Reattachable::new(
+        vec![dead.front, live.front],
+        false,
+        Duration::from_secs(10),
+    ));
+    // The first transfer takes the first queue, and waits there.
+    let d = disk.clone();
+    let stuck = std::thread::spawn(move || d.write(0, &[7u8; 4096]));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!stuck.is_finished());
+    // Meanwhile the others go on the second.
+    for k in 1..=4u8 {
+        disk.write(u64::from(k) * 4096, &[k; 4096]).unwrap();
+    }
+    let c = storage.contents();
+    for k in 1..=4usize {
+        assert!(c[k * 4096..(k + 1) * 4096].iter().all(|&b| b == k as u8));
+    }
+    assert!(c[..4096].iter().all(|&b| b == 0), "queue 0 never answered");
+    assert!(!stuck.is_finished());
+    // The connection goes: the waiting transfer hands its queue back, and
+    // is made on the next connection.
+    let fronts = disk.detach();
+    assert_eq!(fronts.len(), 2, "both queues handed back");
+    let next = connect(&dom0, &guest, new.domid, &storage, true, 1);
+    disk.attach(vec![next.front], false)
+        .map_err(|_| "attach")
+        .unwrap();
+    stuck.join().unwrap().unwrap();
+    assert!(storage.contents()[..4096].iter().all(|&b| b == 7));
+    for s in [live.stop, next.stop] {
+        s.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    for t in [live.server, next.server].into_iter().flatten() {
+        t.join().unwrap();
+    }
+    drop((fronts, hv));
 }

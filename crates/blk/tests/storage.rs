@@ -169,9 +169,16 @@ fn o_direct_batches_of_aligned_and_unaligned_buffers_run_side_by_side() {
                     assert!(s.submit(&mut ios).iter().all(Result::is_ok));
                     drop(ios);
                     for (k, raw) in back.iter_mut().enumerate() {
-                        let want = if k % 2 == 0 { fill(k / 2) } else { fill(k / 2 + 8) };
+                        let want = if k % 2 == 0 {
+                            fill(k / 2)
+                        } else {
+                            fill(k / 2 + 8)
+                        };
                         let got = page_aligned(raw, 64 << 10);
-                        assert!(got.iter().all(|&b| b == want), "thread {t} round {round} io {k}");
+                        assert!(
+                            got.iter().all(|&b| b == want),
+                            "thread {t} round {round} io {k}"
+                        );
                     }
                 }
             })
@@ -180,4 +187,34 @@ fn o_direct_batches_of_aligned_and_unaligned_buffers_run_side_by_side() {
     for w in workers {
         w.join().unwrap();
     }
+}
+
+#[test]
+fn o_direct_reads_large_requests_straight_into_shared_memory_and_small_ones_not() {
+    let p = image("direct-into.img", 1 << 20);
+    let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&p, &bytes).unwrap();
+    let d = FileStorage::open_with(&p, true, true).unwrap();
+    assert!(d.is_direct());
+    let mem = abi::OwnedMem::new(32 * 4096);
+    let v = mem.as_volatile();
+    // 64 KiB in sectors at sector boundaries, as a guest's segments are.
+    let dst: Vec<_> = (0..16)
+        .map(|k| v.subslice(k * 8192 + 512, 4096).unwrap())
+        .collect();
+    d.read_into(&dst, 4096).unwrap().unwrap();
+    let got = mem.to_vec();
+    for k in 0..16 {
+        let at = k * 8192 + 512;
+        assert_eq!(
+            &got[at..at + 4096],
+            &bytes[4096 + k * 4096..4096 + (k + 1) * 4096]
+        );
+    }
+    // Less than 64 KiB, or a slice off a sector boundary: the caller's
+    // buffer and the io_uring batch instead.
+    assert!(d.read_into(&dst[..15], 0).is_none());
+    let mut odd = dst.clone();
+    odd[3] = v.subslice(3 * 8192 + 100, 4096).unwrap();
+    assert!(d.read_into(&odd, 0).is_none());
 }

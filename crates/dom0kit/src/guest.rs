@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use platform::{DomId, EventChannels, GrantRef, GrantTable, OwnMemory, Pfn, Port};
 use sim::SimDomain;
@@ -314,7 +314,7 @@ impl FrontendDriver for VbdFront {
             blk::reattach::WAIT,
         ));
         let socket = dir.join(format!("{vdev}.sock"));
-        let shared: blk::nbd::Shared = Arc::new(Mutex::new(disk.clone()));
+        let shared: blk::nbd::Shared = disk.clone();
         match blk::nbd::export(&socket, &vdev, shared) {
             Ok(gone) => {
                 self.exports
