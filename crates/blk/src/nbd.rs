@@ -418,53 +418,96 @@ fn errno(e: &io::Error) -> u32 {
     }
 }
 
-/// Batches of a connection in flight, and whether writing a reply failed.
+/// A connection's batches handed to its workers.
 struct Flight {
-    state: Mutex<(usize, bool)>,
+    state: Mutex<FlightState>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct FlightState {
+    /// Handed over, not taken by a worker yet.
+    waiting: std::collections::VecDeque<Vec<Request>>,
+    /// Handed over and not answered yet (waiting ones included).
+    in_flight: usize,
+    /// A reply could not be written: the connection is over.
+    failed: bool,
+    /// No more batches come: workers end.
+    closed: bool,
+}
+
 impl Flight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Waits until fewer than `n` batches are in flight; false if a reply
     /// could not be written (the connection is over).
     fn wait_below(&self, n: usize) -> bool {
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while st.0 >= n && !st.1 {
+        let mut st = self.lock();
+        while st.in_flight >= n && !st.failed {
             st = self
                 .changed
                 .wait(st)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        !st.1
+        !st.failed
     }
 
     /// Batches in flight now.
     fn in_flight(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
+        self.lock().in_flight
     }
 
-    fn start(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0 += 1;
+    /// Hands `batch` to a worker.
+    fn push(&self, batch: Vec<Request>) {
+        let mut st = self.lock();
+        st.in_flight += 1;
+        st.waiting.push_back(batch);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// The next batch for a worker; `None` once closed.
+    fn next(&self) -> Option<Vec<Request>> {
+        let mut st = self.lock();
+        loop {
+            if let Some(b) = st.waiting.pop_front() {
+                return Some(b);
+            }
+            if st.closed {
+                return None;
+            }
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     fn done(&self, written: bool) {
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        st.0 -= 1;
-        st.1 |= !written;
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        st.failed |= !written;
         drop(st);
         self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Closes the flight when the reading side ends, panic or not, so that
+/// the workers end too.
+struct Closing<'a>(&'a Flight);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -507,28 +550,22 @@ fn transmission<S: Conn>(s: S, dev: &Shared) -> io::Result<()> {
     // its buffer whole, or fails and sends none of it).
     let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     let flight = Flight {
-        state: Mutex::new((0, false)),
+        state: Mutex::new(FlightState::default()),
         changed: Condvar::new(),
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Request>>(0);
-    let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
-        let worker = || loop {
-            let next = rx
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .recv();
-            let Ok(batch) = next else {
-                return;
-            };
-            let unfinished = Unfinished(&flight);
-            let replies = serve_batch(&**dev, &batch, &pool);
-            let written = send_replies(&out, &replies).is_ok();
-            let used = replies.into_iter().map(|(_, _, data)| data);
-            let payloads = batch.into_iter().map(|q| q.payload);
-            keep(&pool, used.chain(payloads));
-            std::mem::forget(unfinished);
-            flight.done(written);
+        let _closing = Closing(&flight);
+        let worker = || {
+            while let Some(batch) = flight.next() {
+                let unfinished = Unfinished(&flight);
+                let replies = serve_batch(&**dev, &batch, &pool);
+                let written = send_replies(&out, &replies).is_ok();
+                let used = replies.into_iter().map(|(_, _, data)| data);
+                let payloads = batch.into_iter().map(|q| q.payload);
+                keep(&pool, used.chain(payloads));
+                std::mem::forget(unfinished);
+                flight.done(written);
+            }
         };
         // As many workers as the system gives, up to IN_FLIGHT: batches
         // in flight are never more than workers to take them.
@@ -573,10 +610,7 @@ fn transmission<S: Conn>(s: S, dev: &Shared) -> io::Result<()> {
                 }
             }
             if batchable(batch[0].flags, batch[0].ty) {
-                flight.start();
-                if tx.send(batch).is_err() {
-                    return Err(io::ErrorKind::Other.into());
-                }
+                flight.push(batch);
             } else {
                 // A flush, FUA write, trim or zeroing: after what is in
                 // flight, alone.
@@ -590,8 +624,7 @@ fn transmission<S: Conn>(s: S, dev: &Shared) -> io::Result<()> {
                 keep(&pool, used.chain(payloads));
             }
         })();
-        // The workers end when the channel does.
-        drop(tx);
+        // The workers end (`_closing`) and the scope waits for them.
         result
     })
 }
