@@ -523,12 +523,16 @@ fn send_replies<W: Write>(out: &Mutex<W>, replies: &[Reply]) -> io::Result<()> {
     b.flush()
 }
 
-/// Calls [`Flight::done`] for a batch whose worker panicked.
-struct Unfinished<'a>(&'a Flight);
+/// A batch a worker has: [`Flight::done`] when it is dropped, at the end
+/// or in a panic (unwritten, unless its replies were written).
+struct Serving<'a> {
+    flight: &'a Flight,
+    written: bool,
+}
 
-impl Drop for Unfinished<'_> {
+impl Drop for Serving<'_> {
     fn drop(&mut self) {
-        self.0.done(false);
+        self.flight.done(self.written);
     }
 }
 
@@ -557,14 +561,15 @@ fn transmission<S: Conn>(s: S, dev: &Shared) -> io::Result<()> {
         let _closing = Closing(&flight);
         let worker = || {
             while let Some(batch) = flight.next() {
-                let unfinished = Unfinished(&flight);
+                let mut serving = Serving {
+                    flight: &flight,
+                    written: false,
+                };
                 let replies = serve_batch(&**dev, &batch, &pool);
-                let written = send_replies(&out, &replies).is_ok();
+                serving.written = send_replies(&out, &replies).is_ok();
                 let used = replies.into_iter().map(|(_, _, data)| data);
                 let payloads = batch.into_iter().map(|q| q.payload);
                 keep(&pool, used.chain(payloads));
-                std::mem::forget(unfinished);
-                flight.done(written);
             }
         };
         // As many workers as the system gives, up to IN_FLIGHT: batches

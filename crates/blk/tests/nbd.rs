@@ -198,21 +198,32 @@ fn batches_of_one_connection_are_served_side_by_side_and_a_flush_waits_for_them(
     s.write_all(&raw_request(2, 5, 0, 0)).unwrap();
 }
 
+/// A session of `disk` on its thread whose silence is timed out after
+/// 100 ms, past the handshake.
+fn session_timed_out_after_100ms(
+    disk: blk::nbd::Shared,
+) -> (
+    std::os::unix::net::UnixStream,
+    std::thread::JoinHandle<std::io::Result<()>>,
+) {
+    let (mut s, server) = std::os::unix::net::UnixStream::pair().unwrap();
+    server
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let session = std::thread::spawn(move || blk::nbd::session(server, "xvda", &disk));
+    handshake(&mut s);
+    (s, session)
+}
+
 #[test]
 fn a_client_waiting_for_its_replies_is_not_timed_out() {
     use std::io::Write;
-    use std::time::Duration;
     let disk: blk::nbd::Shared = Arc::new(Slow {
         mem: MemStorage::new(1 << 20),
         log: std::sync::Mutex::new(Vec::new()),
     });
-    let (mut s, server) = std::os::unix::net::UnixStream::pair().unwrap();
-    // Silence is timed out after 100 ms; each read takes 300 ms.
-    server
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let session = std::thread::spawn(move || blk::nbd::session(server, "xvda", &disk));
-    handshake(&mut s);
+    // Each read takes 300 ms.
+    let (mut s, session) = session_timed_out_after_100ms(disk);
     for handle in 1..=2 {
         s.write_all(&raw_request(0, handle, 0, 4096)).unwrap();
         assert_eq!(raw_reply(&mut s, 4096), (0, handle));
@@ -221,11 +232,6 @@ fn a_client_waiting_for_its_replies_is_not_timed_out() {
     session.join().unwrap().unwrap();
     // Silent with nothing in flight: timed out.
     let disk: blk::nbd::Shared = Arc::new(MemStorage::new(1 << 20));
-    let (mut s, server) = std::os::unix::net::UnixStream::pair().unwrap();
-    server
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let session = std::thread::spawn(move || blk::nbd::session(server, "xvda", &disk));
-    handshake(&mut s);
+    let (_s, session) = session_timed_out_after_100ms(disk);
     assert!(session.join().unwrap().is_err());
 }

@@ -13,6 +13,9 @@ use xenstore::client::{Client, ClientError, Tx};
 use xenstore::wire::{Decoder, Header, Message, MsgType};
 use xenstore::XsError;
 
+mod common;
+use common::thread_cpu;
+
 struct Running {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -221,19 +224,6 @@ fn relative_watches_get_relative_events() {
     a.write(Tx::NONE, "/local/domain/0/device/vbd", b"x")
         .unwrap();
     assert_eq!(a.read_watch().unwrap().path, "device/vbd");
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> std::time::Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is valid for the kernel to fill.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(r, 0);
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[test]

@@ -18,6 +18,9 @@ use xenstore::ring::RingStream;
 use xenstore::wire::MsgType;
 use xenstore::{Perms, XsError};
 
+mod common;
+use common::thread_cpu;
+
 static N: AtomicU32 = AtomicU32::new(0);
 
 struct Host {
@@ -58,7 +61,9 @@ fn serve(
     (stop, thread)
 }
 
-fn host() -> Host {
+/// A fresh sim, dom0 on it, a daemon's core attached to it, and the
+/// socket the daemon is to serve.
+fn parts() -> (HvHandle, SimDomain, xenstored::Core, PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "dom0kit-xsd-dom-{}-{}",
         std::process::id(),
@@ -67,7 +72,11 @@ fn host() -> Host {
     let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
     let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
     let core = xenstored::Core::new().with_hypervisor(platform(&hv));
-    let socket = dir.join("xenstored.sock");
+    (hv, dom0, core, dir.join("xenstored.sock"))
+}
+
+fn host() -> Host {
+    let (hv, dom0, core, socket) = parts();
     let (stop, thread) = serve(core, &socket);
     Host {
         stop,
@@ -569,31 +578,10 @@ fn a_restarted_daemon_keeps_its_domains() {
     );
 }
 
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is valid for the kernel to fill.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(r, 0);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
 #[test]
 fn a_guest_that_keeps_signalling_does_not_keep_the_daemon_polling() {
     use std::time::Instant;
-    let dir = std::env::temp_dir().join(format!(
-        "dom0kit-xsd-dom-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let hv = sim::Hypervisor::spawn(HvConfig::small(&dir)).unwrap();
-    let dom0 = SimDomain::attach_dom0(hv.socket()).unwrap();
-    let core = xenstored::Core::new().with_hypervisor(platform(&hv));
-    let socket = dir.join("xenstored.sock");
+    let (hv, dom0, core, socket) = parts();
     // Served in this thread: its CPU is the daemon's.
     let mut d = xenstored::Daemon::bind_with(&socket, core).unwrap();
     d.set_busy_poll(Duration::from_millis(10));
