@@ -303,30 +303,86 @@ impl SimDomain {
         if !in_page(op.source) || !in_page(op.dest) {
             return GntStatus::BAD_COPY_ARG;
         }
-        let (src, soff, spin) = match self.resolve(hv, granters, op.source, false) {
-            Ok(v) => v,
-            Err(s) => return s,
+        let granter = |domid: DomId| {
+            granters
+                .iter()
+                .find(|(d, _)| *d == domid)
+                .and_then(|(_, g)| g.as_ref())
+                .ok_or(GntStatus::BAD_DOMAIN)
         };
+        let local = |pfn: Pfn, offset: u16| {
+            let mfn = self.pfn_to_mfn(pfn).map_err(|_| GntStatus::BAD_PAGE)?;
+            Ok(mfn.0 as usize * PAGE + usize::from(offset))
+        };
+        let at = |mfn: Mfn, offset: u16| mfn.0 as usize * PAGE + usize::from(offset);
+        let copy = |src: usize, dst: usize| machine_copy(hv, src, dst, len);
+        let me = self.inner.domid;
+        // One grant and one page of ours (the usual copy): the grant held
+        // under its entry's lock for the copy, no pin.
+        let status = match (op.source, op.dest) {
+            (
+                CopyPtr::Grant {
+                    domid,
+                    gref,
+                    offset,
+                },
+                CopyPtr::Local { pfn, offset: to },
+            ) => local(pfn, to).and_then(|dst| {
+                hv.with_grant(granter(domid)?, gref, me, false, |mfn| {
+                    copy(at(mfn, offset), dst)
+                })
+            }),
+            (
+                CopyPtr::Local { pfn, offset: from },
+                CopyPtr::Grant {
+                    domid,
+                    gref,
+                    offset,
+                },
+            ) => local(pfn, from).and_then(|src| {
+                hv.with_grant(granter(domid)?, gref, me, true, |mfn| {
+                    copy(src, at(mfn, offset))
+                })
+            }),
+            _ => self.copy_pinned(hv, granters, op),
+        };
+        status.unwrap_or_else(|s| s)
+    }
+
+    /// A copy between two grants (or two pages of ours): each grant pinned
+    /// for it, so that no two entry locks are held at once.
+    fn copy_pinned(
+        &self,
+        hv: &Hypervisor<'_>,
+        granters: &[(DomId, Option<Granter>)],
+        op: &GrantCopy,
+    ) -> std::result::Result<GntStatus, GntStatus> {
+        let (src, soff, spin) = self.resolve(hv, granters, op.source, false)?;
         let (dst, doff, dpin) = match self.resolve(hv, granters, op.dest, true) {
             Ok(v) => v,
             Err(s) => {
                 spin.iter().for_each(|p| hv.release(p));
-                return s;
+                return Err(s);
             }
         };
-        let m = hv.machine();
-        let s = m.subslice(src.0 as usize * PAGE + usize::from(soff), len);
-        let status = match s {
-            Ok(s)
-                if m.copy_from(dst.0 as usize * PAGE + usize::from(doff), &s)
-                    .is_ok() =>
-            {
-                GntStatus::OKAY
-            }
-            _ => GntStatus::BAD_PAGE,
-        };
+        let status = machine_copy(
+            hv,
+            src.0 as usize * PAGE + usize::from(soff),
+            dst.0 as usize * PAGE + usize::from(doff),
+            usize::from(op.len),
+        );
         dpin.iter().chain(&spin).for_each(|p| hv.release(p));
-        status
+        Ok(status)
+    }
+}
+
+/// Copies `len` bytes of machine memory from `src` to `dst` (byte
+/// addresses).
+fn machine_copy(hv: &Hypervisor<'_>, src: usize, dst: usize, len: usize) -> GntStatus {
+    let m = hv.machine();
+    match m.subslice(src, len) {
+        Ok(s) if m.copy_from(dst, &s).is_ok() => GntStatus::OKAY,
+        _ => GntStatus::BAD_PAGE,
     }
 }
 
