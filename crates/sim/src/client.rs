@@ -7,7 +7,7 @@
 //! table; mapping and copying grants (dom0 only) pin entries in the control
 //! area and map frames of the machine memfd ([`crate::grant`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -49,7 +49,7 @@ struct Inner {
     gnttab: Mapping,
     ports: Mutex<HashMap<u32, PortFds>>,
     free_grefs: Mutex<Vec<u32>>,
-    holds: Mutex<HashMap<u16, usize>>,
+    holds: Mutex<BTreeMap<u16, usize>>,
 }
 
 /// A process attached to the simulated hypervisor as one domain.
@@ -144,7 +144,7 @@ impl SimDomain {
                 gnttab,
                 ports: Mutex::new(HashMap::new()),
                 free_grefs: Mutex::new(Vec::new()),
-                holds: Mutex::new(HashMap::new()),
+                holds: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -604,21 +604,22 @@ impl GrantMapper for SimDomain {
     fn copy_grants(&self, ops: &mut [GrantCopy]) -> Result<()> {
         let hv = self.hv()?;
         // Each granter of the batch: held (its frames stay ours even if it
-        // dies meanwhile) and looked up once.
-        let mut granters: Vec<(DomId, Option<Granter>)> = Vec::new();
-        let mut held: Vec<(DomId, bool)> = Vec::new();
+        // dies meanwhile) and looked up once; one we could not hold, or that
+        // is not alive, is looked up as none, so its copies fail with
+        // GNTST_bad_domain and touch no memory.
+        let mut granters: Vec<(DomId, Option<Granter>)> = Vec::with_capacity(2);
         for op in ops.iter() {
             for p in [op.source, op.dest] {
                 if let CopyPtr::Grant { domid, .. } = p {
                     if !granters.iter().any(|(d, _)| *d == domid) {
-                        // A granter we could not hold is looked up as none,
-                        // so its copies fail with GNTST_bad_domain.
-                        let g = match self.hold(domid) {
-                            Ok(()) => Some(hv.granter(domid, false)),
-                            Err(_) => None,
-                        };
-                        held.push((domid, g.is_some()));
-                        granters.push((domid, g.flatten()));
+                        let g = self.hold(domid).ok().and_then(|()| {
+                            let g = hv.granter(domid, false);
+                            if g.is_none() {
+                                self.release(domid);
+                            }
+                            g
+                        });
+                        granters.push((domid, g));
                     }
                 }
             }
@@ -626,7 +627,7 @@ impl GrantMapper for SimDomain {
         for op in ops.iter_mut() {
             op.status = self.copy_one(&hv, &granters, op);
         }
-        for (d, _) in held.iter().filter(|(_, h)| *h) {
+        for (d, _) in granters.iter().filter(|(_, g)| g.is_some()) {
             self.release(*d);
         }
         Ok(())

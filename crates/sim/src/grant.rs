@@ -11,7 +11,7 @@
 //! when the last mapping goes; the granter's `end_access` fails while they
 //! are set.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_TYPE_MASK, GTF_WRITING};
 use abi::{DomId, GrantRef, Mfn, Pfn, VolatileSlice};
@@ -130,6 +130,15 @@ pub struct Pinned<'a> {
     writable: bool,
 }
 
+/// One grant entry's words, looked up once.
+struct Entry<'a> {
+    combo: &'a AtomicU32,
+    frame: &'a AtomicU32,
+    lock: &'a AtomicU32,
+    /// The active entry's offset in the control area.
+    active: usize,
+}
+
 fn bad<T>(_: T) -> GntStatus {
     GntStatus::GENERAL_ERROR
 }
@@ -212,13 +221,10 @@ impl<'a> Hypervisor<'a> {
         mfn.ok().map(Mfn)
     }
 
-    /// The shared entry (flags and domid as one word, and the frame) and
-    /// the active entry of `gref`.
-    fn entry(
-        &self,
-        g: &Granter,
-        gref: GrantRef,
-    ) -> Result<(&'a AtomicU32, &'a AtomicU32, &'a AtomicU32, usize), GntStatus> {
+    /// The words of `gref`: the shared entry (flags and domid as one word,
+    /// and the frame) and the active entry's lock.
+    #[inline]
+    fn entry(&self, g: &Granter, gref: GrantRef) -> Result<Entry<'a>, GntStatus> {
         if gref.0 >= g.entries {
             return Err(GntStatus::BAD_GNTREF);
         }
@@ -234,11 +240,66 @@ impl<'a> Hypervisor<'a> {
             .checked_mul(PAGE as usize)
             .and_then(|b| b.checked_add((i % ENTRIES_PER_FRAME) * 8))
             .ok_or(GntStatus::GENERAL_ERROR)?;
-        let combo = self.machine.atomic_u32(shared).map_err(bad)?;
-        let frame_word = self.machine.atomic_u32(shared + 4).map_err(bad)?;
         let active = g.slot + slot::ACTIVE + i * slot::ACTIVE_ENTRY;
-        let lock = self.control.atomic_u32(active).map_err(bad)?;
-        Ok((combo, frame_word, lock, active))
+        Ok(Entry {
+            combo: self.machine.atomic_u32(shared).map_err(bad)?,
+            frame: self.machine.atomic_u32(shared + 4).map_err(bad)?,
+            lock: self.control.atomic_u32(active).map_err(bad)?,
+            active,
+        })
+    }
+
+    /// The active entry's record of its pins: the mapper and the frame.
+    #[inline]
+    fn pinned_to(&self, e: &Entry<'a>) -> Result<(&'a AtomicU32, &'a AtomicU64), GntStatus> {
+        Ok((
+            self.control.atomic_u32(e.active + 4).map_err(bad)?,
+            self.control.atomic_u64(e.active + 8).map_err(bad)?,
+        ))
+    }
+
+    /// With `e`'s lock held and `pins` its count: the checks and status bits
+    /// of one more use of the grant by `mapper`, shared by a pin and a copy.
+    /// Returns the frame and the bits this use set (none if earlier pins
+    /// had set them already).
+    #[inline]
+    fn take(
+        &self,
+        g: &Granter,
+        e: &Entry<'a>,
+        pins: u32,
+        mapper: DomId,
+        writable: bool,
+    ) -> Result<(Mfn, u16), GntStatus> {
+        let readers = pins & PIN_MASK;
+        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
+        if readers == PIN_MASK {
+            return Err(GntStatus::NO_SPACE);
+        }
+        if readers == 0 {
+            let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
+            set_status(e.combo, mapper, bits)?;
+            // The frame is read after the flags are ours, as Xen does.
+            let frame = e.frame.load(Ordering::Acquire);
+            return match self.granter_p2m(g, Pfn(u64::from(frame))) {
+                Some(mfn) => Ok((mfn, bits)),
+                None => {
+                    clear_status(e.combo, bits);
+                    Err(GntStatus::BAD_PAGE)
+                }
+            };
+        }
+        let (mapper_word, mfn_word) = self.pinned_to(e)?;
+        if mapper_word.load(Ordering::Relaxed) != u32::from(mapper.0) {
+            return Err(GntStatus::GENERAL_ERROR);
+        }
+        let bits = if writable && writers == 0 {
+            set_status(e.combo, mapper, GTF_WRITING)?;
+            GTF_WRITING
+        } else {
+            0
+        };
+        Ok((Mfn(mfn_word.load(Ordering::Relaxed)), bits))
     }
 
     /// Pins `granter`'s grant `gref` for `mapper`, read-only or writable:
@@ -264,54 +325,40 @@ impl<'a> Hypervisor<'a> {
         mapper: DomId,
         writable: bool,
     ) -> Result<Pinned<'a>, GntStatus> {
-        let (combo, frame_word, lock, active) = self.entry(g, gref)?;
-        let mapper_word = self.control.atomic_u32(active + 4).map_err(bad)?;
-        let mfn_word = self.control.atomic_u64(active + 8).map_err(bad)?;
-        let pins = lock_entry(lock);
-        let readers = pins & PIN_MASK;
-        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
-        let result = (|| {
-            if readers == PIN_MASK {
-                return Err(GntStatus::NO_SPACE);
-            }
-            if readers == 0 {
-                let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
-                set_status(combo, mapper, bits)?;
-                // The frame is read after the flags are ours, as Xen does.
-                let frame = frame_word.load(Ordering::Acquire);
-                let Some(mfn) = self.granter_p2m(g, Pfn(u64::from(frame))) else {
-                    clear_status(combo, bits);
-                    return Err(GntStatus::BAD_PAGE);
-                };
-                mapper_word.store(u32::from(mapper.0), Ordering::Relaxed);
-                mfn_word.store(mfn.0, Ordering::Relaxed);
-                Ok(mfn)
-            } else {
-                if mapper_word.load(Ordering::Relaxed) != u32::from(mapper.0) {
-                    return Err(GntStatus::GENERAL_ERROR);
+        let e = self.entry(g, gref)?;
+        let pins = lock_entry(e.lock);
+        let taken = self
+            .take(g, &e, pins, mapper, writable)
+            .and_then(|(mfn, bits)| {
+                if pins & PIN_MASK != 0 {
+                    return Ok(mfn);
                 }
-                if writable && writers == 0 {
-                    set_status(combo, mapper, GTF_WRITING)?;
+                // The first pin records who holds the entry and its frame.
+                let recorded = self.pinned_to(&e).map(|(mapper_word, mfn_word)| {
+                    mapper_word.store(u32::from(mapper.0), Ordering::Relaxed);
+                    mfn_word.store(mfn.0, Ordering::Relaxed);
+                    mfn
+                });
+                if recorded.is_err() {
+                    clear_status(e.combo, bits);
                 }
-                Ok(Mfn(mfn_word.load(Ordering::Relaxed)))
+                recorded
+            });
+        let new = match taken {
+            Ok(_) => {
+                let readers = (pins & PIN_MASK) + 1;
+                let writers = ((pins >> WRITE_SHIFT) & PIN_MASK) + u32::from(writable);
+                readers | (writers << WRITE_SHIFT)
             }
-        })();
-        match result {
-            Ok(mfn) => {
-                let new = (readers + 1) | ((writers + u32::from(writable)) << WRITE_SHIFT);
-                lock.store(new, Ordering::Release);
-                Ok(Pinned {
-                    mfn,
-                    combo,
-                    active: lock,
-                    writable,
-                })
-            }
-            Err(e) => {
-                lock.store(pins, Ordering::Release);
-                Err(e)
-            }
-        }
+            Err(_) => pins,
+        };
+        e.lock.store(new, Ordering::Release);
+        taken.map(|mfn| Pinned {
+            mfn,
+            combo: e.combo,
+            active: e.lock,
+            writable,
+        })
     }
 
     /// Runs `f` on the frame of `granter`'s grant `gref` while holding the
@@ -320,6 +367,7 @@ impl<'a> Hypervisor<'a> {
     /// in three atomic operations where a pin and its release take four.
     /// `f` must not take another entry's lock (a copy between two grants
     /// pins them instead).
+    #[inline]
     pub fn with_grant<R>(
         &self,
         g: &Granter,
@@ -328,43 +376,16 @@ impl<'a> Hypervisor<'a> {
         writable: bool,
         f: impl FnOnce(Mfn) -> R,
     ) -> Result<R, GntStatus> {
-        let (combo, frame_word, lock, active) = self.entry(g, gref)?;
-        let mapper_word = self.control.atomic_u32(active + 4).map_err(bad)?;
-        let mfn_word = self.control.atomic_u64(active + 8).map_err(bad)?;
-        let pins = lock_entry(lock);
-        let readers = pins & PIN_MASK;
-        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
-        let found = (|| {
-            if readers == 0 {
-                let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
-                set_status(combo, mapper, bits)?;
-                let frame = frame_word.load(Ordering::Acquire);
-                let Some(mfn) = self.granter_p2m(g, Pfn(u64::from(frame))) else {
-                    clear_status(combo, bits);
-                    return Err(GntStatus::BAD_PAGE);
-                };
-                Ok((mfn, bits))
-            } else {
-                if mapper_word.load(Ordering::Relaxed) != u32::from(mapper.0) {
-                    return Err(GntStatus::GENERAL_ERROR);
-                }
-                let bits = if writable && writers == 0 {
-                    set_status(combo, mapper, GTF_WRITING)?;
-                    GTF_WRITING
-                } else {
-                    0
-                };
-                Ok((Mfn(mfn_word.load(Ordering::Relaxed)), bits))
-            }
-        })();
-        let result = found.map(|(mfn, bits)| {
+        let e = self.entry(g, gref)?;
+        let pins = lock_entry(e.lock);
+        let result = self.take(g, &e, pins, mapper, writable).map(|(mfn, bits)| {
             let r = f(mfn);
             if bits != 0 {
-                clear_status(combo, bits);
+                clear_status(e.combo, bits);
             }
             r
         });
-        lock.store(pins, Ordering::Release);
+        e.lock.store(pins, Ordering::Release);
         result
     }
 
@@ -375,10 +396,10 @@ impl<'a> Hypervisor<'a> {
         let Some(g) = self.granter(granter, true) else {
             return;
         };
-        let Ok((combo, _, lock, _)) = self.entry(&g, gref) else {
+        let Ok(e) = self.entry(&g, gref) else {
             return;
         };
-        unpin_words(combo, lock, writable);
+        unpin_words(e.combo, e.lock, writable);
     }
 
     /// Drops the pin `p` (no lookup, unlike [`unpin`](Self::unpin)).
@@ -387,6 +408,7 @@ impl<'a> Hypervisor<'a> {
     }
 }
 
+#[inline]
 fn lock_entry(lock: &AtomicU32) -> u32 {
     let mut spins = 0u32;
     loop {
@@ -410,6 +432,7 @@ fn lock_entry(lock: &AtomicU32) -> u32 {
 /// Sets `bits` in the shared flags after checking that the entry is a
 /// `permit_access` grant to `mapper` (and writable if `GTF_WRITING` is
 /// asked for), swapping flags and domid together.
+#[inline]
 fn set_status(combo: &AtomicU32, mapper: DomId, bits: u16) -> Result<(), GntStatus> {
     let mut cur = combo.load(Ordering::Acquire);
     for _ in 0..CAS_RETRIES {
