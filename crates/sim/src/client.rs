@@ -257,12 +257,11 @@ impl SimDomain {
         Ok(map)
     }
 
-    /// The frame and offset behind one side of a copy, pinned if a grant
-    /// (of a granter looked up once for the batch, in `granters`).
+    /// The frame and offset behind one side of a copy, pinned if a grant.
     fn resolve<'h>(
         &self,
         hv: &Hypervisor<'h>,
-        granters: &[(DomId, Option<Granter>)],
+        granters: &mut BatchGranters<'_>,
         ptr: CopyPtr,
         writable: bool,
     ) -> std::result::Result<(Mfn, u16, Option<Pinned<'h>>), GntStatus> {
@@ -272,12 +271,8 @@ impl SimDomain {
                 gref,
                 offset,
             } => {
-                let g = granters
-                    .iter()
-                    .find(|(d, _)| *d == domid)
-                    .and_then(|(_, g)| g.as_ref());
-                let g = g.ok_or(GntStatus::BAD_DOMAIN)?;
-                let p = hv.pin_in(g, gref, self.inner.domid, writable)?;
+                let g = granters.get(hv, domid)?;
+                let p = hv.pin_in(&g, gref, self.inner.domid, writable)?;
                 Ok((p.mfn, offset, Some(p)))
             }
             CopyPtr::Local { pfn, offset } => {
@@ -290,7 +285,7 @@ impl SimDomain {
     fn copy_one(
         &self,
         hv: &Hypervisor<'_>,
-        granters: &[(DomId, Option<Granter>)],
+        granters: &mut BatchGranters<'_>,
         op: &GrantCopy,
     ) -> GntStatus {
         let len = usize::from(op.len);
@@ -303,13 +298,6 @@ impl SimDomain {
         if !in_page(op.source) || !in_page(op.dest) {
             return GntStatus::BAD_COPY_ARG;
         }
-        let granter = |domid: DomId| {
-            granters
-                .iter()
-                .find(|(d, _)| *d == domid)
-                .and_then(|(_, g)| g.as_ref())
-                .ok_or(GntStatus::BAD_DOMAIN)
-        };
         let local = |pfn: Pfn, offset: u16| {
             let mfn = self.pfn_to_mfn(pfn).map_err(|_| GntStatus::BAD_PAGE)?;
             Ok(mfn.0 as usize * PAGE + usize::from(offset))
@@ -318,7 +306,7 @@ impl SimDomain {
         let copy = |src: usize, dst: usize| machine_copy(hv, src, dst, len);
         let me = self.inner.domid;
         // One grant and one page of ours (the usual copy): the grant held
-        // under its entry's lock for the copy, no pin.
+        // for the copy only, no pin.
         let status = match (op.source, op.dest) {
             (
                 CopyPtr::Grant {
@@ -328,9 +316,8 @@ impl SimDomain {
                 },
                 CopyPtr::Local { pfn, offset: to },
             ) => local(pfn, to).and_then(|dst| {
-                hv.with_grant(granter(domid)?, gref, me, false, |mfn| {
-                    copy(at(mfn, offset), dst)
-                })
+                let g = granters.get(hv, domid)?;
+                hv.with_grant(&g, gref, me, false, |mfn| copy(at(mfn, offset), dst))
             }),
             (
                 CopyPtr::Local { pfn, offset: from },
@@ -340,9 +327,8 @@ impl SimDomain {
                     offset,
                 },
             ) => local(pfn, from).and_then(|src| {
-                hv.with_grant(granter(domid)?, gref, me, true, |mfn| {
-                    copy(src, at(mfn, offset))
-                })
+                let g = granters.get(hv, domid)?;
+                hv.with_grant(&g, gref, me, true, |mfn| copy(src, at(mfn, offset)))
             }),
             _ => self.copy_pinned(hv, granters, op),
         };
@@ -354,7 +340,7 @@ impl SimDomain {
     fn copy_pinned(
         &self,
         hv: &Hypervisor<'_>,
-        granters: &[(DomId, Option<Granter>)],
+        granters: &mut BatchGranters<'_>,
         op: &GrantCopy,
     ) -> std::result::Result<GntStatus, GntStatus> {
         let (src, soff, spin) = self.resolve(hv, granters, op.source, false)?;
@@ -373,6 +359,52 @@ impl SimDomain {
         );
         dpin.iter().chain(&spin).for_each(|p| hv.release(p));
         Ok(status)
+    }
+}
+
+/// The granters of one copy batch, each held (its frames stay ours even if
+/// it dies meanwhile) and looked up once, at its first copy. One we could
+/// not hold, or that is not alive, is looked up as none, so its copies fail
+/// with `GNTST_bad_domain` and touch no memory. Dropping it releases the
+/// holds.
+struct BatchGranters<'d> {
+    owner: &'d SimDomain,
+    list: Vec<(DomId, Option<Granter>)>,
+}
+
+impl BatchGranters<'_> {
+    #[inline]
+    fn get(
+        &mut self,
+        hv: &Hypervisor<'_>,
+        domid: DomId,
+    ) -> std::result::Result<Granter, GntStatus> {
+        let found = match self.list.iter().find(|(d, _)| *d == domid) {
+            Some((_, g)) => *g,
+            None => self.first(hv, domid),
+        };
+        found.ok_or(GntStatus::BAD_DOMAIN)
+    }
+
+    #[cold]
+    fn first(&mut self, hv: &Hypervisor<'_>, domid: DomId) -> Option<Granter> {
+        let g = self.owner.hold(domid).ok().and_then(|()| {
+            let g = hv.granter(domid, false);
+            if g.is_none() {
+                self.owner.release(domid);
+            }
+            g
+        });
+        self.list.push((domid, g));
+        g
+    }
+}
+
+impl Drop for BatchGranters<'_> {
+    fn drop(&mut self) {
+        for (d, _) in self.list.iter().filter(|(_, g)| g.is_some()) {
+            self.owner.release(*d);
+        }
     }
 }
 
@@ -603,32 +635,12 @@ impl GrantMapper for SimDomain {
 
     fn copy_grants(&self, ops: &mut [GrantCopy]) -> Result<()> {
         let hv = self.hv()?;
-        // Each granter of the batch: held (its frames stay ours even if it
-        // dies meanwhile) and looked up once; one we could not hold, or that
-        // is not alive, is looked up as none, so its copies fail with
-        // GNTST_bad_domain and touch no memory.
-        let mut granters: Vec<(DomId, Option<Granter>)> = Vec::with_capacity(2);
-        for op in ops.iter() {
-            for p in [op.source, op.dest] {
-                if let CopyPtr::Grant { domid, .. } = p {
-                    if !granters.iter().any(|(d, _)| *d == domid) {
-                        let g = self.hold(domid).ok().and_then(|()| {
-                            let g = hv.granter(domid, false);
-                            if g.is_none() {
-                                self.release(domid);
-                            }
-                            g
-                        });
-                        granters.push((domid, g));
-                    }
-                }
-            }
-        }
+        let mut granters = BatchGranters {
+            owner: self,
+            list: Vec::with_capacity(2),
+        };
         for op in ops.iter_mut() {
-            op.status = self.copy_one(&hv, &granters, op);
-        }
-        for (d, _) in granters.iter().filter(|(_, g)| g.is_some()) {
-            self.release(*d);
+            op.status = self.copy_one(&hv, &mut granters, op);
         }
         Ok(())
     }

@@ -10,6 +10,16 @@
 //! changing them. Pins are counted per entry, so the bits are cleared only
 //! when the last mapping goes; the granter's `end_access` fails while they
 //! are set.
+//!
+//! A copy between one grant and a page of ours, the usual `GNTTABOP_copy`,
+//! takes no lock when the grant is not mapped: it *claims* the entry by
+//! setting both its status bits with one compare-and-swap that expects
+//! neither set, copies, and clears them. Whoever set the bits of an
+//! unpinned entry owns them, so a pin (or a second copy) that finds them
+//! set with no pins counted waits, boundedly, for the claim to end instead
+//! of adopting bits someone else will clear. Xen would adopt bits its guest
+//! set itself; here a granter that sets its own status bits only makes its
+//! own grants fail to map.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -25,6 +35,10 @@ const PIN_MASK: u32 = 0x7fff;
 const WRITE_SHIFT: u32 = 15;
 /// Xen gives up on an entry the granter keeps changing after this many tries.
 const CAS_RETRIES: usize = 4;
+/// How long a pin waits for a copy's claim on an unpinned entry to end:
+/// spins, then yields up to `CLAIM_WAITS` tries in all (~0.1 ms).
+const CLAIM_SPINS: u32 = 64;
+const CLAIM_WAITS: u32 = CLAIM_SPINS + 256;
 
 /// The granter's side: its own grant-table frames, mapped as one range.
 pub struct GrantTableView<'a> {
@@ -258,6 +272,18 @@ impl<'a> Hypervisor<'a> {
         ))
     }
 
+    /// The frame of an entry whose status `bits` we just set (read after
+    /// them, as Xen does); on a frame outside the granter's memory the bits
+    /// are cleared again.
+    #[inline]
+    fn claimed_frame(&self, g: &Granter, e: &Entry<'a>, bits: u16) -> Result<Mfn, GntStatus> {
+        let frame = e.frame.load(Ordering::Acquire);
+        self.granter_p2m(g, Pfn(u64::from(frame))).ok_or_else(|| {
+            clear_status(e.combo, bits);
+            GntStatus::BAD_PAGE
+        })
+    }
+
     /// With `e`'s lock held and `pins` its count: the checks and status bits
     /// of one more use of the grant by `mapper`, shared by a pin and a copy.
     /// Returns the frame and the bits this use set (none if earlier pins
@@ -277,17 +303,11 @@ impl<'a> Hypervisor<'a> {
             return Err(GntStatus::NO_SPACE);
         }
         if readers == 0 {
-            let bits = GTF_READING | if writable { GTF_WRITING } else { 0 };
-            set_status(e.combo, mapper, bits)?;
-            // The frame is read after the flags are ours, as Xen does.
-            let frame = e.frame.load(Ordering::Acquire);
-            return match self.granter_p2m(g, Pfn(u64::from(frame))) {
-                Some(mfn) => Ok((mfn, bits)),
-                None => {
-                    clear_status(e.combo, bits);
-                    Err(GntStatus::BAD_PAGE)
-                }
-            };
+            let bits = status_bits(writable);
+            if !claim(e.combo, mapper, bits, true)? {
+                return Err(GntStatus::GENERAL_ERROR);
+            }
+            return self.claimed_frame(g, e, bits).map(|mfn| (mfn, bits));
         }
         let (mapper_word, mfn_word) = self.pinned_to(e)?;
         if mapper_word.load(Ordering::Relaxed) != u32::from(mapper.0) {
@@ -361,12 +381,13 @@ impl<'a> Hypervisor<'a> {
         })
     }
 
-    /// Runs `f` on the frame of `granter`'s grant `gref` while holding the
-    /// entry's lock, the status bits set as for a pin (so the granter's
-    /// `end_access` fails meanwhile): what a single `GNTTABOP_copy` needs,
-    /// in three atomic operations where a pin and its release take four.
-    /// `f` must not take another entry's lock (a copy between two grants
-    /// pins them instead).
+    /// Runs `f` on the frame of `granter`'s grant `gref` with the status
+    /// bits set as for a pin (so the granter's `end_access` fails
+    /// meanwhile): what a single `GNTTABOP_copy` needs. An unmapped grant is
+    /// claimed without the entry's lock, in two atomic operations where a
+    /// pin and its release take four; a mapped one (or one another copy
+    /// holds) is used under the lock. `f` must not take another entry's
+    /// lock (a copy between two grants pins them instead).
     #[inline]
     pub fn with_grant<R>(
         &self,
@@ -377,6 +398,13 @@ impl<'a> Hypervisor<'a> {
         f: impl FnOnce(Mfn) -> R,
     ) -> Result<R, GntStatus> {
         let e = self.entry(g, gref)?;
+        let bits = status_bits(writable);
+        if claim(e.combo, mapper, bits, false)? {
+            let mfn = self.claimed_frame(g, &e, bits)?;
+            let r = f(mfn);
+            clear_status(e.combo, bits);
+            return Ok(r);
+        }
         let pins = lock_entry(e.lock);
         let result = self.take(g, &e, pins, mapper, writable).map(|(mfn, bits)| {
             let r = f(mfn);
@@ -429,20 +457,33 @@ fn lock_entry(lock: &AtomicU32) -> u32 {
     }
 }
 
-/// Sets `bits` in the shared flags after checking that the entry is a
-/// `permit_access` grant to `mapper` (and writable if `GTF_WRITING` is
-/// asked for), swapping flags and domid together.
+/// Whether the shared entry `cur` is a `permit_access` grant to `mapper`,
+/// and writable if `bits` include `GTF_WRITING`.
+#[inline]
+fn check(cur: u32, mapper: DomId, bits: u16) -> Result<(), GntStatus> {
+    let (flags, domid) = (cur as u16, (cur >> 16) as u16);
+    if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != mapper.0 {
+        return Err(GntStatus::GENERAL_ERROR);
+    }
+    if bits & GTF_WRITING != 0 && flags & GTF_READONLY != 0 {
+        return Err(GntStatus::GENERAL_ERROR);
+    }
+    Ok(())
+}
+
+/// The status bits a use of a grant sets.
+#[inline]
+fn status_bits(writable: bool) -> u16 {
+    GTF_READING | if writable { GTF_WRITING } else { 0 }
+}
+
+/// Sets `bits` in the shared flags of a pinned entry after [`check`]ing
+/// it, swapping flags and domid together.
 #[inline]
 fn set_status(combo: &AtomicU32, mapper: DomId, bits: u16) -> Result<(), GntStatus> {
     let mut cur = combo.load(Ordering::Acquire);
     for _ in 0..CAS_RETRIES {
-        let (flags, domid) = (cur as u16, (cur >> 16) as u16);
-        if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != mapper.0 {
-            return Err(GntStatus::GENERAL_ERROR);
-        }
-        if bits & GTF_WRITING != 0 && flags & GTF_READONLY != 0 {
-            return Err(GntStatus::GENERAL_ERROR);
-        }
+        check(cur, mapper, bits)?;
         match combo.compare_exchange(
             cur,
             cur | u32::from(bits),
@@ -454,6 +495,47 @@ fn set_status(combo: &AtomicU32, mapper: DomId, bits: u16) -> Result<(), GntStat
         }
     }
     Err(GntStatus::GENERAL_ERROR)
+}
+
+/// Claims an entry with no pins: sets `bits` (`GTF_READING`, and
+/// `GTF_WRITING` for a write) with one compare-and-swap that expects
+/// neither status bit set, after [`check`]ing it. `Ok(false)` if someone
+/// holds the bits: at once without `wait`; with it, after waiting for them
+/// a bounded time (a copy's claim lasts one `memcpy`; a granter that set
+/// its own bits is not waited for longer).
+#[inline]
+fn claim(combo: &AtomicU32, mapper: DomId, bits: u16, wait: bool) -> Result<bool, GntStatus> {
+    let mut cur = combo.load(Ordering::Acquire);
+    let (mut changes, mut waits) = (0, 0);
+    loop {
+        check(cur, mapper, bits)?;
+        if cur as u16 & (GTF_READING | GTF_WRITING) != 0 {
+            if !wait || waits == CLAIM_WAITS {
+                return Ok(false);
+            }
+            waits += 1;
+            if waits < CLAIM_SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            cur = combo.load(Ordering::Acquire);
+            continue;
+        }
+        match combo.compare_exchange(
+            cur,
+            cur | u32::from(bits),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(true),
+            Err(_) if changes + 1 == CAS_RETRIES => return Err(GntStatus::GENERAL_ERROR),
+            Err(now) => {
+                changes += 1;
+                cur = now;
+            }
+        }
+    }
 }
 
 /// Clears `bits` of the shared flags: one atomic operation, so a granter
@@ -613,5 +695,133 @@ mod tests {
         );
         f.hv().unpin(DomId(1), GrantRef(4), false);
         assert_eq!(f.table().end_access(GrantRef(4)), Ok(true));
+    }
+
+    fn status(f: &Fixture, gref: u32) -> u16 {
+        f.table().flags(GrantRef(gref)).unwrap() & (GTF_READING | GTF_WRITING)
+    }
+
+    #[test]
+    fn a_copy_holds_its_grant_for_the_copy_only() {
+        let f = Fixture::new();
+        let (hv, t) = (f.hv(), f.table());
+        let g = hv.granter(DomId(1), false).unwrap();
+        t.grant(GrantRef(5), DomId(2), Pfn(2), false).unwrap();
+        // Unmapped: claimed for the copy, nothing left after.
+        let seen = hv.with_grant(&g, GrantRef(5), DomId(2), true, |mfn| {
+            (mfn, status(&f, 5), t.end_access(GrantRef(5)))
+        });
+        assert_eq!(seen, Ok((Mfn(10), GTF_READING | GTF_WRITING, Ok(false))));
+        assert_eq!(status(&f, 5), 0);
+        // Mapped read-only: a writing copy adds GTF_writing for its duration
+        // and leaves the pin's GTF_reading.
+        let p = hv.pin(DomId(1), GrantRef(5), DomId(2), false).unwrap();
+        let seen = hv.with_grant(&g, GrantRef(5), DomId(2), true, |_| status(&f, 5));
+        assert_eq!(seen, Ok(GTF_READING | GTF_WRITING));
+        assert_eq!(status(&f, 5), GTF_READING);
+        hv.release(&p);
+        assert_eq!(t.end_access(GrantRef(5)), Ok(true));
+        // Refusals as for a pin.
+        t.grant(GrantRef(6), DomId(2), Pfn(3), true).unwrap();
+        assert_eq!(
+            hv.with_grant(&g, GrantRef(6), DomId(2), true, |_| ()),
+            Err(GntStatus::GENERAL_ERROR),
+            "write to ro"
+        );
+        assert_eq!(
+            hv.with_grant(&g, GrantRef(6), DomId(3), false, |_| ()),
+            Err(GntStatus::GENERAL_ERROR),
+            "wrong domain"
+        );
+        assert_eq!(status(&f, 6), 0);
+    }
+
+    #[test]
+    fn a_granter_that_sets_its_own_status_bits_only_fails_its_own_grant() {
+        let f = Fixture::new();
+        let (hv, t) = (f.hv(), f.table());
+        let g = hv.granter(DomId(1), false).unwrap();
+        t.grant(GrantRef(7), DomId(2), Pfn(4), false).unwrap();
+        let combo = f
+            .machine
+            .as_volatile()
+            .atomic_u32(20 * 4096 + 7 * 8)
+            .unwrap();
+        combo.fetch_or(u32::from(GTF_READING), Ordering::SeqCst);
+        assert_eq!(
+            hv.pin(DomId(1), GrantRef(7), DomId(2), false)
+                .map(|p| p.mfn),
+            Err(GntStatus::GENERAL_ERROR)
+        );
+        assert_eq!(
+            hv.with_grant(&g, GrantRef(7), DomId(2), false, |_| ()),
+            Err(GntStatus::GENERAL_ERROR)
+        );
+        combo.fetch_and(!u32::from(GTF_READING), Ordering::SeqCst);
+        assert_eq!(
+            hv.with_grant(&g, GrantRef(7), DomId(2), false, |m| m),
+            Ok(Mfn(12))
+        );
+    }
+
+    /// Copies (claimed without the lock), pins and a granter that keeps
+    /// ending and renewing the grant, at once: whenever the granter's
+    /// `end_access` succeeds no copy or pin is using the frame, and a pin
+    /// always sees its bits kept.
+    #[test]
+    fn copies_pins_and_end_access_race_safely() {
+        use std::sync::atomic::AtomicBool;
+        let f = Fixture::new();
+        f.table()
+            .grant(GrantRef(9), DomId(2), Pfn(6), false)
+            .unwrap();
+        let inside = AtomicU32::new(0);
+        let stop = AtomicBool::new(false);
+        let (done, ended) = (AtomicU32::new(0), AtomicU32::new(0));
+        let user = |pin: bool| {
+            let hv = f.hv();
+            let g = hv.granter(DomId(1), false).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let work = || {
+                    inside.fetch_add(1, Ordering::SeqCst);
+                    assert_ne!(status(&f, 9) & GTF_READING, 0, "used without bits");
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                };
+                if pin {
+                    if let Ok(p) = hv.pin(DomId(1), GrantRef(9), DomId(2), true) {
+                        work();
+                        hv.release(&p);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if hv
+                    .with_grant(&g, GrantRef(9), DomId(2), true, |_| work())
+                    .is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            let user = &user;
+            s.spawn(move || user(false));
+            s.spawn(move || user(false));
+            s.spawn(move || user(true));
+            let t = f.table();
+            let start = std::time::Instant::now();
+            while (ended.load(Ordering::Relaxed) < 500 || done.load(Ordering::Relaxed) < 5_000)
+                && start.elapsed() < std::time::Duration::from_secs(20)
+            {
+                if t.end_access(GrantRef(9)) == Ok(true) {
+                    assert_eq!(inside.load(Ordering::SeqCst), 0, "ended while in use");
+                    ended.fetch_add(1, Ordering::Relaxed);
+                    t.grant(GrantRef(9), DomId(2), Pfn(6), false).unwrap();
+                }
+                std::hint::spin_loop();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let (done, ended) = (done.into_inner(), ended.into_inner());
+        assert!(done >= 5_000 && ended >= 500, "{done} uses, {ended} ends");
+        assert_eq!(status(&f, 9), 0);
     }
 }
