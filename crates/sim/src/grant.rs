@@ -529,6 +529,9 @@ fn claim(combo: &AtomicU32, mapper: DomId, bits: u16, wait: bool) -> Result<bool
             Ordering::Acquire,
         ) {
             Ok(_) => return Ok(true),
+            // Another claim won: waited for above, not counted against the
+            // granter's changes.
+            Err(now) if now as u16 & (GTF_READING | GTF_WRITING) != 0 => cur = now,
             Err(_) if changes + 1 == CAS_RETRIES => return Err(GntStatus::GENERAL_ERROR),
             Err(now) => {
                 changes += 1;
@@ -757,6 +760,17 @@ mod tests {
             hv.with_grant(&g, GrantRef(7), DomId(2), false, |_| ()),
             Err(GntStatus::GENERAL_ERROR)
         );
+        // Its other grants are unaffected.
+        t.grant(GrantRef(8), DomId(2), Pfn(5), false).unwrap();
+        assert_eq!(
+            hv.with_grant(&g, GrantRef(8), DomId(2), true, |m| m),
+            Ok(Mfn(13))
+        );
+        assert_eq!(
+            hv.pin(DomId(1), GrantRef(8), DomId(2), false)
+                .map(|p| p.mfn),
+            Ok(Mfn(13))
+        );
         combo.fetch_and(!u32::from(GTF_READING), Ordering::SeqCst);
         assert_eq!(
             hv.with_grant(&g, GrantRef(7), DomId(2), false, |m| m),
@@ -777,6 +791,9 @@ mod tests {
             .unwrap();
         let inside = AtomicU32::new(0);
         let stop = AtomicBool::new(false);
+        // Failures are recorded, not asserted, inside the scope: a panic
+        // there would leave the other threads looping.
+        let (broken, ended_in_use) = (AtomicBool::new(false), AtomicBool::new(false));
         let (done, ended) = (AtomicU32::new(0), AtomicU32::new(0));
         let user = |pin: bool| {
             let hv = f.hv();
@@ -784,7 +801,9 @@ mod tests {
             while !stop.load(Ordering::Relaxed) {
                 let work = || {
                     inside.fetch_add(1, Ordering::SeqCst);
-                    assert_ne!(status(&f, 9) & GTF_READING, 0, "used without bits");
+                    if status(&f, 9) & GTF_READING == 0 {
+                        broken.store(true, Ordering::SeqCst);
+                    }
                     inside.fetch_sub(1, Ordering::SeqCst);
                 };
                 if pin {
@@ -812,7 +831,9 @@ mod tests {
                 && start.elapsed() < std::time::Duration::from_secs(20)
             {
                 if t.end_access(GrantRef(9)) == Ok(true) {
-                    assert_eq!(inside.load(Ordering::SeqCst), 0, "ended while in use");
+                    if inside.load(Ordering::SeqCst) != 0 {
+                        ended_in_use.store(true, Ordering::SeqCst);
+                    }
                     ended.fetch_add(1, Ordering::Relaxed);
                     t.grant(GrantRef(9), DomId(2), Pfn(6), false).unwrap();
                 }
@@ -820,6 +841,8 @@ mod tests {
             }
             stop.store(true, Ordering::Relaxed);
         });
+        assert!(!broken.into_inner(), "used without status bits");
+        assert!(!ended_in_use.into_inner(), "ended while in use");
         let (done, ended) = (done.into_inner(), ended.into_inner());
         assert!(done >= 5_000 && ended >= 500, "{done} uses, {ended} ends");
         assert_eq!(status(&f, 9), 0);
