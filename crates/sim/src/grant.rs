@@ -13,8 +13,9 @@
 //!
 //! A copy between one grant and a page of ours, the usual `GNTTABOP_copy`,
 //! takes no lock when the grant is not mapped: it *claims* the entry by
-//! setting both its status bits with one compare-and-swap that expects
-//! neither set, copies, and clears them. Whoever set the bits of an
+//! setting `GTF_reading` (and `GTF_writing` for a write) with one
+//! compare-and-swap that expects neither status bit set, copies, and clears
+//! them. Whoever set the bits of an
 //! unpinned entry owns them, so a pin (or a second copy) that finds them
 //! set with no pins counted waits, boundedly, for the claim to end instead
 //! of adopting bits someone else will clear. Xen would adopt bits its guest
@@ -33,6 +34,8 @@ const PAGE: u64 = abi::ring::XEN_PAGE_SIZE as u64;
 const LOCK: u32 = 1 << 31;
 const PIN_MASK: u32 = 0x7fff;
 const WRITE_SHIFT: u32 = 15;
+/// The shared flags' status bits, set while an entry is in use.
+const STATUS: u16 = GTF_READING | GTF_WRITING;
 /// Xen gives up on an entry the granter keeps changing after this many tries.
 const CAS_RETRIES: usize = 4;
 /// How long a pin waits for a copy's claim on an unpinned entry to end:
@@ -88,7 +91,7 @@ impl<'a> GrantTableView<'a> {
         let e = |_| GntStatus::GENERAL_ERROR;
         let mut flags = self.table.load_u16(off, Ordering::Acquire).map_err(e)?;
         loop {
-            if flags & (GTF_READING | GTF_WRITING) != 0 {
+            if flags & STATUS != 0 {
                 return Ok(false);
             }
             match self.table.compare_exchange_u16(off, flags, 0).map_err(e)? {
@@ -297,8 +300,7 @@ impl<'a> Hypervisor<'a> {
         mapper: DomId,
         writable: bool,
     ) -> Result<(Mfn, u16), GntStatus> {
-        let readers = pins & PIN_MASK;
-        let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
+        let (readers, writers) = pin_counts(pins);
         if readers == PIN_MASK {
             return Err(GntStatus::NO_SPACE);
         }
@@ -366,9 +368,8 @@ impl<'a> Hypervisor<'a> {
             });
         let new = match taken {
             Ok(_) => {
-                let readers = (pins & PIN_MASK) + 1;
-                let writers = ((pins >> WRITE_SHIFT) & PIN_MASK) + u32::from(writable);
-                readers | (writers << WRITE_SHIFT)
+                let (readers, writers) = pin_counts(pins);
+                (readers + 1) | ((writers + u32::from(writable)) << WRITE_SHIFT)
             }
             Err(_) => pins,
         };
@@ -434,6 +435,12 @@ impl<'a> Hypervisor<'a> {
     pub fn release(&self, p: &Pinned<'_>) {
         unpin_words(p.combo, p.active, p.writable);
     }
+}
+
+/// The read and write pins counted in an active entry's lock word.
+#[inline]
+fn pin_counts(pins: u32) -> (u32, u32) {
+    (pins & PIN_MASK, (pins >> WRITE_SHIFT) & PIN_MASK)
 }
 
 #[inline]
@@ -509,7 +516,7 @@ fn claim(combo: &AtomicU32, mapper: DomId, bits: u16, wait: bool) -> Result<bool
     let (mut changes, mut waits) = (0, 0);
     loop {
         check(cur, mapper, bits)?;
-        if cur as u16 & (GTF_READING | GTF_WRITING) != 0 {
+        if cur as u16 & STATUS != 0 {
             if !wait || waits == CLAIM_WAITS {
                 return Ok(false);
             }
@@ -531,7 +538,7 @@ fn claim(combo: &AtomicU32, mapper: DomId, bits: u16, wait: bool) -> Result<bool
             Ok(_) => return Ok(true),
             // Another claim won: waited for above, not counted against the
             // granter's changes.
-            Err(now) if now as u16 & (GTF_READING | GTF_WRITING) != 0 => cur = now,
+            Err(now) if now as u16 & STATUS != 0 => cur = now,
             Err(_) if changes + 1 == CAS_RETRIES => return Err(GntStatus::GENERAL_ERROR),
             Err(now) => {
                 changes += 1;
@@ -549,8 +556,7 @@ fn clear_status(combo: &AtomicU32, bits: u16) {
 
 fn unpin_words(combo: &AtomicU32, lock: &AtomicU32, writable: bool) {
     let pins = lock_entry(lock);
-    let readers = pins & PIN_MASK;
-    let writers = (pins >> WRITE_SHIFT) & PIN_MASK;
+    let (readers, writers) = pin_counts(pins);
     if readers == 0 || (writable && writers == 0) {
         lock.store(pins, Ordering::Release);
         return;
@@ -561,7 +567,7 @@ fn unpin_words(combo: &AtomicU32, lock: &AtomicU32, writable: bool) {
         clear |= GTF_WRITING;
     }
     if readers == 0 {
-        clear |= GTF_READING | GTF_WRITING;
+        clear |= STATUS;
     }
     if clear != 0 {
         clear_status(combo, clear);
