@@ -418,11 +418,15 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             _ => return Err(format!("guest: unknown option {a}")),
         }
     }
-    let hv = hv.ok_or("guest: --hv HV_SOCKET is needed")?;
     let token = std::env::var("DOM0KIT_TOKEN").map_err(|_| "guest: $DOM0KIT_TOKEN is not set")?;
     // Not inherited by anything we start.
     std::env::remove_var("DOM0KIT_TOKEN");
-    let dom = SimDomain::attach_guest(&hv, &token).map_err(|e| format!("guest: attach: {e}"))?;
+    // Confined, we are handed our connection (we may not reach the socket).
+    let dom = match sim::confine::inherited_hv() {
+        Some(sock) => SimDomain::attach_guest_on(sock, &token),
+        None => SimDomain::attach_guest(&hv.ok_or("guest: --hv HV_SOCKET is needed")?, &token),
+    }
+    .map_err(|e| format!("guest: attach: {e}"))?;
     let domid = dom.domid().0;
     let err = |e: &dyn std::fmt::Display| format!("guest {domid}: {e}");
     // A domain outlives neither its hypervisor nor its domain (destroy

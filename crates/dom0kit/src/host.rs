@@ -7,9 +7,11 @@
 //!
 //! The run directory holds `hv.sock`, `xenstored.sock`,
 //! `xenstored.state`, `supervisor.pid`, `ready`, the daemons' logs, and
-//! `domains/<name>/` for each guest (its log).
+//! `domains/<name>/` for each guest (its log, its kept configuration, and
+//! `export/`, the guest's own, where it serves its disks).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,6 +54,16 @@ impl RunDir {
     }
     fn domain_dir(&self, name: &str) -> PathBuf {
         self.0.join("domains").join(name)
+    }
+    /// Where guest `name` serves its disks: a link to the directory of the
+    /// domain that holds the name (`export.<domid>`, its own, and its
+    /// uid's when confined), apart from what dom0 keeps of it.
+    fn export_dir(&self, name: &str) -> PathBuf {
+        self.domain_dir(name).join("export")
+    }
+    /// Domain `domid`'s own directory, of guest `name`.
+    fn export_dir_of(&self, name: &str, domid: platform::DomId) -> PathBuf {
+        self.domain_dir(name).join(format!("export.{}", domid.0))
     }
 }
 
@@ -123,6 +135,13 @@ pub(crate) fn up(h: &HostArgs) -> Result<(), String> {
     }
     crate::parse_size(&h.machine_memory)?;
     std::fs::create_dir_all(&h.run.0).map_err(|e| format!("up: {}: {e}", h.run.0.display()))?;
+    if sim::confine::available() {
+        // Root's alone, whatever the umask: guests run as other uids and
+        // have no business with its sockets and logs (each is put in its
+        // own directory and handed its hypervisor connection).
+        std::fs::set_permissions(&h.run.0, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("up: {}: {e}", h.run.0.display()))?;
+    }
     let _ = std::fs::remove_file(h.run.ready());
     let log = std::fs::File::create(h.run.at("supervisor.log")).map_err(|e| format!("up: {e}"))?;
     let mut child = Command::new(exe()?)
@@ -469,7 +488,7 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
         return Vec::new();
     }
     let mut spawner = Spawner::new(run);
-    match dom::create(hv, xs, &config, &mut spawner) {
+    match create_guest(hv, xs, &config, &mut spawner) {
         // As `create`: its devices connect, or it goes again.
         Ok(c) => match wait_connected(xs, &c, Duration::from_secs(10)) {
             Ok(()) => eprintln!("reaper: {name} {why}; started again as domain {}", c.domid),
@@ -540,27 +559,50 @@ impl Spawner {
 impl Launch for Spawner {
     fn launch(&mut self, name: &str, domain: &NewDomain) -> Result<RingInfo, String> {
         let dir = self.run.domain_dir(name);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // Its own, not the name's: two creates of one name may both launch
+        // before one of them gets the name (see `create_guest`).
+        let export = self.run.export_dir_of(name, domain.domid);
+        let _ = std::fs::remove_dir_all(&export);
+        std::fs::create_dir_all(&export).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("guest.log")).map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe()?)
-            .arg("guest")
-            .arg("--hv")
-            .arg(self.run.hv())
-            .arg("--export-dir")
-            .arg(&dir)
-            .env("DOM0KIT_TOKEN", &domain.token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| e.to_string())?;
+        // `--hv` even when confined (the guest is handed its connection
+        // then): it tells whose host a guest is, in `ps` too.
+        let common = |c: &mut Command| {
+            c.arg("guest")
+                .arg("--hv")
+                .arg(self.run.hv())
+                .env("DOM0KIT_TOKEN", &domain.token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .process_group(0);
+        };
+        let mut child = if sim::confine::available() {
+            // Its own uid, in its own directory (which it may not be able
+            // to reach by path: it is put there).
+            let id = sim::confine::id_of(domain.domid);
+            std::os::unix::fs::chown(&export, Some(id), Some(id)).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| e.to_string())?;
+            let jail = sim::confine::Jail::new(domain.domid, &self.run.hv(), &exe()?, &export)
+                .map_err(|e| format!("confining it: {e}"))?;
+            jail.spawn(|c| {
+                common(c);
+                c.arg("--export-dir").arg(".");
+            })
+        } else {
+            let mut c = Command::new(exe()?);
+            common(&mut c);
+            c.arg("--export-dir").arg(&export).spawn()
+        }
+        .map_err(|e| e.to_string())?;
         let out = child.stdout.take().ok_or("no stdout")?;
         // One line, within a time limit: a guest that hangs is not waited for.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
+            // A line, not whatever the guest cares to write.
+            let _ = BufReader::new(out.take(256)).read_line(&mut line);
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
@@ -630,7 +672,8 @@ pub(crate) fn create(h: &HostArgs) -> Result<(), String> {
     refuse_unbuilt(&config)?;
     let (hv, mut xs) = connect(&h.run)?;
     let mut spawner = Spawner::new(&h.run);
-    let c = dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
+    let c =
+        create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
     // Not before: a refused duplicate must not overwrite the running
     // guest's.
     keep_config(&h.run, &config, &text, file.ends_with(".toml"));
@@ -738,17 +781,47 @@ fn how_name(how: dom::ShutdownRequest) -> &'static str {
     }
 }
 
-/// Removes a destroyed guest's NBD export sockets (a guest removes each
-/// when its device goes, but may be gone itself before it could).
+/// Removes a destroyed guest's export directories and their NBD sockets
+/// (a guest removes each socket when its device goes, but may be gone
+/// itself before it could).
 fn remove_exports(run: &RunDir, name: &str) {
     let Ok(entries) = std::fs::read_dir(run.domain_dir(name)) else {
         return;
     };
     for e in entries.flatten() {
-        if e.path().extension().is_some_and(|x| x == "sock") {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n == "export" || n.starts_with("export.") {
+            // A link, or a directory of the guest's: neither is followed.
             let _ = std::fs::remove_file(e.path());
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// `dom::create`, and then, the name being this domain's, its export
+/// directory published as `domains/<name>/export`.
+fn create_guest(
+    hv: &SimDomain,
+    xs: &mut Client,
+    config: &toolstack::config::DomainConfig,
+    spawner: &mut Spawner,
+) -> Result<dom::Created, dom::DomainError> {
+    let c = dom::create(hv, xs, config, spawner)?;
+    let run = &spawner.run;
+    let target = format!("export.{}", c.domid);
+    let tmp = run.domain_dir(&config.name).join(format!("{target}.link"));
+    let _ = std::fs::remove_file(&tmp);
+    // A new link renamed over the old one: never a moment without one.
+    let published = std::os::unix::fs::symlink(&target, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, run.export_dir(&config.name)));
+    if let Err(e) = published {
+        eprintln!(
+            "{}: its export directory is not published: {e}",
+            config.name
+        );
+    }
+    Ok(c)
 }
 
 /// `dom0kit block-attach DOMAIN DISKSPEC`.
@@ -981,7 +1054,8 @@ fn demo_guest(h: &HostArgs, dir: &Path) -> Result<(), String> {
     let (hv, mut xs) = connect(&h.run)?;
     let mut spawner = Spawner::new(&h.run);
     let t = Instant::now();
-    let c = dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
+    let c =
+        create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
     let made = t.elapsed();
     wait_connected(&mut xs, &c, Duration::from_secs(10))?;
     let connected = t.elapsed();
@@ -1019,7 +1093,7 @@ fn demo_guest(h: &HostArgs, dir: &Path) -> Result<(), String> {
             d.frontend_state(&mut xs)
         );
     }
-    disk_io(&h.run.domain_dir("demo").join("xvda.sock"), &disk)?;
+    disk_io(&h.run.export_dir("demo").join("xvda.sock"), &disk)?;
     println!("\n== dom0kit destroy demo");
     dom::destroy(&hv, &mut xs, "demo", Duration::from_secs(5)).map_err(|e| e.to_string())?;
     for mut child in spawner.children.drain(..) {
@@ -1113,8 +1187,8 @@ fn bench_in(h: &HostArgs, dir: &Path, guests: usize) -> Result<Vec<Duration>, St
         );
         let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let c =
-            dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
+        let c = create_guest(&hv, &mut xs, &config, &mut spawner)
+            .map_err(|e| format!("create: {e}"))?;
         wait_connected(&mut xs, &c, Duration::from_secs(20))?;
         times.push(t.elapsed());
     }
@@ -1303,9 +1377,9 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
         );
         let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
         let mut spawner = Spawner::new(&h.run);
-        let c = dom::create(&hv, &mut xs, &config, &mut spawner).map_err(|e| e.to_string())?;
+        let c = create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| e.to_string())?;
         wait_connected(&mut xs, &c, Duration::from_secs(10))?;
-        let sock = h.run.domain_dir("bench").join("xvda.sock");
+        let sock = h.run.export_dir("bench").join("xvda.sock");
         wait_for("the export", Duration::from_secs(5), || sock.exists())?;
         let r = nbd_workloads(&sock, "xvda", size).and_then(|one| {
             let uri = format!("nbd+unix:///xvda?socket={}", sock.display());

@@ -95,7 +95,9 @@ impl Host {
 
     /// The NBD URL of guest `name`'s `xvda`, once its export is there.
     fn export(&self, name: &str) -> (PathBuf, String) {
-        let sock = self.run_dir().join(format!("domains/{name}/xvda.sock"));
+        let sock = self
+            .run_dir()
+            .join(format!("domains/{name}/export/xvda.sock"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !sock.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -195,6 +197,31 @@ fn create_list_destroy_round_trip() {
     let cfg = h.config("alpha");
     let out = h.ok(&["create", cfg.to_str().unwrap()]);
     assert!(out.contains("created domain alpha (id 1)"), "{out}");
+    // Started by root, the guest runs as a uid of its own, its export
+    // directory its own (`sim::confine`).
+    if sim::confine::available() {
+        let id = sim::confine::id_of(abi::DomId(1)).to_string();
+        let pid = pid_of_guest(&h.run_dir());
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        for key in ["Uid:", "Gid:"] {
+            let ids: Vec<&str> = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            assert_eq!(ids, [id.as_str(); 4], "{key} of the guest");
+        }
+        assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+        let export = h.run_dir().join("domains/alpha/export");
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(export).unwrap());
+        assert_eq!(owner.to_string(), id);
+        // Nor can it reach dom0's sockets and logs, whatever the umask.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(h.run_dir()).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "the run directory is root's");
+    }
     // Still there a while later (its watchdog once took a refusal of the
     // hypervisor for the hypervisor being gone).
     std::thread::sleep(Duration::from_millis(1200));
@@ -807,7 +834,7 @@ fn a_disk_on_an_nbd_server_over_unix_and_tcp() {
     .unwrap();
     h.ok(&["create", cfg.to_str().unwrap()]);
     for (i, vdev) in ["xvda", "xvdb"].iter().enumerate() {
-        let sock = h.run_dir().join(format!("domains/r/{vdev}.sock"));
+        let sock = h.run_dir().join(format!("domains/r/export/{vdev}.sock"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !sock.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

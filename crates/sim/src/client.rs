@@ -75,18 +75,24 @@ fn errno(e: i32) -> Error {
 impl SimDomain {
     /// Attaches as dom0 (the hypervisor checks our uid).
     pub fn attach_dom0(socket: &Path) -> Result<SimDomain> {
-        Self::attach(socket, Request::AttachDom0)
+        Self::attach(sys::connect_seqpacket(socket)?, Request::AttachDom0)
     }
 
     /// Attaches as the guest whose token (hex, from domain creation) this is.
     pub fn attach_guest(socket: &Path, token: &str) -> Result<SimDomain> {
-        let bytes = decode_hex(token).ok_or(Error::Invalid("token"))?;
-        let token: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| Error::Invalid("token"))?;
-        Self::attach(socket, Request::AttachGuest { token })
+        Self::attach_guest_on(sys::connect_seqpacket(socket)?, token)
     }
 
-    fn attach(socket: &Path, req: Request) -> Result<SimDomain> {
-        let sock = sys::connect_seqpacket(socket)?;
+    /// Attaches as the guest of `token` over `sock`, a connection to the
+    /// hypervisor made for us (by a launcher that could reach its socket,
+    /// see [`crate::confine`]).
+    pub fn attach_guest_on(sock: OwnedFd, token: &str) -> Result<SimDomain> {
+        let bytes = decode_hex(token).ok_or(Error::Invalid("token"))?;
+        let token: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| Error::Invalid("token"))?;
+        Self::attach(sock, Request::AttachGuest { token })
+    }
+
+    fn attach(sock: OwnedFd, req: Request) -> Result<SimDomain> {
         let (reply, mut fds) = call_on(&sock, &req)?;
         let Reply::Attached {
             domid,

@@ -2,8 +2,9 @@
 //! channels, and answers the sim's hypercalls on a seqpacket socket.
 //!
 //! One thread, one epoll loop. Every connection is exactly one domain: dom0
-//! by `SO_PEERCRED` (our uid, or root), a guest by the one-time token the
-//! toolstack got when it created the domain. A malformed, oversized or
+//! by the uid that sent its attach (`SCM_CREDENTIALS`: our uid, or root),
+//! a guest by the one-time token the toolstack got when it created the
+//! domain; the attach's sender is that guest's process. A malformed, oversized or
 //! unanswerable message closes that connection only. A guest connection
 //! that closes is its domain's death: its ports close (peers see them
 //! unbound and get an event), `VIRQ_DOM_EXC` fires, and its frames return
@@ -342,9 +343,9 @@ impl Hypervisor {
                 return;
             };
             let mut fds = Vec::new();
-            let n = match sys::recv_msg(conn.fd.as_raw_fd(), &mut buf, &mut fds) {
-                Ok(0) => return self.close(c),
-                Ok(n) => n,
+            let (n, sender) = match sys::recv_msg_from(conn.fd.as_raw_fd(), &mut buf, &mut fds) {
+                Ok((0, _)) => return self.close(c),
+                Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => return self.close(c),
             };
@@ -352,7 +353,7 @@ impl Hypervisor {
             let Ok(req) = Request::decode(&buf[..n]) else {
                 return self.close(c);
             };
-            let (reply, out_fds) = match self.handle(c, req) {
+            let (reply, out_fds) = match self.handle(c, req, sender) {
                 Ok(r) => r,
                 Err(errno) => (Reply::Error { errno }, Vec::new()),
             };
@@ -405,11 +406,18 @@ impl Hypervisor {
         }
     }
 
-    fn handle(&mut self, c: u64, req: Request) -> Result<(Reply, Vec<RawFd>), i32> {
+    /// Answers `req` of connection `c`, sent by `sender` (who attaches is
+    /// judged by who sent the attach, not by who connected).
+    fn handle(
+        &mut self,
+        c: u64,
+        req: Request,
+        sender: Option<sys::Sender>,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
         let conn = self.conns.get(&c).ok_or(EINVAL)?;
         let (me, dom0) = match (conn.domid, &req) {
-            (None, Request::AttachDom0) => return self.attach_dom0(c),
-            (None, Request::AttachGuest { token }) => return self.attach_guest(c, *token),
+            (None, Request::AttachDom0) => return self.attach_dom0(c, sender),
+            (None, Request::AttachGuest { token }) => return self.attach_guest(c, *token, sender),
             (None, _) | (Some(_), Request::AttachDom0 | Request::AttachGuest { .. }) => {
                 return Err(EPERM)
             }
@@ -587,9 +595,13 @@ impl Hypervisor {
         })
     }
 
-    fn attach_dom0(&mut self, c: u64) -> Result<(Reply, Vec<RawFd>), i32> {
+    fn attach_dom0(
+        &mut self,
+        c: u64,
+        sender: Option<sys::Sender>,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
         let conn = self.conns.get_mut(&c).ok_or(EINVAL)?;
-        let (_, uid) = sys::peer_cred(conn.fd.as_raw_fd()).map_err(|_| EACCES)?;
+        let uid = sender.ok_or(EACCES)?.uid;
         if uid != sys::euid() && uid != 0 {
             return Err(EACCES);
         }
@@ -605,9 +617,16 @@ impl Hypervisor {
         Ok((reply, fds))
     }
 
-    fn attach_guest(&mut self, c: u64, token: [u8; TOKEN_LEN]) -> Result<(Reply, Vec<RawFd>), i32> {
-        let conn = self.conns.get(&c).ok_or(EINVAL)?;
-        let (pid, _) = sys::peer_cred(conn.fd.as_raw_fd()).map_err(|_| EACCES)?;
+    fn attach_guest(
+        &mut self,
+        c: u64,
+        token: [u8; TOKEN_LEN],
+        sender: Option<sys::Sender>,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
+        let pid = sender.map_or(0, |s| s.pid);
+        if pid <= 0 {
+            return Err(EACCES);
+        }
         // The process is this domain from now on; its exit is noticed
         // through the pidfd, and signals go to it, never to a reused pid.
         // Without one the domain's frames could be reused while it still

@@ -15,10 +15,13 @@
 //!
 //! Limits of the simulation: guest processes hold the machine memfd, so
 //! memory isolation between guests rests on their code mapping only their
-//! own frames; processes of the same uid can trace each other anyway.
+//! own frames. Started by root, each guest runs as its own uid
+//! ([`confine`]), so it cannot trace or signal dom0 or attach as dom0;
+//! started by anyone else, guests share dom0's uid and could do all that.
 
 pub mod bench;
 pub mod client;
+pub mod confine;
 pub mod frames;
 pub mod fuzz;
 pub mod grant;

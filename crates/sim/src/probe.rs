@@ -8,14 +8,22 @@
 //! `notify PORT`, `wait PORT MS`, `close PORT`, `echo PORT N`,
 //! `rawecho FD_IN FD_OUT N`, `hangup` (close the hv socket, keep the
 //! mappings), `exit`. Answers start with `ok`, or `err`.
+//!
+//! Started confined ([`crate::confine::Jail`]): `ids` (our uid, gid and
+//! supplementary groups), `inherited-dom0` (ask to attach as dom0 over
+//! the hv connection we were handed: `ok refused ERRNO` or `ok attached`),
+//! `inherited-attach TOKEN` (attach as our guest over it), `dom0 SOCKET`
+//! (connect and ask to be dom0), `signal PID` (signal 0).
 
 use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use abi::{DomId, GrantRef, Pfn, Port};
 use platform::{EventChannels, GrantTable, OwnMemory};
 
 use crate::client::{encode_hex, SimDomain};
+use crate::proto::{Reply, Request};
 use crate::sys;
 
 fn num<T: std::str::FromStr>(w: Option<&str>) -> Result<T, String> {
@@ -42,9 +50,83 @@ fn wait(fd: i32, ms: i32) -> Result<bool, String> {
     }
 }
 
-fn command(dom: &mut Option<SimDomain>, line: &str) -> Result<String, String> {
+/// Asks to attach as dom0 over `sock`: `refused ERRNO` or `attached`.
+fn ask_dom0(sock: &OwnedFd) -> Result<String, String> {
+    sys::send_msg(sock.as_raw_fd(), &Request::AttachDom0.encode(), &[])
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; sys::MAX_MESSAGE];
+    let n =
+        sys::recv_msg(sock.as_raw_fd(), &mut buf, &mut Vec::new()).map_err(|e| e.to_string())?;
+    match Reply::decode(&buf[..n]) {
+        Ok(Reply::Error { errno }) => Ok(format!("refused {errno}")),
+        Ok(Reply::Attached { .. }) => Ok("attached".into()),
+        _ => Err("unexpected reply".into()),
+    }
+}
+
+/// The commands of a confined probe, or `None` if `cmd` is not one.
+fn confined_command(
+    inherited: &mut Option<OwnedFd>,
+    dom: &mut Option<SimDomain>,
+    cmd: &str,
+    mut w: std::str::SplitWhitespace<'_>,
+) -> Option<Result<String, String>> {
+    let answer = match cmd {
+        "ids" => {
+            // SAFETY: plain system calls; a null list asks for the count.
+            let (uid, gid, groups) = unsafe {
+                (
+                    libc::getuid(),
+                    libc::getgid(),
+                    libc::getgroups(0, std::ptr::null_mut()),
+                )
+            };
+            Ok(format!("ok {uid} {gid} {groups}"))
+        }
+        "inherited-dom0" => inherited
+            .as_ref()
+            .ok_or_else(|| "no inherited connection".to_string())
+            .and_then(ask_dom0)
+            .map(|a| format!("ok {a}")),
+        "inherited-attach" => (|| {
+            let sock = inherited.take().ok_or("no inherited connection")?;
+            let token = w.next().ok_or("missing token")?;
+            let d = SimDomain::attach_guest_on(sock, token).map_err(|e| e.to_string())?;
+            let id = d.domid();
+            *dom = Some(d);
+            Ok(format!("ok {id}"))
+        })(),
+        "dom0" => (|| {
+            let socket = w.next().ok_or("missing socket")?;
+            let sock =
+                sys::connect_seqpacket(Path::new(socket)).map_err(|e| format!("connect: {e}"))?;
+            Ok(format!("ok {}", ask_dom0(&sock)?))
+        })(),
+        "signal" => {
+            let pid: i32 = match num(w.next()) {
+                Ok(p) => p,
+                Err(e) => return Some(Err(e)),
+            };
+            Ok(match sys::kill(pid, 0) {
+                Ok(()) => "ok delivered".into(),
+                Err(e) => format!("ok refused {}", e.raw_os_error().unwrap_or(0)),
+            })
+        }
+        _ => return None,
+    };
+    Some(answer)
+}
+
+fn command(
+    inherited: &mut Option<OwnedFd>,
+    dom: &mut Option<SimDomain>,
+    line: &str,
+) -> Result<String, String> {
     let mut w = line.split_whitespace();
     let cmd = w.next().unwrap_or("");
+    if let Some(answer) = confined_command(inherited, dom, cmd, w.clone()) {
+        return answer;
+    }
     if cmd == "attach" {
         let socket = w.next().ok_or("missing socket")?;
         let token = w.next().ok_or("missing token")?;
@@ -165,12 +247,14 @@ pub fn main() -> std::process::ExitCode {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut dom = None;
+    let mut inherited = crate::confine::inherited_hv();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if line.trim() == "exit" {
             break;
         }
-        let answer = command(&mut dom, &line).unwrap_or_else(|e| format!("err {e}"));
+        let answer =
+            command(&mut inherited, &mut dom, &line).unwrap_or_else(|e| format!("err {e}"));
         if writeln!(out, "{answer}")
             .and_then(|()| out.flush())
             .is_err()

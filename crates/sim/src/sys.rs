@@ -304,14 +304,36 @@ pub fn send_msg(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     }
 }
 
+/// Who sent a datagram, as the kernel saw it when it was sent
+/// (`SCM_CREDENTIALS`): not who connected the socket, which may have been
+/// someone else (a launcher, before it gave up its uid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// Its process (0 if it is outside our pid namespace).
+    pub pid: i32,
+    /// Its real uid.
+    pub uid: u32,
+}
+
 /// Receives one datagram into `buf`, with any descriptors attached. Returns
 /// 0 bytes at end of stream. A truncated datagram is an error.
 pub fn recv_msg(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    recv_msg_from(sock, buf, fds).map(|(n, _)| n)
+}
+
+/// As [`recv_msg`], with the sender's credentials when the socket passes
+/// them (`SO_PASSCRED`, see [`listen_seqpacket`]).
+pub fn recv_msg_from(
+    sock: RawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<(usize, Option<Sender>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut cmsg_buf = [0u64; 8];
+    // Room for MAX_FDS descriptors and one set of credentials.
+    let mut cmsg_buf = [0u64; 16];
     // SAFETY: an all-zero msghdr is valid; the fields are set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -329,19 +351,28 @@ pub fn recv_msg(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resu
             return Err(e);
         }
     };
+    let mut sender = None;
     // Take ownership of every descriptor first, so none leaks on error.
     // SAFETY: the kernel filled `msg_control` with well-formed cmsgs within
     // `msg_controllen`; the CMSG_* macros walk them.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
+            let payload = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let count =
-                    ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
-                for i in 0..count {
+                for i in 0..payload / std::mem::size_of::<RawFd>() {
                     fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
+            } else if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SCM_CREDENTIALS
+                && payload >= std::mem::size_of::<libc::ucred>()
+            {
+                let cred = libc::CMSG_DATA(c).cast::<libc::ucred>().read_unaligned();
+                sender = Some(Sender {
+                    pid: cred.pid,
+                    uid: cred.uid,
+                });
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -352,25 +383,7 @@ pub fn recv_msg(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resu
             "message truncated",
         ));
     }
-    Ok(n)
-}
-
-/// The (pid, uid) of the process at the other end of a unix socket.
-pub fn peer_cred(sock: RawFd) -> io::Result<(i32, u32)> {
-    // SAFETY: `cred` is written by getsockopt before being read.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid out-pointers of the right size.
-    cvt(unsafe {
-        libc::getsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    })?;
-    Ok((cred.pid, cred.uid))
+    Ok((n, sender))
 }
 
 /// Our effective uid.
@@ -433,9 +446,23 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A listening unix seqpacket socket at `path`.
+/// A listening unix seqpacket socket at `path`. Its connections pass
+/// each datagram's sender (`SO_PASSCRED`, inherited at accept; a datagram
+/// sent before the accept carries its sender too), for
+/// [`recv_msg_from`].
 pub fn listen_seqpacket(path: &std::path::Path) -> io::Result<OwnedFd> {
     let fd = socket()?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid pointer to an int of the size given.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
     let (addr, len) = sockaddr(path)?;
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
     cvt(unsafe {
@@ -493,6 +520,52 @@ pub fn set_inheritable(fd: RawFd) -> io::Result<()> {
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
     // SAFETY: plain fcntl.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
+/// A copy of `fd` numbered `min` or above, closed on exec.
+pub fn dup_at_least(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain fcntl.
+    let r = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Takes `fd`, inherited from whoever started us, if it is a socket; it is
+/// closed on exec from now on.
+pub fn adopt_socket(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: fstat writes `st` and only reads the descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    if fd < 0 || unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    // SAFETY: plain fcntl.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: an inherited descriptor nothing else in this process owns:
+    // it was named to us (`$DOM0KIT_HV_FD`), once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// In a child between fork and exec: moves `hv` to descriptor `at`
+/// (inherited by the exec), enters `dir`, and becomes uid and gid `id`
+/// with no supplementary groups and no way to gain privileges again. Only
+/// async-signal-safe system calls; the first failure is returned.
+pub fn become_guest(hv: RawFd, at: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
+    // SAFETY: plain system calls on descriptors and a C string we own.
+    unsafe {
+        cvt(libc::dup2(hv, at))?;
+        cvt(libc::chdir(dir.as_ptr()))?;
+        cvt(libc::setgroups(0, std::ptr::null()))?;
+        cvt(libc::setresgid(id, id, id))?;
+        cvt(libc::setresuid(id, id, id))?;
+        cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+    }
     Ok(())
 }
 

@@ -504,3 +504,68 @@ fn a_new_domain_never_sees_an_old_ones_memory() {
         assert!(page.iter().all(|&b| b == 0), "page {p} of the new domain");
     }
 }
+
+#[test]
+fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
+    if !sim::confine::available() {
+        eprintln!("skipped: confining a guest needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    let d = host
+        .dom0
+        .create_domain(&DomainConfig {
+            pages: 16,
+            grant_frames: 4,
+        })
+        .unwrap();
+    let id = sim::confine::id_of(d.domid);
+    let dir = host.dir.join("guest");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(id), Some(id)).unwrap();
+    // The guest could reach the socket itself: it is still not dom0.
+    std::fs::set_permissions(host.hv.socket(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let probe = std::path::Path::new(env!("CARGO_BIN_EXE_dom0kit-sim-probe"));
+    let jail = sim::confine::Jail::new(d.domid, host.hv.socket(), probe, &dir).unwrap();
+    let child = jail
+        .spawn(|c| {
+            c.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+        })
+        .unwrap();
+    let mut g = common::Guest::from_child(child);
+    assert_eq!(g.cmd("ids"), format!("{id} {id} 0"), "uid, gid, no groups");
+    assert_eq!(
+        g.cmd("inherited-dom0"),
+        "refused 13",
+        "a connection root made for the guest is not dom0's"
+    );
+    assert_eq!(
+        g.cmd(&format!("dom0 {}", host.hv.socket().display())),
+        "refused 13",
+        "nor is one the guest makes"
+    );
+    assert_eq!(
+        g.cmd(&format!("signal {}", std::process::id())),
+        "refused 1",
+        "the guest cannot signal dom0's processes"
+    );
+    // Over the connection it was handed, it is its own domain.
+    assert_eq!(
+        g.cmd(&format!("inherited-attach {}", d.token)),
+        d.domid.to_string()
+    );
+    g.domid = d.domid.0;
+    g.cmd("write 3 0 6a61696c");
+    let gref: u32 = g.cmd("grant 0 3 ro").parse().unwrap();
+    let spec = GrantSpec {
+        domid: d.domid,
+        gref: GrantRef(gref),
+        writable: false,
+    };
+    let map = host.dom0.map_grants(&[spec]).unwrap();
+    let mut buf = [0u8; 4];
+    map.memory().read_bytes(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"jail");
+}

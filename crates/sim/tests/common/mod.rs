@@ -92,7 +92,11 @@ impl Guest {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dom0kit-sim-probe"));
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         f(&mut cmd);
-        let mut child = cmd.spawn().unwrap();
+        Self::from_child(cmd.spawn().unwrap())
+    }
+
+    /// A probe started elsewhere, with piped standard input and output.
+    pub fn from_child(mut child: Child) -> Guest {
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Guest {
