@@ -104,7 +104,7 @@ pub fn run(probe: &[OsString], rounds: u32) -> Result<Vec<Row>, String> {
     let (round_trips, copies) = if rounds == 0 {
         (200, 20)
     } else {
-        (20_000 * rounds, 2_000 * rounds)
+        (20_000 * rounds, 20_000 * rounds)
     };
     let dir = std::env::temp_dir().join(format!("dom0kit-bench-sim-{}", std::process::id()));
     let config = HvConfig {
@@ -273,7 +273,7 @@ fn grants(dom0: &SimDomain, g: &mut Probe, domid: DomId, rounds: u32) -> Result<
     let mut best_copy = Duration::MAX;
     let mut best_memcpy = Duration::MAX;
     let mut best_empty = Duration::MAX;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..rounds {
             dom0.copy_grants(&mut ops).map_err(err)?;

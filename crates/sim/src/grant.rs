@@ -148,6 +148,22 @@ pub struct Pinned<'a> {
 }
 
 /// One grant entry's words, looked up once.
+/// A copy's claim on an unmapped grant (`Hypervisor::claim_for_copy`):
+/// its status bits are set until it is dropped, a panic included.
+#[must_use]
+struct Claim<'a> {
+    combo: &'a AtomicU32,
+    bits: u16,
+    /// The grant's frame.
+    mfn: Mfn,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        clear_status(self.combo, self.bits);
+    }
+}
+
 struct Entry<'a> {
     combo: &'a AtomicU32,
     frame: &'a AtomicU32,
@@ -382,6 +398,36 @@ impl<'a> Hypervisor<'a> {
         })
     }
 
+    /// Claims `granter`'s grant `gref` for one copy by `mapper`, without
+    /// the entry's lock: the grant's frame is the copy's until the claim
+    /// is dropped (the granter's `end_access` fails meanwhile). `None` if
+    /// the grant is mapped or claimed already: then
+    /// [`with_grant`](Self::with_grant) takes it under the lock, or waits
+    /// for the claim. (Claiming a batch's grants all at once, then copying,
+    /// then dropping the claims was measured slower: 30 ns a copy against
+    /// 17.) Always inlined: as a call, its result went through memory and
+    /// a copy cost 24 ns.
+    #[inline(always)]
+    fn claim_for_copy(
+        &self,
+        g: &Granter,
+        gref: GrantRef,
+        mapper: DomId,
+        writable: bool,
+    ) -> Result<Option<Claim<'a>>, GntStatus> {
+        let e = self.entry(g, gref)?;
+        let bits = status_bits(writable);
+        if !claim(e.combo, mapper, bits, false)? {
+            return Ok(None);
+        }
+        let mfn = self.claimed_frame(g, &e, bits)?;
+        Ok(Some(Claim {
+            combo: e.combo,
+            bits,
+            mfn,
+        }))
+    }
+
     /// Runs `f` on the frame of `granter`'s grant `gref` with the status
     /// bits set as for a pin (so the granter's `end_access` fails
     /// meanwhile): what a single `GNTTABOP_copy` needs. An unmapped grant is
@@ -398,14 +444,10 @@ impl<'a> Hypervisor<'a> {
         writable: bool,
         f: impl FnOnce(Mfn) -> R,
     ) -> Result<R, GntStatus> {
-        let e = self.entry(g, gref)?;
-        let bits = status_bits(writable);
-        if claim(e.combo, mapper, bits, false)? {
-            let mfn = self.claimed_frame(g, &e, bits)?;
-            let r = f(mfn);
-            clear_status(e.combo, bits);
-            return Ok(r);
+        if let Some(c) = self.claim_for_copy(g, gref, mapper, writable)? {
+            return Ok(f(c.mfn));
         }
+        let e = self.entry(g, gref)?;
         let pins = lock_entry(e.lock);
         let result = self.take(g, &e, pins, mapper, writable).map(|(mfn, bits)| {
             let r = f(mfn);
@@ -708,6 +750,20 @@ mod tests {
 
     fn status(f: &Fixture, gref: u32) -> u16 {
         f.table().flags(GrantRef(gref)).unwrap() & (GTF_READING | GTF_WRITING)
+    }
+
+    #[test]
+    fn a_copy_that_panics_lets_go_of_its_grant() {
+        let f = Fixture::new();
+        let (hv, t) = (f.hv(), f.table());
+        let g = hv.granter(DomId(1), false).unwrap();
+        t.grant(GrantRef(5), DomId(2), Pfn(2), false).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hv.with_grant(&g, GrantRef(5), DomId(2), true, |_| panic!("in the copy"))
+        }));
+        assert!(r.is_err());
+        assert_eq!(status(&f, 5), 0, "the claim's bits went with the panic");
+        assert_eq!(t.end_access(GrantRef(5)), Ok(true));
     }
 
     #[test]
