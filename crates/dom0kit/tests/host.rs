@@ -125,8 +125,9 @@ impl Host {
         d.physinfo().unwrap().1
     }
 
-    /// Event channels (eventfds) the hv and the backend hold: each port
-    /// is one in the hv, and one in the process that bound it.
+    /// Event channels (ends of event pipes) the hv and the backend hold:
+    /// each port is a write end in the hv, a read end in the process that
+    /// bound it, and a write end in its peer's once it notified.
     fn eventfds(&self) -> usize {
         let me = self.run_dir().display().to_string();
         let mut n = 0;
@@ -145,7 +146,7 @@ impl Host {
                 .flatten()
             {
                 if std::fs::read_link(fd.path())
-                    .is_ok_and(|l| l.to_string_lossy().contains("eventfd"))
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"))
                 {
                     n += 1;
                 }

@@ -178,7 +178,7 @@ fn evtchn_round_trip(
             .map_err(err)?
             .then_some(())
             .ok_or("event lost")?;
-        sys::eventfd_clear(fd).map_err(err)?;
+        sys::event_clear(fd).map_err(err)?;
         Ok(())
     };
     // Interleave the two in 20 chunks and add up each side, so that both

@@ -3,7 +3,7 @@
 //!
 //! Hypercalls that change the hypervisor's books (ports, domains, pages)
 //! are requests on the socket. What Xen does on the fast path is done in
-//! place: a notify writes the peer's eventfd; granting writes our own grant
+//! place: a notify writes the peer's event pipe; granting writes our own grant
 //! table; mapping and copying grants (dom0 only) pin entries in the control
 //! area and map frames of the machine memfd ([`crate::grant`]).
 
@@ -31,7 +31,8 @@ const GREF_BLOCK: u32 = 64;
 
 struct PortFds {
     recv: OwnedFd,
-    /// The peer's eventfd and the binding generation it belongs to.
+    /// Our write end of the peer's event pipe and the binding generation
+    /// it belongs to.
     send: Option<(u32, OwnedFd)>,
 }
 
@@ -697,7 +698,7 @@ impl EventChannels for SimDomain {
             let p = ports.get(&port.0).ok_or(Error::BadPort(port))?;
             if let Some((g, fd)) = &p.send {
                 if *g == generation {
-                    sys::eventfd_signal(fd.as_raw_fd())?;
+                    sys::event_signal(fd.as_raw_fd())?;
                     return Ok(());
                 }
             }
@@ -711,7 +712,7 @@ impl EventChannels for SimDomain {
         let p = ports.get_mut(&port.0).ok_or(Error::BadPort(port))?;
         p.send = match (bound, fds.pop()) {
             (true, Some(fd)) => {
-                sys::eventfd_signal(fd.as_raw_fd())?;
+                sys::event_signal(fd.as_raw_fd())?;
                 Some((generation, fd))
             }
             // Unbound: the event is dropped, as Xen drops it.
@@ -735,7 +736,7 @@ impl EventChannels for SimDomain {
     fn ack(&self, port: Port) -> Result<bool> {
         let ports = lock(&self.inner.ports);
         let p = ports.get(&port.0).ok_or(Error::BadPort(port))?;
-        Ok(sys::eventfd_clear(p.recv.as_raw_fd())?)
+        Ok(sys::event_clear(p.recv.as_raw_fd())?)
     }
 
     fn wait(&self, port: Port, timeout_ms: i32) -> Result<bool> {
@@ -745,7 +746,7 @@ impl EventChannels for SimDomain {
         if !sys::wait_readable(fd.as_raw_fd(), timeout_ms)? {
             return Ok(false);
         }
-        Ok(sys::eventfd_clear(fd.as_raw_fd())?)
+        Ok(sys::event_clear(fd.as_raw_fd())?)
     }
 }
 

@@ -19,8 +19,7 @@
 //!
 //! What this does not confine: a guest's process still holds the machine
 //! memfd (the sim's design maps each domain's memory from it), so one that
-//! makes its own system calls can map any frame; and it shares its
-//! event-channel eventfds' file status flags with its peers.
+//! makes its own system calls can map any frame.
 
 use std::ffi::CString;
 use std::io;
@@ -99,12 +98,13 @@ impl Jail {
         cmd.arg0(&self.arg0);
         configure(&mut cmd);
         cmd.env(HV_FD_VAR, HV_FD.to_string());
-        let (hv, id, dir) = (self.hv.as_raw_fd(), self.id, self.dir.clone());
-        // SAFETY: the closure makes only async-signal-safe system calls on
-        // values prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || sys::become_guest(hv, HV_FD, &dir, id));
-        }
+        sys::exec_as_guest(
+            &mut cmd,
+            self.hv.as_raw_fd(),
+            HV_FD,
+            self.dir.clone(),
+            self.id,
+        );
         let child = cmd.spawn();
         // Our copies close here; the child has its own.
         drop(self);

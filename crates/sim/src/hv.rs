@@ -82,8 +82,9 @@ enum Binding {
 
 struct PortState {
     binding: Binding,
-    /// The eventfd that this port's owner polls.
-    fd: OwnedFd,
+    /// Our write end of the port's event pipe (its owner has the read
+    /// end, and each peer a write end of its own, `sys::event_writer`).
+    write: OwnedFd,
     /// The dom0 connection that owns the port (dom0 has many processes).
     owner: Option<u64>,
 }
@@ -151,6 +152,9 @@ pub struct Hypervisor {
     listener: OwnedFd,
     epoll: Epoll,
     stop: OwnedFd,
+    /// Descriptors made for the reply being sent (a peer's own write end
+    /// of an event pipe), closed once it is.
+    outgoing: Vec<OwnedFd>,
 }
 
 /// Connections that have not attached yet, at most.
@@ -249,6 +253,7 @@ impl Hypervisor {
             listener,
             epoll,
             stop,
+            outgoing: Vec::new(),
         };
         let pages = hv.config.dom0_pages;
         hv.create_domain(DomId(0), pages, layout::MAX_GRANT_FRAMES as u32)
@@ -360,7 +365,9 @@ impl Hypervisor {
             let Some(conn) = self.conns.get(&c) else {
                 return;
             };
-            if sys::send_msg(conn.fd.as_raw_fd(), &reply.encode(), &out_fds).is_err() {
+            let sent = sys::send_msg(conn.fd.as_raw_fd(), &reply.encode(), &out_fds);
+            self.outgoing.clear();
+            if sent.is_err() {
                 return self.close(c);
             }
         }
@@ -846,10 +853,19 @@ impl Hypervisor {
             return Err(ENOSPC);
         }
         let port = d.free_port().ok_or(ENOSPC)?;
-        let fd = sys::eventfd().map_err(|_| ENOMEM)?;
-        let raw = fd.as_raw_fd();
-        d.ports.insert(port, PortState { binding, fd, owner });
+        let (read, write) = sys::event_pipe().map_err(|_| ENOMEM)?;
+        let raw = read.as_raw_fd();
+        d.ports.insert(
+            port,
+            PortState {
+                binding,
+                write,
+                owner,
+            },
+        );
         d.bump_generation(port);
+        // The read end is the owner's alone: ours goes once it is sent.
+        self.outgoing.push(read);
         Ok((port, raw))
     }
 
@@ -908,12 +924,16 @@ impl Hypervisor {
             remote: me,
             remote_port: Port(port),
         };
-        let peer_fd = rp.fd.as_raw_fd();
+        let peer_fd = sys::event_writer(&rp.write).map_err(|_| ENOMEM)?;
         r.bump_generation(remote_port.0);
         // Events sent to the unbound port were dropped; as Xen does, make
         // the new port pending so that its owner looks.
-        let _ = sys::eventfd_signal(fd);
-        Ok((Reply::Port(Port(port)), vec![fd, peer_fd]))
+        if let Some(p) = self.domains.get(&me.0).and_then(|d| d.ports.get(&port)) {
+            let _ = sys::event_signal(p.write.as_raw_fd());
+        }
+        let peer_raw = peer_fd.as_raw_fd();
+        self.outgoing.push(peer_fd);
+        Ok((Reply::Port(Port(port)), vec![fd, peer_raw]))
     }
 
     fn bind_virq(
@@ -951,7 +971,12 @@ impl Hypervisor {
         }
     }
 
-    fn peer(&self, me: DomId, owner: Option<u64>, port: Port) -> Result<(Reply, Vec<RawFd>), i32> {
+    fn peer(
+        &mut self,
+        me: DomId,
+        owner: Option<u64>,
+        port: Port,
+    ) -> Result<(Reply, Vec<RawFd>), i32> {
         self.check_port_owner(me, owner, port)?;
         let d = self.domains.get(&me.0).ok_or(ESRCH)?;
         let generation = d
@@ -970,7 +995,9 @@ impl Hypervisor {
                 .get(&remote.0)
                 .and_then(|r| r.ports.get(&remote_port.0))
             {
-                let fd = rp.fd.as_raw_fd();
+                let w = sys::event_writer(&rp.write).map_err(|_| ENOMEM)?;
+                let fd = w.as_raw_fd();
+                self.outgoing.push(w);
                 return Ok((
                     Reply::Peer {
                         bound: true,
@@ -1007,7 +1034,7 @@ impl Hypervisor {
             if let Some(r) = self.domains.get_mut(&remote.0) {
                 if let Some(rp) = r.ports.get_mut(&remote_port.0) {
                     rp.binding = Binding::Unbound { remote: me };
-                    let _ = sys::eventfd_signal(rp.fd.as_raw_fd());
+                    let _ = sys::event_signal(rp.write.as_raw_fd());
                     r.bump_generation(remote_port.0);
                 }
             }
@@ -1054,7 +1081,7 @@ impl Hypervisor {
         if let Some(dom0) = self.domains.get(&0) {
             for p in dom0.ports.values() {
                 if matches!(p.binding, Binding::Virq(abi::xen::VIRQ_DOM_EXC)) {
-                    let _ = sys::eventfd_signal(p.fd.as_raw_fd());
+                    let _ = sys::event_signal(p.write.as_raw_fd());
                 }
             }
         }

@@ -7,8 +7,9 @@
 //!   contiguity differ from machine contiguity.
 //! * Grant tables v1 live in frames the granter owns; mapping follows Xen's
 //!   flag protocol ([`grant`]), done in place by privileged processes.
-//! * Event channels are eventfds handed out with `SCM_RIGHTS`; a notify is a
-//!   write to the peer's eventfd and costs no round trip.
+//! * Event channels are pipes handed out with `SCM_RIGHTS` (the owner has
+//!   the read end, each peer a write end of its own); a notify is a write
+//!   to the peer's pipe and costs no round trip.
 //! * The hv daemon ([`hv`]) owns domains and ports and serves a seqpacket
 //!   socket ([`proto`]); every process attaches as one domain
 //!   ([`client::SimDomain`], which implements the `platform` traits).

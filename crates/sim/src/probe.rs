@@ -13,7 +13,9 @@
 //! supplementary groups), `inherited-dom0` (ask to attach as dom0 over
 //! the hv connection we were handed: `ok refused ERRNO` or `ok attached`),
 //! `inherited-attach TOKEN` (attach as our guest over it), `dom0 SOCKET`
-//! (connect and ask to be dom0), `signal PID` (signal 0).
+//! (connect and ask to be dom0), `signal PID` (signal 0). A hostile
+//! guest: `jam PORT` (make the port's event object blocking and try to
+//! fill it).
 
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -43,7 +45,7 @@ fn hex(s: Option<&str>) -> Result<Vec<u8>, String> {
 
 fn wait(fd: i32, ms: i32) -> Result<bool, String> {
     if sys::wait_readable(fd, ms).map_err(|e| e.to_string())? {
-        sys::eventfd_clear(fd).map_err(|e| e.to_string())?;
+        sys::event_clear(fd).map_err(|e| e.to_string())?;
         Ok(true)
     } else {
         Ok(false)
@@ -73,14 +75,7 @@ fn confined_command(
 ) -> Option<Result<String, String>> {
     let answer = match cmd {
         "ids" => {
-            // SAFETY: plain system calls; a null list asks for the count.
-            let (uid, gid, groups) = unsafe {
-                (
-                    libc::getuid(),
-                    libc::getgid(),
-                    libc::getgroups(0, std::ptr::null_mut()),
-                )
-            };
+            let (uid, gid, groups) = sys::ids();
             Ok(format!("ok {uid} {gid} {groups}"))
         }
         "inherited-dom0" => inherited
@@ -207,6 +202,14 @@ fn command(
             .map(|()| "ok".into())
             .map_err(e),
         "hangup" => d.hang_up_hv().map(|()| "ok".into()).map_err(e),
+        "jam" => {
+            // What a hostile guest can do to the event object it polls:
+            // make it blocking and, were it an eventfd, fill it.
+            let fd = d.pollable(Port(num(w.next())?)).map_err(e)?;
+            sys::set_blocking(fd.as_raw_fd()).map_err(|x| x.to_string())?;
+            let filled = sys::write_u64(fd.as_raw_fd(), u64::MAX - 1);
+            Ok(format!("ok {filled}"))
+        }
         "shutdown" => {
             let r = platform::ShutdownReason::from_code(num(w.next())?).ok_or("no such reason")?;
             platform::Schedule::shutdown(d, r)

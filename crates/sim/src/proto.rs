@@ -164,10 +164,11 @@ pub enum Reply {
         /// How many.
         count: u32,
     },
-    /// A port; descriptors: its receive eventfd, and for a bound
-    /// interdomain port the peer's.
+    /// A port; descriptors: the read end of its event pipe, and for a
+    /// bound interdomain port a write end of the peer's.
     Port(Port),
-    /// The peer of a port; descriptor: the peer's eventfd, if bound.
+    /// The peer of a port; descriptor: a write end of the peer's event
+    /// pipe, if bound.
     Peer {
         /// Whether the port is bound (a descriptor follows).
         bound: bool,

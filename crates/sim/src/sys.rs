@@ -216,19 +216,80 @@ pub fn eventfd_signal(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Reads and clears an eventfd; whether it was signalled.
-pub fn eventfd_clear(fd: RawFd) -> io::Result<bool> {
-    let mut v: u64 = 0;
-    // SAFETY: reads 8 bytes into a live u64.
-    let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-    if r == 8 {
-        return Ok(true);
+/// Bytes an event pipe holds (one page): a port nobody reads costs no more.
+const EVENT_PIPE_SIZE: libc::c_int = 4096;
+
+/// A port's event object: a pipe, both ends non-blocking. Its owner
+/// polls and drains the read end; whoever may signal it gets a write end
+/// of its own ([`event_writer`]). Unlike an eventfd, whose one file
+/// description every holder shares (so that any of them can make it
+/// blocking, fill it and leave the next writer stuck, or read the owner's
+/// events away), no holder can change another's end or read from a
+/// write end.
+pub fn event_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: a valid out-array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: fresh descriptors, owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: plain fcntl. Failing leaves the default size: not worth failing for.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, EVENT_PIPE_SIZE) };
+    Ok((r, w))
+}
+
+/// A write end of the event pipe whose write end `w` is, with a file
+/// description of its own (non-blocking whatever other holders do).
+pub fn event_writer(w: &OwnedFd) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", w.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid C string; plain open.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Signals an event pipe (an event-channel notification). A full pipe is
+/// an event pending already, a pipe nobody reads any more a port gone:
+/// neither is an error, as Xen drops events to closed ports.
+pub fn event_signal(w: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: writes one byte from a live buffer.
+        if unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) } == 1 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::EPIPE) => return Ok(()),
+            _ => return Err(e),
+        }
     }
-    let e = io::Error::last_os_error();
-    if e.kind() == io::ErrorKind::WouldBlock {
-        Ok(false)
-    } else {
-        Err(e)
+}
+
+/// Clears an event pipe's read end (or an eventfd); whether anything was
+/// pending. One read: it takes all an event pipe holds (should the pipe
+/// be larger, what is left only makes the port look pending again), and
+/// never a second, which would block on a descriptor its owner made
+/// blocking.
+pub fn event_clear(r: RawFd) -> io::Result<bool> {
+    let mut buf = [0u8; EVENT_PIPE_SIZE as usize];
+    loop {
+        // SAFETY: reads into a live buffer of its length.
+        let n = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(false),
+            _ => return Err(e),
+        }
     }
 }
 
@@ -552,11 +613,57 @@ pub fn adopt_socket(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Makes `cmd`'s child [`become_guest`] between its fork and its exec.
+pub fn exec_as_guest(
+    cmd: &mut std::process::Command,
+    hv: RawFd,
+    at: RawFd,
+    dir: std::ffi::CString,
+    id: u32,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure makes only async-signal-safe system calls on
+    // values prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || become_guest(hv, at, &dir, id));
+    }
+}
+
+/// Our real uid and gid, and how many supplementary groups we have.
+pub fn ids() -> (u32, u32, i32) {
+    // SAFETY: plain system calls; a null list asks for the count.
+    unsafe {
+        (
+            libc::getuid(),
+            libc::getgid(),
+            libc::getgroups(0, std::ptr::null_mut()),
+        )
+    }
+}
+
+/// Clears `O_NONBLOCK` on `fd`'s file description (what a hostile
+/// holder of a shared descriptor could do to the others).
+pub fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: plain fcntl.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// Writes `v` to `fd` as 8 bytes (an eventfd's counter, say); the bytes
+/// written, or none.
+pub fn write_u64(fd: RawFd, v: u64) -> usize {
+    // SAFETY: writes 8 bytes from a live u64.
+    let r = unsafe { libc::write(fd, (&v as *const u64).cast(), 8) };
+    r.max(0) as usize
+}
+
 /// In a child between fork and exec: moves `hv` to descriptor `at`
 /// (inherited by the exec), enters `dir`, and becomes uid and gid `id`
 /// with no supplementary groups and no way to gain privileges again. Only
 /// async-signal-safe system calls; the first failure is returned.
-pub fn become_guest(hv: RawFd, at: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
+fn become_guest(hv: RawFd, at: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors and a C string we own.
     unsafe {
         cvt(libc::dup2(hv, at))?;

@@ -204,6 +204,35 @@ fn closing_one_end_unbinds_and_notifies_the_other_which_can_be_bound_again() {
 }
 
 #[test]
+fn a_guest_that_jams_its_event_object_blocks_neither_dom0_nor_the_hv() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let gport: u32 = g.cmd("unbound 0").parse().unwrap();
+    let port = host
+        .dom0
+        .bind_interdomain(DomId(g.domid), Port(gport))
+        .unwrap();
+    g.cmd(&format!("jam {gport}"));
+    // More notifies than any event object holds, then the hv's own signal
+    // to the guest's port (dom0 closing its end): none may block.
+    let dom0 = host.dom0.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let notified = (0..10_000).all(|_| dom0.notify(port).is_ok());
+        let closed = dom0.close(port).is_ok();
+        let served = dom0.list_domains().is_ok();
+        let _ = done.send(notified && closed && served);
+    });
+    assert_eq!(
+        finished.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(true),
+        "dom0 and the hv went on"
+    );
+    // The guest got its events all the same.
+    assert_eq!(g.cmd(&format!("wait {gport} 0")), "event");
+}
+
+#[test]
 fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps() {
     let host = Host::new();
     let virq = host.dom0.bind_virq(abi::xen::VIRQ_DOM_EXC).unwrap();
