@@ -470,7 +470,7 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
     }
     let _ = dom::destroy(hv, xs, &domid.to_string(), Duration::from_millis(500));
     if let Some(n) = &name {
-        remove_exports(run, n);
+        remove_exports(run, n, domid);
     }
     let restart = matches!(
         action,
@@ -487,7 +487,7 @@ fn after(run: &RunDir, hv: &SimDomain, xs: &mut Client, domid: u16, ended: Ended
         eprintln!("reaper: {name} {why} {limit} times within a minute; not starting it again");
         return Vec::new();
     }
-    let mut spawner = Spawner::new(run);
+    let mut spawner = Spawner::new(run, hv);
     match create_guest(hv, xs, &config, &mut spawner) {
         // As `create`: its devices connect, or it goes again.
         Ok(c) => match wait_connected(xs, &c, Duration::from_secs(10)) {
@@ -544,14 +544,20 @@ pub(crate) struct Spawner {
     run: RunDir,
     /// The processes started (for the caller to reap, if it waits).
     pub(crate) children: Vec<Child>,
+    /// The domains launched, by name.
+    launched: Vec<(String, platform::DomId)>,
+    /// The hypervisor, which tells the uid of a guest to confine.
+    hv: SimDomain,
 }
 
 impl Spawner {
-    /// Guests of the host in `run`.
-    pub(crate) fn new(run: &RunDir) -> Spawner {
+    /// Guests of the host in `run`, whose hypervisor `hv` is.
+    pub(crate) fn new(run: &RunDir, hv: &SimDomain) -> Spawner {
         Spawner {
             run: run.clone(),
             children: Vec::new(),
+            launched: Vec::new(),
+            hv: hv.clone(),
         }
     }
 }
@@ -564,6 +570,13 @@ impl Launch for Spawner {
         let export = self.run.export_dir_of(name, domain.domid);
         let _ = std::fs::remove_dir_all(&export);
         std::fs::create_dir_all(&export).map_err(|e| e.to_string())?;
+        self.launched.push((name.to_string(), domain.domid));
+        // dom0's alone, above the guest's own directory: its kept
+        // configuration and log are no business of any guest's.
+        for d in [self.run.0.join("domains"), dir.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| e.to_string())?;
+        }
         let log = std::fs::File::create(dir.join("guest.log")).map_err(|e| e.to_string())?;
         // `--hv` even when confined (the guest is handed its connection
         // then): it tells whose host a guest is, in `ps` too.
@@ -574,18 +587,17 @@ impl Launch for Spawner {
                 .env("DOM0KIT_TOKEN", &domain.token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(log)
-                .process_group(0);
+                .stderr(log);
         };
-        let mut child = if sim::confine::available() {
+        let mut child = if let Some(id) = self.hv.guest_id(domain.domid) {
             // Its own uid, in its own directory (which it may not be able
             // to reach by path: it is put there).
-            let id = sim::confine::id_of(domain.domid);
             std::os::unix::fs::chown(&export, Some(id), Some(id)).map_err(|e| e.to_string())?;
             std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| e.to_string())?;
-            let jail = sim::confine::Jail::new(domain.domid, &self.run.hv(), &exe()?, &export)
+            let jail = sim::confine::Jail::new(id, &self.run.hv(), &exe()?, &export)
                 .map_err(|e| format!("confining it: {e}"))?;
+            // A session of its own, so a group of its own too.
             jail.spawn(|c| {
                 common(c);
                 c.arg("--export-dir").arg(".");
@@ -593,7 +605,7 @@ impl Launch for Spawner {
         } else {
             let mut c = Command::new(exe()?);
             common(&mut c);
-            c.arg("--export-dir").arg(&export).spawn()
+            c.arg("--export-dir").arg(&export).process_group(0).spawn()
         }
         .map_err(|e| e.to_string())?;
         let out = child.stdout.take().ok_or("no stdout")?;
@@ -671,7 +683,7 @@ pub(crate) fn create(h: &HostArgs) -> Result<(), String> {
     check_targets(&config)?;
     refuse_unbuilt(&config)?;
     let (hv, mut xs) = connect(&h.run)?;
-    let mut spawner = Spawner::new(&h.run);
+    let mut spawner = Spawner::new(&h.run, &hv);
     let c =
         create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
     // Not before: a refused duplicate must not overwrite the running
@@ -733,15 +745,16 @@ pub(crate) fn destroy(h: &HostArgs) -> Result<(), String> {
     };
     let (hv, mut xs) = connect(&h.run)?;
     // Its name, for its exports (NAME or ID may be given).
-    let named = dom::find(&mut xs, name)
-        .ok()
-        .flatten()
-        .and_then(|id| xs.read(Tx::NONE, &format!("/local/domain/{id}/name")).ok())
-        .and_then(|v| String::from_utf8(v).ok());
+    let named = dom::find(&mut xs, name).ok().flatten().and_then(|id| {
+        let n = xs
+            .read(Tx::NONE, &format!("/local/domain/{id}/name"))
+            .ok()?;
+        Some((String::from_utf8(n).ok()?, id))
+    });
     dom::destroy(&hv, &mut xs, name, Duration::from_secs(5))
         .map_err(|e| format!("destroy: {e}"))?;
-    if let Some(n) = named {
-        remove_exports(&h.run, &n);
+    if let Some((n, id)) = named {
+        remove_exports(&h.run, &n, id);
     }
     Ok(())
 }
@@ -781,22 +794,18 @@ fn how_name(how: dom::ShutdownRequest) -> &'static str {
     }
 }
 
-/// Removes a destroyed guest's export directories and their NBD sockets
-/// (a guest removes each socket when its device goes, but may be gone
-/// itself before it could).
-fn remove_exports(run: &RunDir, name: &str) {
-    let Ok(entries) = std::fs::read_dir(run.domain_dir(name)) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        if n == "export" || n.starts_with("export.") {
-            // A link, or a directory of the guest's: neither is followed.
-            let _ = std::fs::remove_file(e.path());
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+/// Removes destroyed domain `domid`'s export directory (guest `name`'s)
+/// and its NBD sockets (a guest removes each socket when its device goes,
+/// but may be gone itself before it could), and the name's link if it is
+/// to that directory: another domain may have the name by now.
+fn remove_exports(run: &RunDir, name: &str, domid: u16) {
+    let own = format!("export.{domid}");
+    let link = run.export_dir(name);
+    if std::fs::read_link(&link).is_ok_and(|t| t.as_os_str() == own.as_str()) {
+        let _ = std::fs::remove_file(&link);
     }
+    // Not followed, should the guest have left links in it.
+    let _ = std::fs::remove_dir_all(run.domain_dir(name).join(own));
 }
 
 /// `dom::create`, and then, the name being this domain's, its export
@@ -807,7 +816,18 @@ fn create_guest(
     config: &toolstack::config::DomainConfig,
     spawner: &mut Spawner,
 ) -> Result<dom::Created, dom::DomainError> {
-    let c = dom::create(hv, xs, config, spawner)?;
+    let before = spawner.launched.len();
+    let c = match dom::create(hv, xs, config, spawner) {
+        Ok(c) => c,
+        Err(e) => {
+            // What it launched is destroyed again (a lost race for the
+            // name, say): so is the directory it made.
+            for (name, domid) in spawner.launched.drain(before..) {
+                remove_exports(&spawner.run, &name, domid.0);
+            }
+            return Err(e);
+        }
+    };
     let run = &spawner.run;
     let target = format!("export.{}", c.domid);
     let tmp = run.domain_dir(&config.name).join(format!("{target}.link"));
@@ -1052,7 +1072,7 @@ fn demo_guest(h: &HostArgs, dir: &Path) -> Result<(), String> {
     println!("\n== config ({})\n{text}", cfg.display());
     let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
     let (hv, mut xs) = connect(&h.run)?;
-    let mut spawner = Spawner::new(&h.run);
+    let mut spawner = Spawner::new(&h.run, &hv);
     let t = Instant::now();
     let c =
         create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| format!("create: {e}"))?;
@@ -1174,7 +1194,7 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
 
 fn bench_in(h: &HostArgs, dir: &Path, guests: usize) -> Result<Vec<Duration>, String> {
     let (hv, mut xs) = connect(&h.run)?;
-    let mut spawner = Spawner::new(&h.run);
+    let mut spawner = Spawner::new(&h.run, &hv);
     let mut times = Vec::new();
     for i in 0..guests {
         let disk = dir.join(format!("g{i}.img"));
@@ -1376,7 +1396,7 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
             if o_direct { ",direct-io-safe" } else { "" }
         );
         let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
-        let mut spawner = Spawner::new(&h.run);
+        let mut spawner = Spawner::new(&h.run, &hv);
         let c = create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| e.to_string())?;
         wait_connected(&mut xs, &c, Duration::from_secs(10))?;
         let sock = h.run.export_dir("bench").join("xvda.sock");

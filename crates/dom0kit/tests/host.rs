@@ -201,7 +201,8 @@ fn create_list_destroy_round_trip() {
     // Started by root, the guest runs as a uid of its own, its export
     // directory its own (`sim::confine`).
     if sim::confine::available() {
-        let id = sim::confine::id_of(abi::DomId(1)).to_string();
+        let hv = sim::SimDomain::attach_dom0(&h.run_dir().join("hv.sock")).unwrap();
+        let id = hv.guest_id(abi::DomId(1)).unwrap().to_string();
         let pid = pid_of_guest(&h.run_dir());
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         for key in ["Uid:", "Gid:"] {

@@ -40,6 +40,8 @@ struct Inner {
     sock: Mutex<OwnedFd>,
     domid: DomId,
     pages: u64,
+    /// The first uid of the host's confined guests (0: not confined).
+    guest_ids: u32,
     machine_fd: OwnedFd,
     /// All of machine memory (dom0 only).
     machine: Option<Mapping>,
@@ -100,6 +102,7 @@ impl SimDomain {
             pages,
             machine_pages,
             max_slots,
+            guest_ids,
             grant_frames,
         } = reply
         else {
@@ -143,6 +146,7 @@ impl SimDomain {
                 sock: Mutex::new(sock),
                 domid,
                 pages,
+                guest_ids,
                 machine_fd,
                 machine,
                 control,
@@ -154,6 +158,12 @@ impl SimDomain {
                 holds: Mutex::new(BTreeMap::new()),
             }),
         })
+    }
+
+    /// The uid and gid `domid`'s process must run as, if the host confines
+    /// its guests (`crate::confine`).
+    pub fn guest_id(&self, domid: DomId) -> Option<u32> {
+        (self.inner.guest_ids != 0).then(|| self.inner.guest_ids + u32::from(domid.0))
     }
 
     fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {

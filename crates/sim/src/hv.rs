@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 
 use abi::{DomId, Mfn, Pfn, Port};
 
+use crate::confine;
 use crate::frames::{Frames, Policy};
 use crate::layout::{self, info, slot, Control, NR_PORTS};
 use crate::proto::{ListedDomain, Reply, Request, TOKEN_LEN};
@@ -152,6 +153,8 @@ pub struct Hypervisor {
     listener: OwnedFd,
     epoll: Epoll,
     stop: OwnedFd,
+    /// The uids of the guests of this host, when they are confined.
+    guest_ids: Option<confine::IdBlock>,
     /// Descriptors made for the reply being sent (a peer's own write end
     /// of an event pipe), closed once it is.
     outgoing: Vec<OwnedFd>,
@@ -254,6 +257,7 @@ impl Hypervisor {
             epoll,
             stop,
             outgoing: Vec::new(),
+            guest_ids: confine::IdBlock::claim()?,
         };
         let pages = hv.config.dom0_pages;
         hv.create_domain(DomId(0), pages, layout::MAX_GRANT_FRAMES as u32)
@@ -598,6 +602,7 @@ impl Hypervisor {
             pages: d.p2m.len() as u64,
             machine_pages: self.config.machine_pages,
             max_slots: self.config.max_domains,
+            guest_ids: self.guest_ids.as_ref().map_or(0, confine::IdBlock::first),
             grant_frames: d.grant_frames.clone(),
         })
     }
@@ -630,10 +635,10 @@ impl Hypervisor {
         token: [u8; TOKEN_LEN],
         sender: Option<sys::Sender>,
     ) -> Result<(Reply, Vec<RawFd>), i32> {
-        let pid = sender.map_or(0, |s| s.pid);
-        if pid <= 0 {
+        let Some(sender) = sender.filter(|s| s.pid > 0) else {
             return Err(EACCES);
-        }
+        };
+        let pid = sender.pid;
         // The process is this domain from now on; its exit is noticed
         // through the pidfd, and signals go to it, never to a reused pid.
         // Without one the domain's frames could be reused while it still
@@ -644,6 +649,12 @@ impl Hypervisor {
             .values_mut()
             .find(|d| !d.dying && d.token == Some(token))
             .ok_or(EACCES)?;
+        // A confined guest is its own domain's, whatever token it got hold
+        // of (`confine`).
+        let own = self.guest_ids.as_ref().map(|b| b.id_of(d.domid));
+        if confine::is_guest_id(sender.uid) && Some(sender.uid) != own {
+            return Err(EACCES);
+        }
         d.token = None;
         d.conn = Some(c);
         let _ = self
@@ -1071,6 +1082,11 @@ impl Hypervisor {
         let ports: Vec<u32> = d.ports.keys().copied().collect();
         for p in ports {
             self.close_port(DomId(domid), p);
+        }
+        // Whatever its process left behind, if it ran confined: nothing
+        // of its uid outlives the domain (its next user is another).
+        if let Some(b) = &self.guest_ids {
+            let _ = sys::kill_uid(b.id_of(DomId(domid)));
         }
         self.dom_exc();
         self.maybe_reap(domid);

@@ -13,12 +13,16 @@
 //! supplementary groups), `inherited-dom0` (ask to attach as dom0 over
 //! the hv connection we were handed: `ok refused ERRNO` or `ok attached`),
 //! `inherited-attach TOKEN` (attach as our guest over it), `dom0 SOCKET`
-//! (connect and ask to be dom0), `signal PID` (signal 0). A hostile
+//! (connect and ask to be dom0), `signal PID` (signal 0), `tty` (open
+//! `/dev/tty`), `fds` (what we hold besides the standard streams),
+//! `env` (our variables' names), `netns`, `survivor` (start a process
+//! meant to outlive us). A hostile
 //! guest: `jam PORT` (make the port's event object blocking and try to
 //! fill it).
 
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use abi::{DomId, GrantRef, Pfn, Port};
@@ -78,6 +82,42 @@ fn confined_command(
             let (uid, gid, groups) = sys::ids();
             Ok(format!("ok {uid} {gid} {groups}"))
         }
+        "tty" => Ok(match std::fs::File::open("/dev/tty") {
+            Ok(_) => "ok opened".into(),
+            Err(e) => format!("ok refused {}", e.raw_os_error().unwrap_or(0)),
+        }),
+        // What we hold besides the standard streams, and our environment.
+        "fds" => (|| {
+            let me = format!("/proc/{}/fd", std::process::id());
+            let mut held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) > Some(2))
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.display().to_string())
+                .filter(|l| *l != me)
+                .map(|l| l.split(':').next().unwrap_or("").to_string())
+                .collect();
+            held.sort();
+            Ok(format!("ok {}", held.join(" ")))
+        })(),
+        "env" => {
+            let mut names: Vec<String> = std::env::vars_os()
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            Ok(format!("ok {}", names.join(" ")))
+        }
+        // A process to outlive us, in a group of its own: its pid.
+        "survivor" => std::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .map(|c| format!("ok {}", c.id()))
+            .map_err(|e| e.to_string()),
+        "netns" => std::fs::read_link("/proc/self/ns/net")
+            .map(|l| format!("ok {}", l.display()))
+            .map_err(|e| e.to_string()),
         "inherited-dom0" => inherited
             .as_ref()
             .ok_or_else(|| "no inherited connection".to_string())

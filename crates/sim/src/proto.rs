@@ -150,6 +150,9 @@ pub enum Reply {
         machine_pages: u64,
         /// Slots of the control area (dom0).
         max_slots: u32,
+        /// The first uid of the host's confined guests (a guest's is this
+        /// plus its domid), 0 if they are not confined (`confine`).
+        guest_ids: u32,
         /// Our grant-table frames.
         grant_frames: Vec<Mfn>,
     },
@@ -386,6 +389,7 @@ impl Reply {
                 pages,
                 machine_pages,
                 max_slots,
+                guest_ids,
                 grant_frames,
             } => {
                 let mut e = Enc::new(3)
@@ -393,6 +397,7 @@ impl Reply {
                     .u64(*pages)
                     .u64(*machine_pages)
                     .u32(*max_slots)
+                    .u32(*guest_ids)
                     .u32(grant_frames.len() as u32);
                 for f in grant_frames {
                     e = e.u64(f.0);
@@ -431,6 +436,7 @@ impl Reply {
                 let pages = d.u64()?;
                 let machine_pages = d.u64()?;
                 let max_slots = d.u32()?;
+                let guest_ids = d.u32()?;
                 let n = d.u32()? as usize;
                 if n > abi::grant_table::DEFAULT_MAX_GRANT_FRAMES as usize {
                     return Err(DecodeError::TooMany);
@@ -444,6 +450,7 @@ impl Reply {
                     pages,
                     machine_pages,
                     max_slots,
+                    guest_ids,
                     grant_frames,
                 }
             }
@@ -538,6 +545,7 @@ pub fn examples() -> Vec<Vec<u8>> {
             pages: 10,
             machine_pages: 100,
             max_slots: 4,
+            guest_ids: 0x7000_8000,
             grant_frames: vec![Mfn(5), Mfn(6)],
         },
         Reply::Pfn(Pfn(4)),

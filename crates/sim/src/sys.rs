@@ -614,19 +614,94 @@ pub fn adopt_socket(fd: RawFd) -> Option<OwnedFd> {
 }
 
 /// Makes `cmd`'s child [`become_guest`] between its fork and its exec.
-pub fn exec_as_guest(
-    cmd: &mut std::process::Command,
-    hv: RawFd,
-    at: RawFd,
-    dir: std::ffi::CString,
-    id: u32,
-) {
+pub fn exec_as_guest(cmd: &mut std::process::Command, hv: RawFd, dir: std::ffi::CString, id: u32) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure makes only async-signal-safe system calls on
     // values prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || become_guest(hv, at, &dir, id));
+        cmd.pre_exec(move || become_guest(hv, &dir, id));
     }
+}
+
+/// Kills every process of uid `id` (real or saved: what a process of that
+/// uid may signal), from a child that becomes it: a few sweeps, so that
+/// what forks meanwhile goes too. Best effort: the processes killed may
+/// linger as zombies until their parents reap them.
+pub fn kill_uid(id: u32) -> io::Result<()> {
+    // SAFETY: the child makes only async-signal-safe system calls and
+    // leaves by `_exit`; the parent waits for it.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // The raw call: this thread alone, no library bookkeeping.
+            if libc::syscall(libc::SYS_setresuid, id, id, id) != 0 {
+                libc::_exit(1);
+            }
+            // `kill(-1)` spares the caller; none left is ESRCH.
+            for _ in 0..8 {
+                if libc::kill(-1, libc::SIGKILL) != 0 {
+                    break;
+                }
+            }
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        }
+    }
+}
+
+/// Takes an exclusive lock on `file` if nobody holds one (`flock`); it is
+/// held until the file is closed.
+pub fn try_lock(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: plain flock on a descriptor we hold.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Whether uids `first..first + count` exist in our user namespace (a
+/// root without them, in a container, cannot become them).
+pub fn uids_mapped(first: u32, count: u32) -> bool {
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return false;
+    };
+    map.lines().any(|l| {
+        let v: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        matches!(v[..], [inside, _, n] if inside <= u64::from(first)
+            && u64::from(first) + u64::from(count) <= inside + n)
+    })
+}
+
+/// Whether the file of `fd` may be executed by anyone (the other-execute
+/// bit).
+pub fn executable_by_others(fd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: fstat writes `st`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_mode & libc::S_IXOTH != 0)
 }
 
 /// Our real uid and gid, and how many supplementary groups we have.
@@ -659,14 +734,28 @@ pub fn write_u64(fd: RawFd, v: u64) -> usize {
     r.max(0) as usize
 }
 
-/// In a child between fork and exec: moves `hv` to descriptor `at`
-/// (inherited by the exec), enters `dir`, and becomes uid and gid `id`
-/// with no supplementary groups and no way to gain privileges again. Only
-/// async-signal-safe system calls; the first failure is returned.
-fn become_guest(hv: RawFd, at: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
+/// In a child between fork and exec: a session of its own (no
+/// controlling terminal) and network and IPC namespaces of its own;
+/// nothing inherited across the exec but the standard streams and `hv`;
+/// `dir` entered; uid and gid `id`, no supplementary groups, and no way
+/// to gain privileges again. Only async-signal-safe system calls; the
+/// first failure is returned.
+fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors and a C string we own.
     unsafe {
-        cvt(libc::dup2(hv, at))?;
+        cvt(libc::setsid())?;
+        cvt(libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC))?;
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = cvt(libc::fcntl(hv, libc::F_GETFD))?;
+        cvt(libc::fcntl(hv, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
         cvt(libc::chdir(dir.as_ptr()))?;
         cvt(libc::setgroups(0, std::ptr::null()))?;
         cvt(libc::setresgid(id, id, id))?;

@@ -549,14 +549,17 @@ fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
             grant_frames: 4,
         })
         .unwrap();
-    let id = sim::confine::id_of(d.domid);
+    let id = host.dom0.guest_id(d.domid).expect("the hv confines guests");
     let dir = host.dir.join("guest");
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(id), Some(id)).unwrap();
+    // Whatever the umask: the guest must be able to reach the socket for
+    // the check below that reaching it is still no way to be dom0.
+    std::fs::set_permissions(&host.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // The guest could reach the socket itself: it is still not dom0.
     std::fs::set_permissions(host.hv.socket(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let probe = std::path::Path::new(env!("CARGO_BIN_EXE_dom0kit-sim-probe"));
-    let jail = sim::confine::Jail::new(d.domid, host.hv.socket(), probe, &dir).unwrap();
+    let jail = sim::confine::Jail::new(id, host.hv.socket(), probe, &dir).unwrap();
     let child = jail
         .spawn(|c| {
             c.stdin(std::process::Stdio::piped())
@@ -565,6 +568,23 @@ fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
         .unwrap();
     let mut g = common::Guest::from_child(child);
     assert_eq!(g.cmd("ids"), format!("{id} {id} 0"), "uid, gid, no groups");
+    assert_eq!(g.cmd("tty"), "refused 6", "no controlling terminal (ENXIO)");
+    assert_eq!(
+        g.cmd("fds"),
+        "socket",
+        "nothing inherited but the hv connection"
+    );
+    assert_eq!(
+        g.cmd("env"),
+        "PATH",
+        "nothing of the launcher's environment"
+    );
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        g.cmd("netns"),
+        ours.display().to_string(),
+        "a network of its own"
+    );
     assert_eq!(
         g.cmd("inherited-dom0"),
         "refused 13",
@@ -597,4 +617,18 @@ fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
     let mut buf = [0u8; 4];
     map.memory().read_bytes(0, &mut buf).unwrap();
     assert_eq!(&buf, b"jail");
+    drop(map);
+    // Nothing of its uid outlives the domain: not even a process it
+    // started in a group of its own.
+    let survivor: i32 = g.cmd("survivor").parse().unwrap();
+    host.dom0.destroy_domain(d.domid).unwrap();
+    eventually("the guest's processes to be killed", || {
+        std::fs::read_to_string(format!("/proc/{survivor}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    });
 }
