@@ -602,6 +602,10 @@ impl Launch for Spawner {
                 common(c);
                 c.arg("--export-dir").arg(".");
             })
+        } else if sim::confine::available() {
+            // We could confine it, the hypervisor (not root?) does not say
+            // how: not as root, unconfined.
+            return Err("the hypervisor gives no uid to confine the guest as".into());
         } else {
             let mut c = Command::new(exe()?);
             common(&mut c);

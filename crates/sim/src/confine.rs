@@ -84,22 +84,30 @@ impl IdBlock {
         if !available() {
             return Ok(None);
         }
-        std::fs::create_dir_all(REGISTRY)?;
+        let context = |e: io::Error| io::Error::new(e.kind(), format!("{REGISTRY}: {e}"));
+        std::fs::create_dir_all(REGISTRY).map_err(context)?;
         std::fs::set_permissions(
             REGISTRY,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
+        )
+        .map_err(context)?;
         for b in 0..BLOCKS {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
-                .open(Path::new(REGISTRY).join(b.to_string()))?;
+                .open(Path::new(REGISTRY).join(b.to_string()))
+                .map_err(context)?;
             if sys::try_lock(&file)? {
-                return Ok(Some(IdBlock {
+                let block = IdBlock {
                     first: ID_BASE + b * IDS,
                     _claim: file,
-                }));
+                };
+                // An hv that held the block and died left its guests.
+                for uid in sys::uids_running(block.first..block.first + IDS) {
+                    block.kill(uid)?;
+                }
+                return Ok(Some(block));
             }
         }
         Err(io::Error::other("every block of guest uids is taken"))
@@ -114,6 +122,21 @@ impl IdBlock {
     pub fn id_of(&self, domid: DomId) -> u32 {
         self.first + u32::from(domid.0)
     }
+
+    /// Kills every process of `uid`, one of the block's.
+    pub fn kill(&self, uid: u32) -> io::Result<()> {
+        kill_guest_uid(uid)
+    }
+}
+
+/// Kills every process of guest uid `uid`, from behind the shield of its
+/// block's first uid (domid 0's: no guest runs as it).
+fn kill_guest_uid(uid: u32) -> io::Result<()> {
+    if !is_guest_id(uid) {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    let shield = uid - (uid - ID_BASE) % IDS;
+    sys::kill_uid(uid, shield)
 }
 
 /// What a confined guest process is started with: its uid, its connection
@@ -144,7 +167,7 @@ impl Jail {
             ));
         }
         // Whatever an earlier domain of this id left running goes first.
-        sys::kill_uid(id)?;
+        kill_guest_uid(id)?;
         let hv = sys::dup_at_least(&sys::connect_seqpacket(hv_socket)?, FIRST_FREE_FD)?;
         let dir = CString::new(dir.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

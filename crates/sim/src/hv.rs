@@ -86,6 +86,10 @@ struct PortState {
     /// Our write end of the port's event pipe (its owner has the read
     /// end, and each peer a write end of its own, `sys::event_writer`).
     write: OwnedFd,
+    /// Our copy of the read end, never read: while the port lives, a
+    /// write to it never finds the pipe without a reader (`EPIPE`, and
+    /// `SIGPIPE` where it is not ignored), whatever its owner closes.
+    _read: OwnedFd,
     /// The dom0 connection that owns the port (dom0 has many processes).
     owner: Option<u64>,
 }
@@ -291,6 +295,12 @@ impl Hypervisor {
                     LISTENER => self.accept(),
                     STOP => {
                         let _ = std::fs::remove_file(self.config.socket());
+                        // No confined guest outlives its hypervisor.
+                        if let Some(b) = &self.guest_ids {
+                            for &d in self.domains.keys().filter(|&&d| d != 0) {
+                                let _ = b.kill(b.id_of(DomId(d)));
+                            }
+                        }
                         return Ok(());
                     }
                     t if t & PROCESS != 0 => self.process_exited((t & 0xffff) as u16),
@@ -366,11 +376,12 @@ impl Hypervisor {
                 Ok(r) => r,
                 Err(errno) => (Reply::Error { errno }, Vec::new()),
             };
+            // Closed once the reply is sent, or is not.
+            let _made = std::mem::take(&mut self.outgoing);
             let Some(conn) = self.conns.get(&c) else {
                 return;
             };
             let sent = sys::send_msg(conn.fd.as_raw_fd(), &reply.encode(), &out_fds);
-            self.outgoing.clear();
             if sent.is_err() {
                 return self.close(c);
             }
@@ -871,12 +882,11 @@ impl Hypervisor {
             PortState {
                 binding,
                 write,
+                _read: read,
                 owner,
             },
         );
         d.bump_generation(port);
-        // The read end is the owner's alone: ours goes once it is sent.
-        self.outgoing.push(read);
         Ok((port, raw))
     }
 
@@ -911,14 +921,16 @@ impl Hypervisor {
             remote
         };
         let r = self.live(remote)?;
-        match r.ports.get(&remote_port.0) {
+        // The peer's write end first: nothing is changed if it cannot be had.
+        let peer_fd = match r.ports.get(&remote_port.0) {
             Some(PortState {
                 binding: Binding::Unbound { remote: allowed },
+                write,
                 ..
-            }) if *allowed == me => {}
+            }) if *allowed == me => sys::event_writer(write).map_err(|_| ENOMEM)?,
             Some(_) => return Err(EINVAL),
             None => return Err(ENOENT),
-        }
+        };
         let (port, fd) = self.new_port(
             me,
             owner,
@@ -935,7 +947,6 @@ impl Hypervisor {
             remote: me,
             remote_port: Port(port),
         };
-        let peer_fd = sys::event_writer(&rp.write).map_err(|_| ENOMEM)?;
         r.bump_generation(remote_port.0);
         // Events sent to the unbound port were dropped; as Xen does, make
         // the new port pending so that its owner looks.
@@ -1086,7 +1097,7 @@ impl Hypervisor {
         // Whatever its process left behind, if it ran confined: nothing
         // of its uid outlives the domain (its next user is another).
         if let Some(b) = &self.guest_ids {
-            let _ = sys::kill_uid(b.id_of(DomId(domid)));
+            let _ = b.kill(b.id_of(DomId(domid)));
         }
         self.dom_exc();
         self.maybe_reap(domid);

@@ -255,7 +255,9 @@ pub fn event_writer(w: &OwnedFd) -> io::Result<OwnedFd> {
 
 /// Signals an event pipe (an event-channel notification). A full pipe is
 /// an event pending already, a pipe nobody reads any more a port gone:
-/// neither is an error, as Xen drops events to closed ports.
+/// neither is an error, as Xen drops events to closed ports. The latter
+/// raises `SIGPIPE` too: a program using the sim must ignore it, as Rust
+/// programs do.
 pub fn event_signal(w: RawFd) -> io::Result<()> {
     loop {
         // SAFETY: writes one byte from a live buffer.
@@ -623,11 +625,14 @@ pub fn exec_as_guest(cmd: &mut std::process::Command, hv: RawFd, dir: std::ffi::
     }
 }
 
-/// Kills every process of uid `id` (real or saved: what a process of that
-/// uid may signal), from a child that becomes it: a few sweeps, so that
-/// what forks meanwhile goes too. Best effort: the processes killed may
-/// linger as zombies until their parents reap them.
-pub fn kill_uid(id: u32) -> io::Result<()> {
+/// Kills every process of uid `id` (real or saved: what a process whose
+/// effective uid is `id` may signal), from a child whose effective uid is
+/// `id` and whose real and saved uid are `shield`, a uid nothing runs as:
+/// so the processes it hunts can neither signal nor trace it. A few
+/// sweeps, so that what forks meanwhile goes too; a child that takes more
+/// than a second is killed. Best effort: the processes killed may linger
+/// as zombies until their parents reap them.
+pub fn kill_uid(id: u32, shield: u32) -> io::Result<()> {
     // SAFETY: the child makes only async-signal-safe system calls and
     // leaves by `_exit`; the parent waits for it.
     unsafe {
@@ -636,24 +641,34 @@ pub fn kill_uid(id: u32) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            // The raw call: this thread alone, no library bookkeeping.
-            if libc::syscall(libc::SYS_setresuid, id, id, id) != 0 {
+            // The raw call: this thread alone, no library bookkeeping;
+            // checked, lest a narrower call cut the uid to someone else's.
+            if libc::syscall(libc::SYS_setresuid, shield, id, shield) != 0 || libc::geteuid() != id
+            {
                 libc::_exit(1);
             }
-            // `kill(-1)` spares the caller; none left is ESRCH.
+            // `kill(-1)` spares the caller.
             for _ in 0..8 {
-                if libc::kill(-1, libc::SIGKILL) != 0 {
-                    break;
-                }
+                libc::kill(-1, libc::SIGKILL);
             }
             libc::_exit(0);
         }
         let mut status = 0;
-        while libc::waitpid(pid, &mut status, 0) < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let r = libc::waitpid(pid, &mut status, libc::WNOHANG);
+            if r == pid {
+                break;
             }
+            if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return Err(io::Error::last_os_error());
+            }
+            if std::time::Instant::now() > deadline {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+                return Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
         if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
             Ok(())
@@ -661,6 +676,24 @@ pub fn kill_uid(id: u32) -> io::Result<()> {
             Err(io::Error::from(io::ErrorKind::PermissionDenied))
         }
     }
+}
+
+/// The distinct real uids of the processes we can see, in `range`.
+pub fn uids_running(range: std::ops::Range<u32>) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(u) = uid.filter(|u| range.contains(u) && !found.contains(u)) {
+            found.push(u);
+        }
+    }
+    found
 }
 
 /// Takes an exclusive lock on `file` if nobody holds one (`flock`); it is

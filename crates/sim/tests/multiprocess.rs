@@ -600,6 +600,20 @@ fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
         "refused 1",
         "the guest cannot signal dom0's processes"
     );
+    // Another domain's token is no use to it.
+    let other = host
+        .dom0
+        .create_domain(&DomainConfig {
+            pages: 16,
+            grant_frames: 4,
+        })
+        .unwrap();
+    let stolen = g.try_cmd(&format!(
+        "attach {} {}",
+        host.hv.socket().display(),
+        other.token
+    ));
+    assert!(stolen.starts_with("err"), "{stolen}");
     // Over the connection it was handed, it is its own domain.
     assert_eq!(
         g.cmd(&format!("inherited-attach {}", d.token)),
