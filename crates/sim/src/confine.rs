@@ -63,7 +63,9 @@ pub const IDS: u32 = abi::xen::DOMID_FIRST_RESERVED as u32;
 /// Whether guests can be confined here: we are root, and the guests'
 /// uids exist (a root in a container may have none of them).
 pub fn available() -> bool {
-    sys::euid() == 0 && sys::uids_mapped(ID_BASE, BLOCKS * IDS)
+    sys::euid() == 0
+        && sys::uids_mapped(ID_BASE, BLOCKS * IDS)
+        && sys::uids_mapped(ID_BASE | SHIELD, BLOCKS * IDS)
 }
 
 /// Whether `uid` is a confined guest's (of any host).
@@ -129,14 +131,25 @@ impl IdBlock {
     }
 }
 
-/// Kills every process of guest uid `uid`, from behind the shield of its
-/// block's first uid (domid 0's: no guest runs as it).
+/// A guest uid with this bit set is its killer's shield: a uid nothing
+/// runs as, and one a killer, for no two killers of different uids may
+/// signal each other.
+const SHIELD: u32 = 0x8000_0000;
+
+/// Kills every process of guest uid `uid`, from behind its shield. A
+/// killer killed by another of the same uid tries again.
 fn kill_guest_uid(uid: u32) -> io::Result<()> {
     if !is_guest_id(uid) {
         return Err(io::ErrorKind::InvalidInput.into());
     }
-    let shield = uid - (uid - ID_BASE) % IDS;
-    sys::kill_uid(uid, shield)
+    let mut r = sys::kill_uid(uid, uid | SHIELD);
+    for _ in 0..3 {
+        if r.is_ok() {
+            break;
+        }
+        r = sys::kill_uid(uid, uid | SHIELD);
+    }
+    r
 }
 
 /// What a confined guest process is started with: its uid, its connection
