@@ -15,8 +15,9 @@
 //! `inherited-attach TOKEN` (attach as our guest over it), `dom0 SOCKET`
 //! (connect and ask to be dom0), `signal PID` (signal 0), `tty` (open
 //! `/dev/tty`), `fds` (what we hold besides the standard streams),
-//! `env` (our variables' names), `netns`, `survivor` (start a process
-//! meant to outlive us). A hostile
+//! `env` (our variables' names), `netns`, `entries DIR` (how many names
+//! `DIR` holds, as we see it: `ok N` or `ok refused ERRNO`), `survivor`
+//! (start a process meant to outlive us). A hostile
 //! guest: `jam PORT` (make the port's event object blocking and try to
 //! fill it).
 
@@ -115,6 +116,13 @@ fn confined_command(
             .spawn()
             .map(|c| format!("ok {}", c.id()))
             .map_err(|e| e.to_string()),
+        "entries" => (|| {
+            let dir = w.next().ok_or("missing directory")?;
+            Ok(match std::fs::read_dir(dir) {
+                Ok(d) => format!("ok {}", d.count()),
+                Err(e) => format!("ok refused {}", e.raw_os_error().unwrap_or(0)),
+            })
+        })(),
         "netns" => std::fs::read_link("/proc/self/ns/net")
             .map(|l| format!("ok {}", l.display()))
             .map_err(|e| e.to_string()),

@@ -767,12 +767,22 @@ pub fn write_u64(fd: RawFd, v: u64) -> usize {
     r.max(0) as usize
 }
 
+/// What a confined guest finds mounted over the places users share:
+/// small scratch spaces of its own, and an empty `/run` it cannot write
+/// (root's, `0755`), so none of the host daemons' sockets there.
+const GUEST_MOUNTS: [(&std::ffi::CStr, &std::ffi::CStr); 4] = [
+    (c"/tmp", c"mode=1777,size=4m,nr_inodes=1024"),
+    (c"/var/tmp", c"mode=1777,size=4m,nr_inodes=1024"),
+    (c"/dev/shm", c"mode=1777,size=4m,nr_inodes=1024"),
+    (c"/run", c"mode=755,size=64k,nr_inodes=16"),
+];
+
 /// In a child between fork and exec: a session of its own (no
-/// controlling terminal) and network and IPC namespaces of its own;
-/// nothing inherited across the exec but the standard streams and `hv`;
-/// `dir` entered; uid and gid `id`, no supplementary groups, and no way
-/// to gain privileges again. Only async-signal-safe system calls; the
-/// first failure is returned.
+/// controlling terminal) and network, IPC and mount namespaces of its
+/// own (the last with [`GUEST_MOUNTS`]); nothing inherited across the
+/// exec but the standard streams and `hv`; `dir` entered; uid and gid
+/// `id`, no supplementary groups, and no way to gain privileges again.
+/// Only async-signal-safe system calls; the first failure is returned.
 fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors and a C string we own.
     unsafe {
@@ -790,6 +800,32 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
         let flags = cvt(libc::fcntl(hv, libc::F_GETFD))?;
         cvt(libc::fcntl(hv, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
         cvt(libc::chdir(dir.as_ptr()))?;
+        // Its own view of the filesystem, entered after the chdir (its
+        // directory stays its own whatever is mounted over the path to it):
+        // empty scratch space over the places users share, and nothing
+        // over `/run`, where the host's daemons listen.
+        cvt(libc::unshare(libc::CLONE_NEWNS))?;
+        cvt(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        for (at, options) in GUEST_MOUNTS {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            let r = libc::mount(
+                c"dom0kit-guest".as_ptr(),
+                at.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                options.as_ptr().cast(),
+            );
+            // A host without the directory has nothing there to hide.
+            if r != 0 && *libc::__errno_location() != libc::ENOENT {
+                return Err(io::Error::last_os_error());
+            }
+        }
         cvt(libc::setgroups(0, std::ptr::null()))?;
         cvt(libc::setresgid(id, id, id))?;
         cvt(libc::setresuid(id, id, id))?;
