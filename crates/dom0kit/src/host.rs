@@ -980,6 +980,34 @@ fn tree<S: Read + Write>(
     Ok(())
 }
 
+/// A socket a guest serves in its export directory, held open without
+/// following a link the guest may have put in its place, and named for
+/// connecting through `/proc` (ours, so for a child of ours too): what
+/// root connects to is the guest's socket, not a host daemon's.
+struct GuestSocket {
+    _held: std::fs::File,
+    path: PathBuf,
+}
+
+impl GuestSocket {
+    fn open(at: &Path) -> std::io::Result<GuestSocket> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(at)?;
+        if !held.metadata()?.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a socket",
+            ));
+        }
+        let path = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd()).into();
+        Ok(GuestSocket { _held: held, path })
+    }
+}
+
 /// The demo's I/O: through the guest's NBD export (blkfront, the ring,
 /// blkback, the image file), 8 MiB written in 256 KiB requests, flushed,
 /// read back and compared, and the image file checked too.
@@ -989,7 +1017,8 @@ fn disk_io(socket: &Path, image: &Path) -> Result<(), String> {
     while !socket.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut nbd = blk::remote::NbdClient::connect(socket, "xvda").map_err(e)?;
+    let held = GuestSocket::open(socket).map_err(e)?;
+    let mut nbd = blk::remote::NbdClient::connect(&held.path, "xvda").map_err(e)?;
     let total = 8usize << 20;
     let chunk = 256usize << 10;
     let data: Vec<u8> = (0..total)
@@ -1405,8 +1434,9 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
         wait_connected(&mut xs, &c, Duration::from_secs(10))?;
         let sock = h.run.export_dir("bench").join("xvda.sock");
         wait_for("the export", Duration::from_secs(5), || sock.exists())?;
-        let r = nbd_workloads(&sock, "xvda", size).and_then(|one| {
-            let uri = format!("nbd+unix:///xvda?socket={}", sock.display());
+        let held = GuestSocket::open(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+        let r = nbd_workloads(&held.path, "xvda", size).and_then(|one| {
+            let uri = format!("nbd+unix:///xvda?socket={}", held.path.display());
             let deep = if fio {
                 Some(fio_workloads(&FioTarget::Nbd(uri), size, secs, &dir)?)
             } else {
@@ -1509,4 +1539,37 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
         _ => println!("\nfio with its nbd engine is not installed: its rows are left out"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestSocket;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn a_guest_socket_is_reached_as_it_is_and_not_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("dom0kit-guest-socket-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = UnixListener::bind(dir.join("xvda.sock")).unwrap();
+        // What a hostile guest would put in place of its export: a link to
+        // someone else's socket, or no socket at all.
+        std::os::unix::fs::symlink(dir.join("xvda.sock"), dir.join("xvdb.sock")).unwrap();
+        std::fs::write(dir.join("xvdc.sock"), b"").unwrap();
+        for planted in ["xvdb.sock", "xvdc.sock"] {
+            let e = GuestSocket::open(&dir.join(planted)).map(drop).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{planted}");
+        }
+
+        let held = GuestSocket::open(&dir.join("xvda.sock")).unwrap();
+        // Named again meanwhile: the held one is still what we reach.
+        std::fs::rename(dir.join("xvda.sock"), dir.join("moved.sock")).unwrap();
+        let mut c = UnixStream::connect(&held.path).unwrap();
+        c.write_all(b"x").unwrap();
+        let mut byte = [0u8];
+        listener.accept().unwrap().0.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
