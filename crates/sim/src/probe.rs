@@ -16,7 +16,8 @@
 //! (connect and ask to be dom0), `signal PID` (signal 0), `tty` (open
 //! `/dev/tty`), `fds` (what we hold besides the standard streams),
 //! `env` (our variables' names), `netns`, `entries DIR` (how many names
-//! `DIR` holds, as we see it: `ok N` or `ok refused ERRNO`), `survivor`
+//! `DIR` holds, as we see it: `ok N` or `ok refused ERRNO`), `userns`
+//! (make a user namespace: `ok made` or `ok refused WHY`), `survivor`
 //! (start a process meant to outlive us). A hostile
 //! guest: `jam PORT` (make the port's event object blocking and try to
 //! fill it).
@@ -123,6 +124,20 @@ fn confined_command(
                 Err(e) => format!("ok refused {}", e.raw_os_error().unwrap_or(0)),
             })
         })(),
+        // A user namespace of our own, through util-linux's `unshare`
+        // (started as any program is: so that works too).
+        "userns" => std::process::Command::new("unshare")
+            .args(["--user", "true"])
+            .output()
+            .map(|o| {
+                if o.status.success() {
+                    "ok made".to_string()
+                } else {
+                    let why = String::from_utf8_lossy(&o.stderr);
+                    format!("ok refused {}", why.trim().replace('\n', " "))
+                }
+            })
+            .map_err(|e| e.to_string()),
         "netns" => std::fs::read_link("/proc/self/ns/net")
             .map(|l| format!("ok {}", l.display()))
             .map_err(|e| e.to_string()),

@@ -777,12 +777,80 @@ const GUEST_MOUNTS: [(&std::ffi::CStr, &std::ffi::CStr); 4] = [
     (c"/run", c"mode=755,size=64k,nr_inodes=16"),
 ];
 
+/// The architecture the filter below was written for (`AUDIT_ARCH_*`).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+const fn bpf(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// A confined guest's seccomp filter: no user namespaces of its own
+/// (`unshare` or `clone` with `CLONE_NEWUSER` fail with `EPERM`). `clone3`
+/// (whose flags are in memory a filter cannot read) fails with `ENOSYS`,
+/// on which the C library falls back to `clone`; so does any call of
+/// another ABI (x32, or i386's through `int 0x80`). Everything else is
+/// allowed.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+static GUEST_FILTER: [libc::sock_filter; 12] = {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    const NR: u32 = 0; // offsets in `struct seccomp_data`
+    const ARCH: u32 = 4;
+    const ARG0_LOW: u32 = 16;
+    const LOAD: u32 = BPF_LD | BPF_W | BPF_ABS;
+    const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    [
+        bpf(LOAD, ARCH, 0, 0),
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 0, 7), // else → 9
+        bpf(LOAD, NR, 0, 0),
+        bpf(BPF_JMP | BPF_JGE | BPF_K, 0x4000_0000, 5, 0), // x32 → 9
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone3 as u32, 4, 0), // → 9
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_unshare as u32, 1, 0), // → 7
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone as u32, 0, 3), // → 7, else 10
+        bpf(LOAD, ARG0_LOW, 0, 0),
+        bpf(BPF_JMP | BPF_JSET | BPF_K, libc::CLONE_NEWUSER as u32, 2, 1), // → 11, 10
+        bpf(BPF_RET | BPF_K, ENOSYS, 0, 0),
+        bpf(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+        bpf(BPF_RET | BPF_K, EPERM, 0, 0),
+    ]
+};
+
+/// Installs [`GUEST_FILTER`] (after `PR_SET_NO_NEW_PRIVS`); on an
+/// architecture it was not written for, none.
+fn filter_guest_calls() -> io::Result<()> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let prog = libc::sock_fprog {
+            len: GUEST_FILTER.len() as u16,
+            filter: GUEST_FILTER.as_ptr().cast_mut(),
+        };
+        // SAFETY: the kernel copies the program, which it only reads.
+        cvt(unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// In a child between fork and exec: a session of its own (no
 /// controlling terminal) and network, IPC and mount namespaces of its
 /// own (the last with [`GUEST_MOUNTS`]); nothing inherited across the
 /// exec but the standard streams and `hv`; `dir` entered; uid and gid
-/// `id`, no supplementary groups, and no way to gain privileges again.
-/// Only async-signal-safe system calls; the first failure is returned.
+/// `id`, no supplementary groups, no way to gain privileges again, and
+/// no user namespaces ([`GUEST_FILTER`]). Only async-signal-safe system
+/// calls; the first failure is returned.
 fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors and a C string we own.
     unsafe {
@@ -831,7 +899,7 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
         cvt(libc::setresuid(id, id, id))?;
         cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
     }
-    Ok(())
+    filter_guest_calls()
 }
 
 /// Shuts a socket down both ways (the peer sees end of stream).

@@ -605,6 +605,11 @@ fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
         let lost = g.try_cmd(&format!("dom0 {}", host.hv.socket().display()));
         assert!(lost.starts_with("err connect"), "{lost}");
     }
+    let userns = g.cmd("userns");
+    assert!(
+        userns.starts_with("refused") && userns.contains("Operation not permitted"),
+        "no user namespace of its own: {userns}"
+    );
     for shared in ["/tmp", "/run", "/dev/shm", "/var/tmp"] {
         if std::path::Path::new(shared).is_dir() {
             assert_eq!(g.cmd(&format!("entries {shared}")), "0", "{shared}");
