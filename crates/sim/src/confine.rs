@@ -107,7 +107,7 @@ impl IdBlock {
                 };
                 // An hv that held the block and died left its guests.
                 for uid in sys::uids_running(block.first..block.first + IDS) {
-                    block.kill(uid)?;
+                    kill_guest_uid(uid)?;
                 }
                 return Ok(Some(block));
             }
@@ -125,9 +125,9 @@ impl IdBlock {
         self.first + u32::from(domid.0)
     }
 
-    /// Kills every process of `uid`, one of the block's.
-    pub fn kill(&self, uid: u32) -> io::Result<()> {
-        kill_guest_uid(uid)
+    /// Kills every process of domain `domid`'s uid.
+    pub fn kill(&self, domid: DomId) -> io::Result<()> {
+        kill_guest_uid(self.id_of(domid))
     }
 }
 

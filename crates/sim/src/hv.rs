@@ -298,7 +298,7 @@ impl Hypervisor {
                         // No confined guest outlives its hypervisor.
                         if let Some(b) = &self.guest_ids {
                             for &d in self.domains.keys().filter(|&&d| d != 0) {
-                                let _ = b.kill(b.id_of(DomId(d)));
+                                let _ = b.kill(DomId(d));
                             }
                         }
                         return Ok(());
@@ -1097,7 +1097,7 @@ impl Hypervisor {
         // Whatever its process left behind, if it ran confined: nothing
         // of its uid outlives the domain (its next user is another).
         if let Some(b) = &self.guest_ids {
-            let _ = b.kill(b.id_of(DomId(domid)));
+            let _ = b.kill(DomId(domid));
         }
         self.dom_exc();
         self.maybe_reap(domid);
