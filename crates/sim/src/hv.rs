@@ -319,6 +319,8 @@ impl Hypervisor {
                 Ok(Some(fd)) => fd,
                 Ok(None) | Err(_) => return,
             };
+            // For the attach: who sent it, as a pidfd (see `attach_guest`).
+            sys::pass_pidfd(fd.as_raw_fd(), true);
             // At the cap, the oldest connection that has not attached goes:
             // a real client attaches right after connecting, so only idle
             // ones are old.
@@ -630,6 +632,8 @@ impl Hypervisor {
         }
         conn.domid = Some(DomId(0));
         conn.dom0 = true;
+        // Attached: no pidfd with every request from now on.
+        sys::pass_pidfd(conn.fd.as_raw_fd(), false);
         let reply = self.attached_reply(DomId(0))?;
         let d = self.domains.get(&0).ok_or(ESRCH)?;
         let fds = vec![
@@ -649,12 +653,18 @@ impl Hypervisor {
         let Some(sender) = sender.filter(|s| s.pid > 0) else {
             return Err(EACCES);
         };
-        let pid = sender.pid;
         // The process is this domain from now on; its exit is noticed
         // through the pidfd, and signals go to it, never to a reused pid.
-        // Without one the domain's frames could be reused while it still
-        // maps them: no attach.
-        let pidfd = sys::pidfd_open(pid).map_err(|_| EAGAIN)?;
+        // The kernel's pidfd of the sender is that process for certain; one
+        // opened by its pid (an older kernel) is whoever has the pid now,
+        // which is the sender unless it exited and the pid came round again
+        // in between. Without one the domain's frames could be reused while
+        // it still maps them: no attach.
+        let pidfd = match sender.process {
+            sys::SenderProcess::Open(fd) => fd,
+            sys::SenderProcess::Gone => return Err(EAGAIN),
+            sys::SenderProcess::Untold => sys::pidfd_open(sender.pid).map_err(|_| EAGAIN)?,
+        };
         let d = self
             .domains
             .values_mut()
@@ -675,6 +685,7 @@ impl Hypervisor {
         let domid = d.domid;
         if let Some(conn) = self.conns.get_mut(&c) {
             conn.domid = Some(domid);
+            sys::pass_pidfd(conn.fd.as_raw_fd(), false);
         }
         let reply = self.attached_reply(domid)?;
         let d = self.domains.get(&domid.0).ok_or(ESRCH)?;
