@@ -383,28 +383,41 @@ impl SimDomain {
 /// it dies meanwhile) and looked up once, at its first copy. One we could
 /// not hold, or that is not alive, is looked up as none, so its copies fail
 /// with `GNTST_bad_domain` and touch no memory. Dropping it releases the
-/// holds.
+/// holds. The first granter is kept in place (a batch mostly copies with
+/// one frontend), the others in a list made only when there are others.
 struct BatchGranters<'d> {
     owner: &'d SimDomain,
-    list: Vec<(DomId, Option<Granter>)>,
+    first: Option<(DomId, Option<Granter>)>,
+    others: Vec<(DomId, Option<Granter>)>,
 }
 
-impl BatchGranters<'_> {
+impl<'d> BatchGranters<'d> {
+    fn new(owner: &'d SimDomain) -> Self {
+        BatchGranters {
+            owner,
+            first: None,
+            others: Vec::new(),
+        }
+    }
+
     #[inline]
     fn get(
         &mut self,
         hv: &Hypervisor<'_>,
         domid: DomId,
     ) -> std::result::Result<Granter, GntStatus> {
-        let found = match self.list.iter().find(|(d, _)| *d == domid) {
-            Some((_, g)) => *g,
-            None => self.first(hv, domid),
+        let found = match self.first {
+            Some((d, g)) if d == domid => g,
+            _ => match self.others.iter().find(|(d, _)| *d == domid) {
+                Some((_, g)) => *g,
+                None => self.look_up(hv, domid),
+            },
         };
         found.ok_or(GntStatus::BAD_DOMAIN)
     }
 
     #[cold]
-    fn first(&mut self, hv: &Hypervisor<'_>, domid: DomId) -> Option<Granter> {
+    fn look_up(&mut self, hv: &Hypervisor<'_>, domid: DomId) -> Option<Granter> {
         let g = self.owner.hold(domid).ok().and_then(|()| {
             let g = hv.granter(domid, false);
             if g.is_none() {
@@ -412,14 +425,19 @@ impl BatchGranters<'_> {
             }
             g
         });
-        self.list.push((domid, g));
+        if self.first.is_none() {
+            self.first = Some((domid, g));
+        } else {
+            self.others.push((domid, g));
+        }
         g
     }
 }
 
 impl Drop for BatchGranters<'_> {
     fn drop(&mut self) {
-        for (d, _) in self.list.iter().filter(|(_, g)| g.is_some()) {
+        let all = self.first.iter().chain(&self.others);
+        for (d, _) in all.filter(|(_, g)| g.is_some()) {
             self.owner.release(*d);
         }
     }
@@ -652,10 +670,7 @@ impl GrantMapper for SimDomain {
 
     fn copy_grants(&self, ops: &mut [GrantCopy]) -> Result<()> {
         let hv = self.hv()?;
-        let mut granters = BatchGranters {
-            owner: self,
-            list: Vec::with_capacity(2),
-        };
+        let mut granters = BatchGranters::new(self);
         for op in ops.iter_mut() {
             op.status = self.copy_one(&hv, &mut granters, op);
         }

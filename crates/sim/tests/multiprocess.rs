@@ -153,6 +153,65 @@ fn grant_copy_works_in_both_directions_with_per_op_status() {
 }
 
 #[test]
+fn a_copy_batch_with_several_granters_holds_each_for_the_batch_only() {
+    let host = Host::new();
+    let local = host.dom0.alloc_pages(1).unwrap();
+    let (_, free_before) = host.dom0.physinfo().unwrap();
+    let mut a = host.guest(16);
+    let mut b = host.guest(16);
+    a.cmd("write 3 0 0a0a");
+    b.cmd("write 4 0 0b0b");
+    let from_a: u32 = a.cmd("grant 0 3 ro").parse().unwrap();
+    let from_b: u32 = b.cmd("grant 0 4 ro").parse().unwrap();
+    let read = |domid: u16, gref: u32, to: u16| GrantCopy {
+        source: CopyPtr::Grant {
+            domid: DomId(domid),
+            gref: GrantRef(gref),
+            offset: 0,
+        },
+        dest: CopyPtr::Local {
+            pfn: local,
+            offset: to,
+        },
+        len: 2,
+        status: GntStatus::GENERAL_ERROR,
+    };
+    // The first granter, one that does not exist, a second, the first
+    // again.
+    let mut ops = [
+        read(a.domid, from_a, 0),
+        read(999, 0, 2),
+        read(b.domid, from_b, 4),
+        read(a.domid, from_a, 6),
+    ];
+    host.dom0.copy_grants(&mut ops).unwrap();
+    let status: Vec<_> = ops.iter().map(|o| o.status).collect();
+    assert_eq!(
+        status,
+        [
+            GntStatus::OKAY,
+            GntStatus::BAD_DOMAIN,
+            GntStatus::OKAY,
+            GntStatus::OKAY
+        ]
+    );
+    let mut got = [0u8; 8];
+    host.dom0
+        .pages(local, 1)
+        .unwrap()
+        .read_bytes(0, &mut got)
+        .unwrap();
+    assert_eq!(got, [0x0a, 0x0a, 0, 0, 0x0b, 0x0b, 0x0a, 0x0a]);
+    // Nothing of the batch holds either domain once it is done: both
+    // go, frames and all, when their processes do.
+    a.kill();
+    b.kill();
+    eventually("both domains' frames to return", || {
+        host.dom0.physinfo().unwrap().1 == free_before
+    });
+}
+
+#[test]
 fn event_channels_ping_pong_across_processes() {
     let host = Host::new();
     let mut g = host.guest(16);
