@@ -992,15 +992,19 @@ struct GuestSocket {
 impl GuestSocket {
     fn open(at: &Path) -> std::io::Result<GuestSocket> {
         use std::os::fd::AsRawFd;
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
         let held = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
             .open(at)?;
-        if !held.metadata()?.file_type().is_socket() {
+        // The guest's own socket: not a link, nor a hard link to someone
+        // else's (which would be theirs, or have another name too).
+        let it = held.metadata()?;
+        let dir = std::fs::metadata(at.parent().unwrap_or(Path::new(".")))?;
+        if !it.file_type().is_socket() || it.nlink() != 1 || it.uid() != dir.uid() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "not a socket",
+                "not the guest's own socket",
             ));
         }
         let path = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd()).into();
@@ -1553,15 +1557,17 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let listener = UnixListener::bind(dir.join("xvda.sock")).unwrap();
-        // What a hostile guest would put in place of its export: a link to
-        // someone else's socket, or no socket at all.
+        // What a hostile guest would put in place of its export: a link or
+        // a hard link to someone else's socket, or no socket at all.
         std::os::unix::fs::symlink(dir.join("xvda.sock"), dir.join("xvdb.sock")).unwrap();
         std::fs::write(dir.join("xvdc.sock"), b"").unwrap();
-        for planted in ["xvdb.sock", "xvdc.sock"] {
+        std::fs::hard_link(dir.join("xvda.sock"), dir.join("xvdd.sock")).unwrap();
+        for planted in ["xvdb.sock", "xvdc.sock", "xvdd.sock"] {
             let e = GuestSocket::open(&dir.join(planted)).map(drop).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{planted}");
         }
 
+        std::fs::remove_file(dir.join("xvdd.sock")).unwrap();
         let held = GuestSocket::open(&dir.join("xvda.sock")).unwrap();
         // Named again meanwhile: the held one is still what we reach.
         std::fs::rename(dir.join("xvda.sock"), dir.join("moved.sock")).unwrap();

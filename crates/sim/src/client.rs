@@ -96,7 +96,10 @@ impl SimDomain {
     }
 
     fn attach(sock: OwnedFd, req: Request) -> Result<SimDomain> {
-        let (reply, mut fds) = call_on(&sock, &req)?;
+        let (reply, mut fds) = match call_on(&sock, &req)? {
+            (Reply::Error { errno: e }, _) => return Err(errno(e)),
+            r => r,
+        };
         let Reply::Attached {
             domid,
             pages,

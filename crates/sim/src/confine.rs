@@ -127,6 +127,9 @@ impl IdBlock {
 
     /// Kills every process of domain `domid`'s uid.
     pub fn kill(&self, domid: DomId) -> io::Result<()> {
+        if u32::from(domid.0) >= IDS {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
         kill_guest_uid(self.id_of(domid))
     }
 }

@@ -16,7 +16,8 @@
 //! (connect and ask to be dom0), `signal PID` (signal 0), `tty` (open
 //! `/dev/tty`), `fds` (what we hold besides the standard streams),
 //! `env` (our variables' names), `netns`, `entries DIR` (how many names
-//! `DIR` holds, as we see it: `ok N` or `ok refused ERRNO`), `userns`
+//! `DIR` holds, as we see it: `ok N` or `ok refused ERRNO`), `dev PATH`
+//! (the device of the filesystem `PATH` is on), `userns`
 //! (make a user namespace: `ok made` or `ok refused WHY`), `survivor`
 //! (start a process meant to outlive us). A hostile
 //! guest: `jam PORT` (make the port's event object blocking and try to
@@ -117,6 +118,12 @@ fn confined_command(
             .spawn()
             .map(|c| format!("ok {}", c.id()))
             .map_err(|e| e.to_string()),
+        "dev" => (|| {
+            use std::os::unix::fs::MetadataExt;
+            let path = w.next().ok_or("missing path")?;
+            let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+            Ok(format!("ok {}", m.dev()))
+        })(),
         "entries" => (|| {
             let dir = w.next().ok_or("missing directory")?;
             Ok(match std::fs::read_dir(dir) {

@@ -394,14 +394,24 @@ pub enum SenderProcess {
     Untold,
 }
 
-/// `SO_PASSPIDFD` and `SCM_PIDFD` (Linux 6.5; not in our `libc` yet).
-const SO_PASSPIDFD: libc::c_int = 76;
+/// `SO_PASSPIDFD` and `SCM_PIDFD` (Linux 6.5; not in our `libc` yet). The
+/// first is the generic number, which sparc does not use (nor alpha or
+/// parisc, which Rust does not build for): there we do not ask.
+const SO_PASSPIDFD: Option<libc::c_int> =
+    if cfg!(any(target_arch = "sparc", target_arch = "sparc64")) {
+        None
+    } else {
+        Some(76)
+    };
 const SCM_PIDFD: libc::c_int = 0x04;
 
 /// Has the kernel attach a pidfd of each datagram's sender to what `sock`
 /// receives ([`SenderProcess`]), or stop. A kernel without it ignores
 /// this.
 pub fn pass_pidfd(sock: RawFd, on: bool) {
+    let Some(option) = SO_PASSPIDFD else {
+        return;
+    };
     let on = libc::c_int::from(on);
     // SAFETY: a valid pointer to an int of the size given; a failure
     // (an older kernel) changes nothing.
@@ -409,7 +419,7 @@ pub fn pass_pidfd(sock: RawFd, on: bool) {
         libc::setsockopt(
             sock,
             libc::SOL_SOCKET,
-            SO_PASSPIDFD,
+            option,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
@@ -433,8 +443,10 @@ pub fn recv_msg_from(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // Room for MAX_FDS descriptors, one set of credentials and a pidfd.
-    let mut cmsg_buf = [0u64; 16];
+    // Room for as many descriptors as a sender may attach (`SCM_MAX_FD`,
+    // 253: fewer, and the kernel would install some it could not tell us
+    // of), one set of credentials and a pidfd.
+    let mut cmsg_buf = [0u64; 144];
     // SAFETY: an all-zero msghdr is valid; the fields are set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -940,6 +952,18 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
             if r != 0 && *libc::__errno_location() != libc::ENOENT {
                 return Err(io::Error::last_os_error());
             }
+        }
+        // POSIX message queues: those of its own IPC namespace, not the
+        // host's, which the inherited mount shows.
+        let r = libc::mount(
+            c"mqueue".as_ptr(),
+            c"/dev/mqueue".as_ptr(),
+            c"mqueue".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        );
+        if r != 0 && *libc::__errno_location() != libc::ENOENT {
+            return Err(io::Error::last_os_error());
         }
         cvt(libc::setgroups(0, std::ptr::null()))?;
         cvt(libc::setresgid(id, id, id))?;
