@@ -1438,16 +1438,19 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
         wait_connected(&mut xs, &c, Duration::from_secs(10))?;
         let sock = h.run.export_dir("bench").join("xvda.sock");
         wait_for("the export", Duration::from_secs(5), || sock.exists())?;
-        let held = GuestSocket::open(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
-        let r = nbd_workloads(&held.path, "xvda", size).and_then(|one| {
-            let uri = format!("nbd+unix:///xvda?socket={}", held.path.display());
-            let deep = if fio {
-                Some(fio_workloads(&FioTarget::Nbd(uri), size, secs, &dir)?)
-            } else {
-                None
-            };
-            Ok((one, deep))
-        });
+        // Whatever fails here, the guest is destroyed below.
+        let r = GuestSocket::open(&sock)
+            .map_err(|e| format!("{}: {e}", sock.display()))
+            .and_then(|held| {
+                let one = nbd_workloads(&held.path, "xvda", size)?;
+                let uri = format!("nbd+unix:///xvda?socket={}", held.path.display());
+                let deep = if fio {
+                    Some(fio_workloads(&FioTarget::Nbd(uri), size, secs, &dir)?)
+                } else {
+                    None
+                };
+                Ok((one, deep))
+            });
         let _ = dom::destroy(&hv, &mut xs, "bench", Duration::from_secs(5));
         for mut ch in spawner.children.drain(..) {
             let _ = ch.wait();

@@ -903,6 +903,15 @@ fn filter_guest_calls() -> io::Result<()> {
     Ok(())
 }
 
+/// `e`, unless it says there was nothing there (`ENOENT`).
+fn absent_ok(e: io::Error) -> io::Result<()> {
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 /// In a child between fork and exec: a session of its own (no
 /// controlling terminal) and network, IPC and mount namespaces of its
 /// own (the last with [`GUEST_MOUNTS`]); nothing inherited across the
@@ -949,8 +958,8 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
                 options.as_ptr().cast(),
             );
             // A host without the directory has nothing there to hide.
-            if r != 0 && *libc::__errno_location() != libc::ENOENT {
-                return Err(io::Error::last_os_error());
+            if r != 0 {
+                absent_ok(io::Error::last_os_error())?;
             }
         }
         // POSIX message queues: those of its own IPC namespace, not the
@@ -962,8 +971,8 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         );
-        if r != 0 && *libc::__errno_location() != libc::ENOENT {
-            return Err(io::Error::last_os_error());
+        if r != 0 {
+            absent_ok(io::Error::last_os_error())?;
         }
         cvt(libc::setgroups(0, std::ptr::null()))?;
         cvt(libc::setresgid(id, id, id))?;
