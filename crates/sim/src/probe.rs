@@ -17,7 +17,8 @@
 //! `/dev/tty`), `fds` (what we hold besides the standard streams),
 //! `env` (our variables' names), `netns`, `entries DIR` (how many names
 //! `DIR` holds, as we see it: `ok N` or `ok refused ERRNO`), `dev PATH`
-//! (the device of the filesystem `PATH` is on), `userns`
+//! (the device of the filesystem `PATH` is on), `sees PID` (whether
+//! `/proc/PID` shows: `ok yes` or `ok no`), `userns`
 //! (make a user namespace: `ok made` or `ok refused WHY`), `survivor`
 //! (start a process meant to outlive us). A hostile
 //! guest: `jam PORT` (make the port's event object blocking and try to
@@ -118,6 +119,11 @@ fn confined_command(
             .spawn()
             .map(|c| format!("ok {}", c.id()))
             .map_err(|e| e.to_string()),
+        "sees" => (|| {
+            let pid: u32 = num(w.next())?;
+            let seen = Path::new(&format!("/proc/{pid}")).exists();
+            Ok(format!("ok {}", if seen { "yes" } else { "no" }))
+        })(),
         "dev" => (|| {
             use std::os::unix::fs::MetadataExt;
             let path = w.next().ok_or("missing path")?;

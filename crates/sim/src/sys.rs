@@ -974,6 +974,16 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
         if r != 0 {
             absent_ok(io::Error::last_os_error())?;
         }
+        // A `/proc` of its own that shows it only its own uid's processes
+        // (`hidepid=invisible`, Linux 5.8 on): not dom0's, nor their
+        // command lines.
+        cvt(libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"hidepid=invisible".as_ptr().cast(),
+        ))?;
         cvt(libc::setgroups(0, std::ptr::null()))?;
         cvt(libc::setresgid(id, id, id))?;
         cvt(libc::setresuid(id, id, id))?;

@@ -664,6 +664,11 @@ fn a_confined_guest_runs_as_its_own_uid_and_cannot_become_dom0() {
         let lost = g.try_cmd(&format!("dom0 {}", host.hv.socket().display()));
         assert!(lost.starts_with("err connect"), "{lost}");
     }
+    // Its `/proc` shows its own processes, not dom0's.
+    let own: u32 = g.cmd("survivor").parse().unwrap();
+    assert_eq!(g.cmd(&format!("sees {own}")), "yes");
+    assert_eq!(g.cmd(&format!("sees {}", std::process::id())), "no");
+    assert_eq!(g.cmd("sees 1"), "no", "nor init");
     // Where an unconfined process may make a user namespace, the guest
     // may not.
     if host.guest(16).cmd("userns") == "made" {
