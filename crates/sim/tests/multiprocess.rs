@@ -163,6 +163,15 @@ fn a_copy_batch_with_several_granters_holds_each_for_the_batch_only() {
     b.cmd("write 4 0 0b0b");
     let from_a: u32 = a.cmd("grant 0 3 ro").parse().unwrap();
     let from_b: u32 = b.cmd("grant 0 4 ro").parse().unwrap();
+    // Held across the batch: the batch's own holds must not take it away.
+    let kept = host
+        .dom0
+        .map_grants(&[GrantSpec {
+            domid: DomId(a.domid),
+            gref: GrantRef(from_a),
+            writable: false,
+        }])
+        .unwrap();
     let read = |domid: u16, gref: u32, to: u16| GrantCopy {
         source: CopyPtr::Grant {
             domid: DomId(domid),
@@ -206,6 +215,19 @@ fn a_copy_batch_with_several_granters_holds_each_for_the_batch_only() {
     // go, frames and all, when their processes do.
     a.kill();
     b.kill();
+    // `a` stays a zombie while we map its page (a batch that let go of
+    // more than it held would have let it go too); `b` goes.
+    let listed = |domid: u16| {
+        let doms = host.dom0.list_domains().unwrap();
+        doms.iter().find(|d| d.domid.0 == domid).map(|d| d.dying)
+    };
+    eventually("b to go", || listed(b.domid).is_none());
+    assert_eq!(listed(a.domid), Some(true), "a, mapped, is a zombie");
+    assert!(host.dom0.physinfo().unwrap().1 < free_before);
+    let mut byte = [0u8];
+    kept.memory().read_bytes(0, &mut byte).unwrap();
+    assert_eq!(byte, [0x0a]);
+    drop(kept);
     eventually("both domains' frames to return", || {
         host.dom0.physinfo().unwrap().1 == free_before
     });
