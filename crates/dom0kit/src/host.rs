@@ -1435,12 +1435,11 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
         let config = toolstack::config::parse_xl(&text).map_err(|e| e.to_string())?;
         let mut spawner = Spawner::new(&h.run, &hv);
         let c = create_guest(&hv, &mut xs, &config, &mut spawner).map_err(|e| e.to_string())?;
-        wait_connected(&mut xs, &c, Duration::from_secs(10))?;
         let sock = h.run.export_dir("bench").join("xvda.sock");
-        wait_for("the export", Duration::from_secs(5), || sock.exists())?;
-        // Whatever fails here, the guest is destroyed below.
-        let r = GuestSocket::open(&sock)
-            .map_err(|e| format!("{}: {e}", sock.display()))
+        // Whatever fails from here on, the guest is destroyed below.
+        let r = wait_connected(&mut xs, &c, Duration::from_secs(10))
+            .and_then(|()| wait_for("the export", Duration::from_secs(5), || sock.exists()))
+            .and_then(|()| GuestSocket::open(&sock).map_err(|e| format!("{}: {e}", sock.display())))
             .and_then(|held| {
                 let one = nbd_workloads(&held.path, "xvda", size)?;
                 let uri = format!("nbd+unix:///xvda?socket={}", held.path.display());
