@@ -577,7 +577,7 @@ impl Launch for Spawner {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| e.to_string())?;
         }
-        let log = std::fs::File::create(dir.join("guest.log")).map_err(|e| e.to_string())?;
+        let log = open_guest_log(&dir, domain.domid.0).map_err(|e| format!("guest.log: {e}"))?;
         // `--hv` even when confined (the guest is handed its connection
         // then): it tells whose host a guest is, in `ps` too.
         let common = |c: &mut Command| {
@@ -635,8 +635,44 @@ impl Launch for Spawner {
         self.children.push(child);
         parsed.ok_or_else(|| {
             let log = std::fs::read_to_string(dir.join("guest.log")).unwrap_or_default();
-            format!("it did not report its xenstore ring: {log}")
+            let ours = launch_log(&log, domain.domid.0);
+            format!("it did not report its xenstore ring: {ours}")
         })
+    }
+}
+
+/// A guest's log, `domains/<name>/guest.log`: appended to, each launch
+/// under a header line of its own, so that two launches of one name at
+/// once (see `create_guest`) keep each other's; moved to `guest.log.1`
+/// when it has grown past 1 MiB.
+fn open_guest_log(dir: &Path, domid: u16) -> std::io::Result<std::fs::File> {
+    let path = dir.join("guest.log");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > 1 << 20) {
+        std::fs::rename(&path, dir.join("guest.log.1"))?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    log.write_all(launch_header(domid).as_bytes())?;
+    Ok(log)
+}
+
+fn launch_header(domid: u16) -> String {
+    format!("== dom0kit: domain {domid} starts\n")
+}
+
+/// What the launch of domain `domid` wrote in `log` (its header's lines,
+/// up to the next launch's header; others' lines in between included).
+fn launch_log(log: &str, domid: u16) -> &str {
+    let header = launch_header(domid);
+    let Some(at) = log.rfind(&header) else {
+        return "";
+    };
+    let ours = &log[at + header.len()..];
+    match ours.find("== dom0kit: domain ") {
+        Some(end) => &ours[..end],
+        None => ours,
     }
 }
 
@@ -1549,7 +1585,31 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::GuestSocket;
+    use super::{launch_log, open_guest_log, GuestSocket};
+
+    #[test]
+    fn two_launches_of_one_name_keep_each_others_log() {
+        let dir = std::env::temp_dir().join(format!("dom0kit-guest-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut first = open_guest_log(&dir, 3).unwrap();
+        first.write_all(b"three starts\n").unwrap();
+        let mut second = open_guest_log(&dir, 4).unwrap();
+        second.write_all(b"four fails\n").unwrap();
+        first.write_all(b"three goes on\n").unwrap();
+        let log = std::fs::read_to_string(dir.join("guest.log")).unwrap();
+        assert!(log.contains("three starts") && log.contains("three goes on"));
+        assert_eq!(launch_log(&log, 4), "four fails\nthree goes on\n");
+        assert_eq!(launch_log(&log, 3), "three starts\n");
+        assert_eq!(launch_log(&log, 5), "");
+        // A log past 1 MiB starts again, the old one kept aside.
+        first.write_all(&vec![b'x'; 1 << 20]).unwrap();
+        drop(open_guest_log(&dir, 6).unwrap());
+        assert!(std::fs::metadata(dir.join("guest.log.1")).unwrap().len() > 1 << 20);
+        let log = std::fs::read_to_string(dir.join("guest.log")).unwrap();
+        assert_eq!(log, "== dom0kit: domain 6 starts\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
 
