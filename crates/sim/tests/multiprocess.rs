@@ -211,12 +211,12 @@ fn a_copy_batch_with_several_granters_holds_each_for_the_batch_only() {
         .read_bytes(0, &mut got)
         .unwrap();
     assert_eq!(got, [0x0a, 0x0a, 0, 0, 0x0b, 0x0b, 0x0a, 0x0a]);
-    // Nothing of the batch holds either domain once it is done: both
-    // go, frames and all, when their processes do.
+    // Nothing of the batch holds either domain once it is done: `b` goes
+    // when its process does; `a` stays a zombie while we map its page,
+    // and no longer (a batch that let go of more than it held would have
+    // let it go at once).
     a.kill();
     b.kill();
-    // `a` stays a zombie while we map its page (a batch that let go of
-    // more than it held would have let it go too); `b` goes.
     let listed = |domid: u16| {
         let doms = host.dom0.list_domains().unwrap();
         doms.iter().find(|d| d.domid.0 == domid).map(|d| d.dying)
