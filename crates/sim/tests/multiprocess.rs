@@ -69,6 +69,12 @@ fn read_only_grants_refuse_writable_maps() {
     assert!(host.dom0.map_grants(&[ro]).is_ok());
 }
 
+/// Runs a batch of copies: each one's status.
+fn copy_statuses(dom0: &sim::SimDomain, ops: &mut [GrantCopy]) -> Vec<GntStatus> {
+    dom0.copy_grants(ops).unwrap();
+    ops.iter().map(|o| o.status).collect()
+}
+
 #[test]
 fn grant_copy_works_in_both_directions_with_per_op_status() {
     let host = Host::new();
@@ -132,10 +138,8 @@ fn grant_copy_works_in_both_directions_with_per_op_status() {
             status: GntStatus::OKAY,
         },
     ];
-    host.dom0.copy_grants(&mut ops).unwrap();
-    let status: Vec<_> = ops.iter().map(|o| o.status).collect();
     assert_eq!(
-        status,
+        copy_statuses(&host.dom0, &mut ops),
         [
             GntStatus::OKAY,
             GntStatus::OKAY,
@@ -193,10 +197,8 @@ fn a_copy_batch_with_several_granters_holds_each_for_the_batch_only() {
         read(b.domid, from_b, 4),
         read(a.domid, from_a, 6),
     ];
-    host.dom0.copy_grants(&mut ops).unwrap();
-    let status: Vec<_> = ops.iter().map(|o| o.status).collect();
     assert_eq!(
-        status,
+        copy_statuses(&host.dom0, &mut ops),
         [
             GntStatus::OKAY,
             GntStatus::BAD_DOMAIN,
