@@ -826,14 +826,20 @@ pub fn write_u64(fd: RawFd, v: u64) -> usize {
     r.max(0) as usize
 }
 
-/// What a confined guest finds mounted over the places users share:
-/// small scratch spaces of its own, and an empty `/run` it cannot write
-/// (root's, `0755`), so none of the host daemons' sockets there.
-const GUEST_MOUNTS: [(&std::ffi::CStr, &std::ffi::CStr); 4] = [
-    (c"/tmp", c"mode=1777,size=4m,nr_inodes=1024"),
-    (c"/var/tmp", c"mode=1777,size=4m,nr_inodes=1024"),
-    (c"/dev/shm", c"mode=1777,size=4m,nr_inodes=1024"),
-    (c"/run", c"mode=755,size=64k,nr_inodes=16"),
+/// What a confined guest finds mounted over the places users share
+/// (filesystem, where, options): small scratch spaces of its own; an empty
+/// `/run` it cannot write (root's, `0755`), so none of the host daemons'
+/// sockets there; the POSIX message queues of its own IPC namespace, not
+/// the host's; and a `/proc` that shows it only its own uid's processes
+/// (`hidepid=invisible`, Linux 5.8 on), not dom0's nor their command
+/// lines.
+const GUEST_MOUNTS: [(&std::ffi::CStr, &std::ffi::CStr, &std::ffi::CStr); 6] = [
+    (c"tmpfs", c"/tmp", c"mode=1777,size=4m,nr_inodes=1024"),
+    (c"tmpfs", c"/var/tmp", c"mode=1777,size=4m,nr_inodes=1024"),
+    (c"tmpfs", c"/dev/shm", c"mode=1777,size=4m,nr_inodes=1024"),
+    (c"tmpfs", c"/run", c"mode=755,size=64k,nr_inodes=16"),
+    (c"mqueue", c"/dev/mqueue", c""),
+    (c"proc", c"/proc", c"hidepid=invisible"),
 ];
 
 /// The architecture the filter below was written for (`AUDIT_ARCH_*`).
@@ -936,10 +942,9 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
         let flags = cvt(libc::fcntl(hv, libc::F_GETFD))?;
         cvt(libc::fcntl(hv, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
         cvt(libc::chdir(dir.as_ptr()))?;
-        // Its own view of the filesystem, entered after the chdir (its
-        // directory stays its own whatever is mounted over the path to it):
-        // empty scratch space over the places users share, and nothing
-        // over `/run`, where the host's daemons listen.
+        // Its own view of the filesystem ([`GUEST_MOUNTS`]), entered after
+        // the chdir (its directory stays its own whatever is mounted over
+        // the path to it).
         cvt(libc::unshare(libc::CLONE_NEWNS))?;
         cvt(libc::mount(
             std::ptr::null(),
@@ -948,42 +953,19 @@ fn become_guest(hv: RawFd, dir: &std::ffi::CStr, id: u32) -> io::Result<()> {
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         ))?;
-        for (at, options) in GUEST_MOUNTS {
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        for (fs, at, options) in GUEST_MOUNTS {
             let r = libc::mount(
-                c"dom0kit-guest".as_ptr(),
+                fs.as_ptr(),
                 at.as_ptr(),
-                c"tmpfs".as_ptr(),
-                flags,
+                fs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 options.as_ptr().cast(),
             );
-            // A host without the directory has nothing there to hide.
+            // A host without the place has nothing there to hide.
             if r != 0 {
                 absent_ok(io::Error::last_os_error())?;
             }
         }
-        // POSIX message queues: those of its own IPC namespace, not the
-        // host's, which the inherited mount shows.
-        let r = libc::mount(
-            c"mqueue".as_ptr(),
-            c"/dev/mqueue".as_ptr(),
-            c"mqueue".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        );
-        if r != 0 {
-            absent_ok(io::Error::last_os_error())?;
-        }
-        // A `/proc` of its own that shows it only its own uid's processes
-        // (`hidepid=invisible`, Linux 5.8 on): not dom0's, nor their
-        // command lines.
-        cvt(libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"hidepid=invisible".as_ptr().cast(),
-        ))?;
         cvt(libc::setgroups(0, std::ptr::null()))?;
         cvt(libc::setresgid(id, id, id))?;
         cvt(libc::setresuid(id, id, id))?;
