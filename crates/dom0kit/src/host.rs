@@ -658,8 +658,11 @@ fn open_guest_log(dir: &Path, domid: u16) -> std::io::Result<std::fs::File> {
     Ok(log)
 }
 
+/// How every launch's header in `guest.log` begins.
+const LAUNCH_HEADER: &str = "== dom0kit: domain ";
+
 fn launch_header(domid: u16) -> String {
-    format!("== dom0kit: domain {domid} starts\n")
+    format!("{LAUNCH_HEADER}{domid} starts\n")
 }
 
 /// What the launch of domain `domid` wrote in `log` (its header's lines,
@@ -670,7 +673,7 @@ fn launch_log(log: &str, domid: u16) -> &str {
         return "";
     };
     let ours = &log[at + header.len()..];
-    match ours.find("== dom0kit: domain ") {
+    match ours.find(LAUNCH_HEADER) {
         Some(end) => &ours[..end],
         None => ours,
     }
@@ -1586,12 +1589,21 @@ pub(crate) fn bench_blk(args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::{launch_log, open_guest_log, GuestSocket};
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::PathBuf;
+
+    /// An empty directory of this test's own.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dom0kit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn two_launches_of_one_name_keep_each_others_log() {
-        let dir = std::env::temp_dir().join(format!("dom0kit-guest-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("guest-log");
         let mut first = open_guest_log(&dir, 3).unwrap();
         first.write_all(b"three starts\n").unwrap();
         let mut second = open_guest_log(&dir, 4).unwrap();
@@ -1610,14 +1622,10 @@ mod tests {
         assert_eq!(log, "== dom0kit: domain 6 starts\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]
     fn a_guest_socket_is_reached_as_it_is_and_not_through_a_link() {
-        let dir = std::env::temp_dir().join(format!("dom0kit-guest-socket-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("guest-socket");
         let listener = UnixListener::bind(dir.join("xvda.sock")).unwrap();
         // What a hostile guest would put in place of its export: a link or
         // a hard link to someone else's socket, or no socket at all.
