@@ -174,6 +174,13 @@ pub(crate) fn up(h: &HostArgs) -> Result<(), String> {
         "dom0kit: host up in {} (hv, xenstored, backend)",
         h.run.0.display()
     );
+    if !sim::confine::available() {
+        eprintln!(
+            "dom0kit: guests cannot be confined here (not root, or no uids for them): \
+             they run as uid {}, like dom0, so a hostile one could act as dom0",
+            sim::sys::euid()
+        );
+    }
     Ok(())
 }
 

@@ -29,6 +29,9 @@ impl Host {
             "up: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // A host whose guests share dom0's uid says so.
+        let said = String::from_utf8_lossy(&out.stderr).contains("cannot be confined here");
+        assert_eq!(said, !sim::confine::available(), "up: {out:?}");
         h
     }
 

@@ -25,7 +25,8 @@
 //!
 //! What this does not confine: a guest's process still holds the machine
 //! memfd (the sim's design maps each domain's memory from it), so one that
-//! makes its own system calls can map any frame.
+//! makes its own system calls can map any frame: the sim's trust boundary
+//! (ARCHITECTURE.md) is what a guest says, not its memory.
 
 use std::ffi::CString;
 use std::io;
