@@ -34,9 +34,10 @@ pub enum Request {
         /// How many.
         count: u64,
     },
-    /// Hand us a block of free grant references.
+    /// Hand us a block of free grant references (fewer than asked, if
+    /// fewer are left; `ENOSPC` if none are).
     AllocGrantRefs {
-        /// How many.
+        /// How many at most.
         count: u32,
     },
     /// `XENMEM_exchange` for machine-contiguous frames.

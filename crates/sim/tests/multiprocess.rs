@@ -48,6 +48,61 @@ fn dom0_maps_a_guest_grant_writes_and_the_guest_reads_it_back() {
 }
 
 #[test]
+fn a_two_frame_table_hands_out_every_ref_but_the_reserved_and_maps_past_its_first_frame() {
+    let host = Host::new();
+    let mut g = host.guest_with(16, 2);
+    let domid = DomId(g.domid);
+    g.cmd("write 3 0 6869");
+    let end = 2 * sim::SimDomain::ENTRIES_PER_FRAME as u32;
+    let mut refs = Vec::new();
+    let refused = loop {
+        let a = g.try_cmd("grant 0 3 ro");
+        match a.strip_prefix("ok ") {
+            Some(r) if refs.len() < end as usize => refs.push(r.parse::<u32>().unwrap()),
+            _ => break a,
+        }
+    };
+    assert!(refused.starts_with("err"), "a full table: {refused}");
+    refs.sort_unstable();
+    let reserved = abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES;
+    assert_eq!(
+        refs,
+        (reserved..end).collect::<Vec<_>>(),
+        "every ref once, none of the reserved"
+    );
+    let spec = |gref| GrantSpec {
+        domid,
+        gref: GrantRef(gref),
+        writable: false,
+    };
+    // A ref of the second frame maps as one of the first does.
+    for gref in [reserved, end / 2 - 1, end / 2, end - 1] {
+        let map = host.dom0.map_grants(&[spec(gref)]).unwrap();
+        let mut buf = [0u8; 2];
+        map.memory().read_bytes(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"hi", "ref {gref}");
+    }
+    for gref in [0, reserved - 1, end] {
+        assert!(host.dom0.map_grants(&[spec(gref)]).is_err(), "ref {gref}");
+    }
+}
+
+#[test]
+fn a_grant_table_has_between_one_and_xens_default_maximum_of_frames() {
+    let host = Host::new();
+    for (frames, ok) in [(0, false), (1, true), (64, true), (65, false)] {
+        let made = host.dom0.create_domain(&DomainConfig {
+            pages: 16,
+            grant_frames: frames,
+        });
+        assert_eq!(made.is_ok(), ok, "{frames} frames");
+        if let Ok(d) = made {
+            host.dom0.destroy_domain(d.domid).unwrap();
+        }
+    }
+}
+
+#[test]
 fn read_only_grants_refuse_writable_maps() {
     let host = Host::new();
     let mut g = host.guest(16);

@@ -51,11 +51,16 @@ impl Host {
 
     /// Creates a domain of `pages` pages and starts a probe attached as it.
     pub fn guest(&self, pages: u64) -> Guest {
+        self.guest_with(pages, 4)
+    }
+
+    /// [`guest`](Self::guest), its grant table `grant_frames` frames.
+    pub fn guest_with(&self, pages: u64, grant_frames: u32) -> Guest {
         let d = self
             .dom0
             .create_domain(&DomainConfig {
                 pages,
-                grant_frames: 4,
+                grant_frames,
             })
             .unwrap();
         let mut g = Guest::spawn();
