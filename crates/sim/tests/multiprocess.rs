@@ -476,6 +476,44 @@ fn destroy_kills_the_guest_process() {
     });
 }
 
+/// The state letter of process `pid` (`/proc/<pid>/stat`'s third field).
+fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name.trim_start().chars().next().unwrap()
+}
+
+#[test]
+fn pause_stops_the_guest_process_until_unpause() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let (domid, pid) = (DomId(g.domid), g.child.id());
+    let paused = |host: &Host| {
+        host.dom0
+            .list_domains()
+            .unwrap()
+            .iter()
+            .find(|d| d.domid == domid)
+            .map(|d| d.paused)
+    };
+    assert_eq!(paused(&host), Some(false));
+    host.dom0.pause_domain(domid, true).unwrap();
+    assert_eq!(paused(&host), Some(true));
+    eventually("the guest to stop", || process_state(pid) == 'T');
+    host.dom0.pause_domain(domid, false).unwrap();
+    assert_eq!(paused(&host), Some(false));
+    assert!(g.cmd("p2m 0").parse::<u64>().is_ok(), "it answers again");
+    assert_ne!(process_state(pid), 'T');
+    // Not dom0, nor a domain that is not there.
+    assert!(host.dom0.pause_domain(DomId(0), true).is_err());
+    assert!(host.dom0.pause_domain(DomId(999), true).is_err());
+    host.dom0.destroy_domain(domid).unwrap();
+    assert!(
+        host.dom0.pause_domain(domid, true).is_err(),
+        "nor a dead one"
+    );
+}
+
 #[test]
 fn tokens_are_one_time_and_guests_cannot_do_dom0_work() {
     let host = Host::new();
@@ -524,13 +562,19 @@ fn a_malformed_message_closes_only_that_connection() {
     let mut buf = [0u8; 64];
     let n = sim::sys::recv_msg(raw.as_raw_fd(), &mut buf, &mut Vec::new()).unwrap();
     assert_eq!(n, 0, "the hypervisor hung up on the bad connection");
-    let big = vec![0u8; 200_000];
+    // One message longer than any request (`MAX_MESSAGE`), short enough
+    // for the socket to take whole: refused, not read in part.
+    let mut g = host.guest(16);
+    let big = vec![0u8; sim::sys::MAX_MESSAGE + 4096];
     let raw2 = sim::sys::connect_seqpacket(host.hv.socket()).unwrap();
-    let _ = sim::sys::send_msg(raw2.as_raw_fd(), &big, &[]);
+    sim::sys::send_msg(raw2.as_raw_fd(), &big, &[]).unwrap();
+    let n = sim::sys::recv_msg(raw2.as_raw_fd(), &mut buf, &mut Vec::new()).unwrap();
+    assert_eq!(n, 0, "the hypervisor hung up on the oversized message");
     assert!(
         host.dom0.list_domains().is_ok(),
         "everyone else is still served"
     );
+    assert!(g.cmd("alloc 1").parse::<u64>().is_ok(), "guests too");
 }
 
 #[test]
@@ -544,14 +588,26 @@ fn memory_exchange_gives_machine_contiguous_frames_below_the_limit() {
         mfns.windows(2).any(|w| w[1] != w[0] + 1),
         "shuffled frames are not contiguous"
     );
-    let first: u64 = g.cmd("exchange 0 8 26").parse().unwrap();
+    // Below 16 MiB: a quarter of the test machine's 64 MiB.
+    let first: u64 = g.cmd("exchange 0 8 24").parse().unwrap();
     for p in 0..8u64 {
         assert_eq!(
             g.cmd(&format!("p2m {p}")).parse::<u64>().unwrap(),
             first + p
         );
     }
-    assert!(first + 8 <= (1 << 26) / 4096);
+    assert!(first + 8 <= (1 << 24) / 4096);
+    // Below 8 KiB there are two frames, not eight; below 4 KiB none.
+    let before = g.cmd("p2m 8");
+    for bits in [13, 11] {
+        let refused = g.try_cmd(&format!("exchange 8 8 {bits}"));
+        assert!(refused.starts_with("err"), "{bits} bits: {refused}");
+    }
+    assert_eq!(
+        g.cmd("p2m 8"),
+        before,
+        "a refused exchange keeps the frames"
+    );
     g.cmd("write 3 0 0102");
     assert_eq!(
         g.cmd("read 3 0 2"),
