@@ -1,5 +1,5 @@
 //! The grant-table state machine against a model: grant, map ro/rw, copy
-//! (a pin for the duration), unmap, end access and domain death, on one
+//! (the grant claimed for the duration), unmap, end access and domain death, on one
 //! machine shared by three domains, including every refusal.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -230,22 +230,35 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 mapper,
                 write,
             } => {
-                // A copy pins for its duration and leaves no trace.
-                let got = hv.pin(DomId(granter), GrantRef(gref), DomId(mapper), write);
+                // A copy claims the grant for its duration, as the client's
+                // `copy_grants` does, and leaves no trace.
+                let got = match hv.granter(DomId(granter), false) {
+                    None => Err(GntStatus::BAD_DOMAIN),
+                    Some(g) => hv.with_grant(&g, GrantRef(gref), DomId(mapper), write, |mfn| {
+                        let page = m
+                            .machine
+                            .as_volatile()
+                            .subslice(mfn.0 as usize * 4096, 4096)
+                            .unwrap();
+                        if write {
+                            page.write_bytes(0, &[0xab; 16]).unwrap();
+                        }
+                        let flags = m.table(granter).flags(GrantRef(gref)).unwrap();
+                        let ended = m.table(granter).end_access(GrantRef(gref)).unwrap();
+                        (mfn, flags, ended)
+                    }),
+                };
                 prop_assert_eq!(
-                    got.map(|p| p.mfn),
+                    got.map(|(mfn, _, _)| mfn),
                     model.expect_pin(granter, gref, mapper, write)
                 );
-                if let Ok(p) = got {
-                    let page = m
-                        .machine
-                        .as_volatile()
-                        .subslice(p.mfn.0 as usize * 4096, 4096)
-                        .unwrap();
-                    if write {
-                        page.write_bytes(0, &[0xab; 16]).unwrap();
-                    }
-                    hv.unpin(DomId(granter), GrantRef(gref), write);
+                if let Ok((_, flags, ended)) = got {
+                    prop_assert!(flags & GTF_READING != 0, "reading while copied");
+                    prop_assert_eq!(
+                        flags & GTF_WRITING != 0,
+                        write || model.pins(granter, gref).1 > 0
+                    );
+                    prop_assert!(!ended, "end_access fails while a copy holds the grant");
                 }
             }
             Op::End { granter, gref } => {
