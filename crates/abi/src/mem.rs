@@ -95,6 +95,13 @@ impl<'a> VolatileSlice<'a> {
         })
     }
 
+    /// Where `part` starts in us, if all of it lies in us (the reverse of
+    /// [`subslice`](Self::subslice)); addresses compared, nothing read.
+    pub fn offset_of(&self, part: &VolatileSlice<'_>) -> Option<usize> {
+        let offset = (part.ptr.as_ptr() as usize).checked_sub(self.ptr.as_ptr() as usize)?;
+        (offset.checked_add(part.len)? <= self.len).then_some(offset)
+    }
+
     /// Bounds and alignment (`align`, a power of two) of an access.
     #[inline]
     fn check(&self, offset: usize, len: usize, align: usize) -> Result<NonNull<u8>, BadAccess> {
@@ -421,6 +428,20 @@ impl core::fmt::Debug for OwnedMem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subslice_is_found_where_it_was_taken_and_nowhere_else() {
+        let m = OwnedMem::new(8192);
+        let s = m.as_volatile();
+        let part = s.subslice(4100, 10).unwrap();
+        assert_eq!(s.offset_of(&part), Some(4100));
+        assert_eq!(s.offset_of(&s.subslice(8192, 0).unwrap()), Some(8192));
+        let head = s.subslice(0, 4096).unwrap();
+        assert_eq!(head.offset_of(&part), None, "past its end");
+        assert_eq!(part.offset_of(&head), None, "before its start");
+        let other = OwnedMem::new(4096);
+        assert_eq!(s.offset_of(&other.as_volatile()), None);
+    }
 
     #[test]
     fn out_of_bounds_access_is_refused() {

@@ -33,6 +33,11 @@ pub trait OwnMemory {
     /// `count` pages of our memory starting at `pfn`, as one virtual range.
     fn pages(&self, pfn: Pfn, count: u64) -> Result<VolatileSlice<'_>>;
 
+    /// Where `mem`, a part of [`pages`](Self::pages), starts: its page
+    /// and the offset in it (Linux's `virt_to_pfn`); `Invalid` if it is not
+    /// all our memory.
+    fn pfn_of(&self, mem: &VolatileSlice<'_>) -> Result<(Pfn, usize)>;
+
     /// Pseudo-physical to machine (the P2M).
     fn pfn_to_mfn(&self, pfn: Pfn) -> Result<Mfn>;
 

@@ -527,6 +527,16 @@ impl OwnMemory for SimDomain {
             .map_err(|_| Error::Invalid("pfn"))
     }
 
+    fn pfn_of(&self, mem: &VolatileSlice<'_>) -> Result<(Pfn, usize)> {
+        let off = self
+            .inner
+            .ram
+            .slice()
+            .offset_of(mem)
+            .ok_or(Error::Invalid("not our memory"))?;
+        Ok((Pfn((off / PAGE) as u64), off % PAGE))
+    }
+
     fn pfn_to_mfn(&self, pfn: Pfn) -> Result<Mfn> {
         if pfn.0 >= self.inner.pages {
             return Err(Error::Invalid("pfn"));

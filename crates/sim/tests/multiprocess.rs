@@ -618,6 +618,21 @@ fn memory_exchange_gives_machine_contiguous_frames_below_the_limit() {
 }
 
 #[test]
+fn own_memory_goes_from_pfn_to_address_and_back() {
+    let host = Host::new();
+    let pages = host.dom0.pages(Pfn(3), 2).unwrap();
+    let at = |off, len| pages.subslice(off, len).unwrap();
+    assert_eq!(host.dom0.pfn_of(&pages).unwrap(), (Pfn(3), 0));
+    assert_eq!(host.dom0.pfn_of(&at(100, 8)).unwrap(), (Pfn(3), 100));
+    assert_eq!(host.dom0.pfn_of(&at(4096 + 5, 1)).unwrap(), (Pfn(4), 5));
+    let last = host.dom0.nr_pages() - 1;
+    let end = host.dom0.pages(Pfn(last), 1).unwrap();
+    assert_eq!(host.dom0.pfn_of(&end).unwrap(), (Pfn(last), 0));
+    let elsewhere = abi::OwnedMem::new(4096);
+    assert!(host.dom0.pfn_of(&elsewhere.as_volatile()).is_err());
+}
+
+#[test]
 fn foreign_mapping_sees_the_guests_memory() {
     let host = Host::new();
     let mut g = host.guest(16);
