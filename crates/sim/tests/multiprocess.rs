@@ -124,6 +124,33 @@ fn read_only_grants_refuse_writable_maps() {
     assert!(host.dom0.map_grants(&[ro]).is_ok());
 }
 
+#[test]
+fn a_batch_map_that_fails_part_way_keeps_nothing_it_took() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let good: u32 = g.cmd("grant 0 3 rw").parse().unwrap();
+    let spec = |gref| GrantSpec {
+        domid: DomId(g.domid),
+        gref: GrantRef(gref),
+        writable: true,
+    };
+    assert!(host.dom0.map_grants(&[spec(good), spec(good + 1)]).is_err());
+    assert_eq!(
+        g.cmd(&format!("end {good}")),
+        "",
+        "the first grant was let go when the second failed"
+    );
+    // Nor is the domain held: killed, it goes at once.
+    g.kill();
+    eventually("the domain to go", || {
+        host.dom0
+            .list_domains()
+            .unwrap()
+            .iter()
+            .all(|d| d.domid.0 != g.domid)
+    });
+}
+
 /// Runs a batch of copies: each one's status.
 fn copy_statuses(dom0: &sim::SimDomain, ops: &mut [GrantCopy]) -> Vec<GntStatus> {
     dom0.copy_grants(ops).unwrap();
@@ -209,6 +236,50 @@ fn grant_copy_works_in_both_directions_with_per_op_status() {
         "",
         "copies leave no pin behind"
     );
+}
+
+#[test]
+fn a_copy_goes_between_two_grants_and_between_two_pages_of_ours() {
+    let host = Host::new();
+    let (mut a, mut b) = (host.guest(16), host.guest(16));
+    a.cmd("write 2 0 a1a2a3");
+    let from: u32 = a.cmd("grant 0 2 ro").parse().unwrap();
+    let to: u32 = b.cmd("grant 0 4 rw").parse().unwrap();
+    let local = host.dom0.alloc_pages(2).unwrap();
+    let mine = host.dom0.pages(local, 2).unwrap();
+    mine.write_bytes(7, b"ours").unwrap();
+    let grant = |g: &common::Guest, gref, offset| CopyPtr::Grant {
+        domid: DomId(g.domid),
+        gref: GrantRef(gref),
+        offset,
+    };
+    let page = |pfn: Pfn, offset| CopyPtr::Local { pfn, offset };
+    let op = |source, dest, len| GrantCopy {
+        source,
+        dest,
+        len,
+        status: GntStatus::GENERAL_ERROR,
+    };
+    let mut ops = [
+        op(grant(&a, from, 0), grant(&b, to, 100), 3),
+        op(page(local, 7), page(Pfn(local.0 + 1), 0), 4),
+        // Into a read-only grant: refused, and nothing else held.
+        op(grant(&b, to, 0), grant(&a, from, 0), 1),
+    ];
+    assert_eq!(
+        copy_statuses(&host.dom0, &mut ops),
+        [GntStatus::OKAY, GntStatus::OKAY, GntStatus::GENERAL_ERROR]
+    );
+    assert_eq!(b.cmd("read 4 100 3"), "a1a2a3");
+    let mut buf = [0u8; 4];
+    mine.read_bytes(4096, &mut buf).unwrap();
+    assert_eq!(&buf, b"ours");
+    assert_eq!(
+        a.cmd(&format!("end {from}")),
+        "",
+        "no pin left on the source"
+    );
+    assert_eq!(b.cmd(&format!("end {to}")), "", "nor on the destination");
 }
 
 #[test]
@@ -309,6 +380,25 @@ fn event_channels_ping_pong_across_processes() {
         assert!(wait_event(&fd));
         assert!(host.dom0.ack(port).unwrap());
     }
+}
+
+#[test]
+fn a_port_offered_to_one_domain_cannot_be_bound_by_another() {
+    let host = Host::new();
+    let (mut a, mut b, mut c) = (host.guest(16), host.guest(16), host.guest(16));
+    let port: u32 = a.cmd(&format!("unbound {}", b.domid)).parse().unwrap();
+    let refused = c.try_cmd(&format!("bind {} {port}", a.domid));
+    assert!(refused.starts_with("err"), "{refused}");
+    assert!(
+        host.dom0
+            .bind_interdomain(DomId(a.domid), Port(port))
+            .is_err(),
+        "nor dom0"
+    );
+    assert!(b
+        .cmd(&format!("bind {} {port}", a.domid))
+        .parse::<u32>()
+        .is_ok());
 }
 
 #[test]
@@ -630,6 +720,31 @@ fn own_memory_goes_from_pfn_to_address_and_back() {
     assert_eq!(host.dom0.pfn_of(&end).unwrap(), (Pfn(last), 0));
     let elsewhere = abi::OwnedMem::new(4096);
     assert!(host.dom0.pfn_of(&elsewhere.as_volatile()).is_err());
+}
+
+#[test]
+fn a_foreign_mapping_keeps_a_killed_guests_frames_until_it_goes() {
+    let host = Host::new();
+    let (_, free_before) = host.dom0.physinfo().unwrap();
+    let mut g = host.guest(16);
+    g.cmd("write 5 0 0badf00d");
+    let map = platform::ForeignMemory::map_foreign(&host.dom0, DomId(g.domid), &[Pfn(5)]).unwrap();
+    g.kill();
+    eventually("the domain to die", || {
+        host.dom0
+            .list_domains()
+            .unwrap()
+            .iter()
+            .any(|d| d.domid.0 == g.domid && d.dying)
+    });
+    assert!(host.dom0.physinfo().unwrap().1 < free_before, "a zombie");
+    let mut buf = [0u8; 4];
+    map.memory().read_bytes(0, &mut buf).unwrap();
+    assert_eq!(buf, [0x0b, 0xad, 0xf0, 0x0d], "still the guest's memory");
+    drop(map);
+    eventually("frames to return", || {
+        host.dom0.physinfo().unwrap().1 == free_before
+    });
 }
 
 #[test]
