@@ -74,12 +74,36 @@ fn bench_sim_prints_every_row_with_its_ratio() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for row in [
-        "event-channel round trip",
-        "grant copy",
-        "grant map + unmap",
+    // Each row's numbers, in order: ours, then the limit and the ratio
+    // where there is a limit (the ratio is the faster over the slower).
+    let numbers = |row: &str| -> Vec<f64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row} missing from:\n{text}"));
+        line[row.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    for (row, lower_is_better) in [
+        ("event-channel round trip", true),
+        ("grant copy, 32 x 4 KiB batches", false),
     ] {
-        assert!(text.contains(row), "{row} missing from:\n{text}");
+        let n = numbers(row);
+        let [ours, limit, ratio, ..] = n[..] else {
+            panic!("{row}: {n:?}");
+        };
+        assert!(ours > 0.0 && limit > 0.0, "{row}: {n:?}");
+        let expected = if lower_is_better {
+            limit / ours
+        } else {
+            ours / limit
+        };
+        assert!((ratio - expected).abs() < 0.006, "{row}: {n:?}");
+    }
+    for row in ["grant copy of 0 bytes, per op", "grant map + unmap"] {
+        assert!(numbers(row).first().is_some_and(|&v| v > 0.0), "{row}");
     }
     assert!(text.contains("raw eventfd round trip") && text.contains("memcpy of the same bytes"));
 }
