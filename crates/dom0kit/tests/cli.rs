@@ -100,7 +100,8 @@ fn bench_sim_prints_every_row_with_its_ratio() {
         } else {
             ours / limit
         };
-        assert!((ratio - expected).abs() < 0.006, "{row}: {n:?}");
+        // The ratio printed to 2 places, its operands to 3.
+        assert!((ratio - expected).abs() < 0.01, "{row}: {n:?}");
     }
     for row in ["grant copy of 0 bytes, per op", "grant map + unmap"] {
         assert!(numbers(row).first().is_some_and(|&v| v > 0.0), "{row}");

@@ -35,7 +35,7 @@ pub trait OwnMemory {
 
     /// Where `mem`, a part of [`pages`](Self::pages), starts: its page
     /// and the offset in it (Linux's `virt_to_pfn`); `Invalid` if it is not
-    /// all our memory.
+    /// all our memory, or empty.
     fn pfn_of(&self, mem: &VolatileSlice<'_>) -> Result<(Pfn, usize)>;
 
     /// Pseudo-physical to machine (the P2M).

@@ -470,6 +470,9 @@ impl Hypervisor {
             Request::AllocGrantRefs { count } => {
                 let d = self.domains.get_mut(&me.0).ok_or(ESRCH)?;
                 let total = (d.grant_frames.len() * layout::ENTRIES_PER_FRAME) as u32;
+                if count == 0 {
+                    return Err(EINVAL);
+                }
                 // What is left of the table, if less than was asked for.
                 let count = count.min(total - d.next_gref.min(total));
                 if count == 0 {

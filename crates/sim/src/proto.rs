@@ -35,7 +35,7 @@ pub enum Request {
         count: u64,
     },
     /// Hand us a block of free grant references (fewer than asked, if
-    /// fewer are left; `ENOSPC` if none are).
+    /// fewer are left; `ENOSPC` if none are, `EINVAL` for none).
     AllocGrantRefs {
         /// How many at most.
         count: u32,

@@ -90,7 +90,8 @@ fn a_two_frame_table_hands_out_every_ref_but_the_reserved_and_maps_past_its_firs
 #[test]
 fn a_grant_table_has_between_one_and_xens_default_maximum_of_frames() {
     let host = Host::new();
-    for (frames, ok) in [(0, false), (1, true), (64, true), (65, false)] {
+    let max = abi::grant_table::DEFAULT_MAX_GRANT_FRAMES;
+    for (frames, ok) in [(0, false), (1, true), (max, true), (max + 1, false)] {
         let made = host.dom0.create_domain(&DomainConfig {
             pages: 16,
             grant_frames: frames,
@@ -264,7 +265,10 @@ fn a_copy_goes_between_two_grants_and_between_two_pages_of_ours() {
         op(grant(&a, from, 0), grant(&b, to, 100), 3),
         op(page(local, 7), page(Pfn(local.0 + 1), 0), 4),
         // Into a read-only grant: refused, and nothing else held.
-        op(grant(&b, to, 0), grant(&a, from, 0), 1),
+        GrantCopy {
+            status: GntStatus::OKAY,
+            ..op(grant(&b, to, 0), grant(&a, from, 0), 1)
+        },
     ];
     assert_eq!(
         copy_statuses(&host.dom0, &mut ops),
@@ -461,7 +465,7 @@ fn a_guest_that_jams_its_event_object_blocks_neither_dom0_nor_the_hv() {
 }
 
 #[test]
-fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps() {
+fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps_all() {
     let host = Host::new();
     let virq = host.dom0.bind_virq(abi::xen::VIRQ_DOM_EXC).unwrap();
     let virq_fd = host.dom0.pollable(virq).unwrap();
@@ -475,6 +479,10 @@ fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps() 
     };
     let map = host.dom0.map_grants(&[spec]).unwrap();
     map.memory().write_bytes(0, b"still mine").unwrap();
+    // A foreign mapping holds the domain too, with no pin.
+    g.cmd("write 9 0 0badf00d");
+    let foreign =
+        platform::ForeignMemory::map_foreign(&host.dom0, DomId(g.domid), &[Pfn(9)]).unwrap();
 
     g.kill();
     assert!(wait_event(&virq_fd), "VIRQ_DOM_EXC fired");
@@ -498,6 +506,18 @@ fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps() 
     );
 
     drop(map);
+    foreign.memory().read_bytes(0, &mut buf[..4]).unwrap();
+    assert_eq!(
+        buf[..4],
+        [0x0b, 0xad, 0xf0, 0x0d],
+        "the foreign mapping too"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        host.dom0.physinfo().unwrap().1 < free_before,
+        "the foreign mapping still keeps the zombie's frames"
+    );
+    drop(foreign);
     eventually("frames to return", || {
         host.dom0.physinfo().unwrap().1 == free_before
     });
@@ -720,31 +740,9 @@ fn own_memory_goes_from_pfn_to_address_and_back() {
     assert_eq!(host.dom0.pfn_of(&end).unwrap(), (Pfn(last), 0));
     let elsewhere = abi::OwnedMem::new(4096);
     assert!(host.dom0.pfn_of(&elsewhere.as_volatile()).is_err());
-}
-
-#[test]
-fn a_foreign_mapping_keeps_a_killed_guests_frames_until_it_goes() {
-    let host = Host::new();
-    let (_, free_before) = host.dom0.physinfo().unwrap();
-    let mut g = host.guest(16);
-    g.cmd("write 5 0 0badf00d");
-    let map = platform::ForeignMemory::map_foreign(&host.dom0, DomId(g.domid), &[Pfn(5)]).unwrap();
-    g.kill();
-    eventually("the domain to die", || {
-        host.dom0
-            .list_domains()
-            .unwrap()
-            .iter()
-            .any(|d| d.domid.0 == g.domid && d.dying)
-    });
-    assert!(host.dom0.physinfo().unwrap().1 < free_before, "a zombie");
-    let mut buf = [0u8; 4];
-    map.memory().read_bytes(0, &mut buf).unwrap();
-    assert_eq!(buf, [0x0b, 0xad, 0xf0, 0x0d], "still the guest's memory");
-    drop(map);
-    eventually("frames to return", || {
-        host.dom0.physinfo().unwrap().1 == free_before
-    });
+    // Nothing at all is no page, even where a page would be.
+    assert!(host.dom0.pfn_of(&at(8, 0)).is_err());
+    assert!(host.dom0.pfn_of(&end.subslice(4096, 0).unwrap()).is_err());
 }
 
 #[test]
