@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use abi::{DomId, GrantRef, Pfn, Port};
 use platform::{
-    CopyPtr, DomainConfig, DomainControl, EventChannels, GntStatus, GrantCopy, GrantMapper,
-    GrantSpec, OwnMemory,
+    CopyPtr, DomainConfig, DomainControl, EventChannels, ForeignMemory, GntStatus, GrantCopy,
+    GrantMapper, GrantMapping, GrantSpec, OwnMemory,
 };
 
 use crate::frames::Policy;
@@ -242,7 +242,7 @@ fn grants(dom0: &SimDomain, g: &mut Probe, domid: DomId, rounds: u32) -> Result<
     };
     let _ring = dom0.map_grants(&[ring]).map_err(err)?;
 
-    let local = dom0.alloc_pages(2 * BATCH as u64).map_err(err)?;
+    let local = dom0.alloc_pages(BATCH as u64).map_err(err)?;
     let mut ops: Vec<GrantCopy> = grefs
         .iter()
         .enumerate()
@@ -261,9 +261,13 @@ fn grants(dom0: &SimDomain, g: &mut Probe, domid: DomId, rounds: u32) -> Result<
         })
         .collect();
     let src = dom0.pages(local, BATCH as u64).map_err(err)?;
-    let dst = dom0
-        .pages(Pfn(local.0 + BATCH as u64), BATCH as u64)
-        .map_err(err)?;
+    // The baseline copies the same bytes between the same frames: ours and
+    // the guest's behind the grants, mapped as foreign memory (which takes
+    // no grant), so that where the frames happen to lie weighs on both
+    // sides alike.
+    let pfns: Vec<Pfn> = (0..BATCH as u64).map(|i| Pfn(base + i)).collect();
+    let foreign = dom0.map_foreign(domid, &pfns).map_err(err)?;
+    let dst = foreign.memory();
     src.fill(0, src.len(), 0x5a).map_err(err)?;
 
     // The same batches copying nothing: what a copy costs besides the bytes.
