@@ -309,15 +309,8 @@ impl SimDomain {
         op: &GrantCopy,
     ) -> GntStatus {
         let len = usize::from(op.len);
-        let in_page = |p: CopyPtr| {
-            let off = match p {
-                CopyPtr::Grant { offset, .. } | CopyPtr::Local { offset, .. } => offset,
-            };
-            usize::from(off) + len <= PAGE
-        };
-        if !in_page(op.source) || !in_page(op.dest) {
-            return GntStatus::BAD_COPY_ARG;
-        }
+        // Both sides within their pages.
+        let fit = |a: u16, b: u16| usize::from(a.max(b)) + len <= PAGE;
         let local = |pfn: Pfn, offset: u16| {
             let mfn = self.pfn_to_mfn(pfn).map_err(|_| GntStatus::BAD_PAGE)?;
             Ok(mfn.0 as usize * PAGE + usize::from(offset))
@@ -335,7 +328,7 @@ impl SimDomain {
                     offset,
                 },
                 CopyPtr::Local { pfn, offset: to },
-            ) => local(pfn, to).and_then(|dst| {
+            ) if fit(offset, to) => local(pfn, to).and_then(|dst| {
                 let g = granters.get(hv, domid)?;
                 hv.with_grant(&g, gref, me, false, |mfn| copy(at(mfn, offset), dst))
             }),
@@ -346,11 +339,14 @@ impl SimDomain {
                     gref,
                     offset,
                 },
-            ) => local(pfn, from).and_then(|src| {
+            ) if fit(from, offset) => local(pfn, from).and_then(|src| {
                 let g = granters.get(hv, domid)?;
                 hv.with_grant(&g, gref, me, true, |mfn| copy(src, at(mfn, offset)))
             }),
-            _ => self.copy_pinned(hv, granters, op),
+            (source, dest) if fit(offset_in_page(source), offset_in_page(dest)) => {
+                self.copy_pinned(hv, granters, op)
+            }
+            _ => Err(GntStatus::BAD_COPY_ARG),
         };
         status.unwrap_or_else(|s| s)
     }
@@ -443,6 +439,13 @@ impl Drop for BatchGranters<'_> {
         for (d, _) in all.filter(|(_, g)| g.is_some()) {
             self.owner.release(*d);
         }
+    }
+}
+
+/// The offset in its page of one side of a copy.
+fn offset_in_page(p: CopyPtr) -> u16 {
+    match p {
+        CopyPtr::Grant { offset, .. } | CopyPtr::Local { offset, .. } => offset,
     }
 }
 

@@ -167,8 +167,8 @@ impl Drop for Claim<'_> {
 struct Entry<'a> {
     combo: &'a AtomicU32,
     frame: &'a AtomicU32,
-    lock: &'a AtomicU32,
-    /// The active entry's offset in the control area.
+    /// The active entry's offset in the control area (its first word is
+    /// the entry's lock: [`lock_of`](Hypervisor::lock_of)).
     active: usize,
 }
 
@@ -255,7 +255,7 @@ impl<'a> Hypervisor<'a> {
     }
 
     /// The words of `gref`: the shared entry (flags and domid as one word,
-    /// and the frame) and the active entry's lock.
+    /// and the frame) and where its active entry is.
     #[inline]
     fn entry(&self, g: &Granter, gref: GrantRef) -> Result<Entry<'a>, GntStatus> {
         if gref.0 >= g.entries {
@@ -277,9 +277,15 @@ impl<'a> Hypervisor<'a> {
         Ok(Entry {
             combo: self.machine.atomic_u32(shared).map_err(bad)?,
             frame: self.machine.atomic_u32(shared + 4).map_err(bad)?,
-            lock: self.control.atomic_u32(active).map_err(bad)?,
             active,
         })
+    }
+
+    /// The lock word of `e`'s active entry (looked up apart: a copy's claim
+    /// of an unpinned grant needs none).
+    #[inline]
+    fn lock_of(&self, e: &Entry<'a>) -> Result<&'a AtomicU32, GntStatus> {
+        self.control.atomic_u32(e.active).map_err(bad)
     }
 
     /// The active entry's record of its pins: the mapper and the frame.
@@ -364,7 +370,8 @@ impl<'a> Hypervisor<'a> {
         writable: bool,
     ) -> Result<Pinned<'a>, GntStatus> {
         let e = self.entry(g, gref)?;
-        let pins = lock_entry(e.lock);
+        let lock = self.lock_of(&e)?;
+        let pins = lock_entry(lock);
         let taken = self
             .take(g, &e, pins, mapper, writable)
             .and_then(|(mfn, bits)| {
@@ -389,11 +396,11 @@ impl<'a> Hypervisor<'a> {
             }
             Err(_) => pins,
         };
-        e.lock.store(new, Ordering::Release);
+        lock.store(new, Ordering::Release);
         taken.map(|mfn| Pinned {
             mfn,
             combo: e.combo,
-            active: e.lock,
+            active: lock,
             writable,
         })
     }
@@ -448,7 +455,8 @@ impl<'a> Hypervisor<'a> {
             return Ok(f(c.mfn));
         }
         let e = self.entry(g, gref)?;
-        let pins = lock_entry(e.lock);
+        let lock = self.lock_of(&e)?;
+        let pins = lock_entry(lock);
         let result = self.take(g, &e, pins, mapper, writable).map(|(mfn, bits)| {
             let r = f(mfn);
             if bits != 0 {
@@ -456,7 +464,7 @@ impl<'a> Hypervisor<'a> {
             }
             r
         });
-        e.lock.store(pins, Ordering::Release);
+        lock.store(pins, Ordering::Release);
         result
     }
 
@@ -470,7 +478,10 @@ impl<'a> Hypervisor<'a> {
         let Ok(e) = self.entry(&g, gref) else {
             return;
         };
-        unpin_words(e.combo, e.lock, writable);
+        let Ok(lock) = self.lock_of(&e) else {
+            return;
+        };
+        unpin_words(e.combo, lock, writable);
     }
 
     /// Drops the pin `p` (no lookup, unlike [`unpin`](Self::unpin)).

@@ -269,10 +269,25 @@ fn a_copy_goes_between_two_grants_and_between_two_pages_of_ours() {
             status: GntStatus::OKAY,
             ..op(grant(&b, to, 0), grant(&a, from, 0), 1)
         },
+        // Across the end of a page, on either side and either path.
+        GrantCopy {
+            status: GntStatus::OKAY,
+            ..op(grant(&a, from, 0), grant(&b, to, 4095), 2)
+        },
+        GrantCopy {
+            status: GntStatus::OKAY,
+            ..op(grant(&a, from, 4094), page(local, 0), 3)
+        },
     ];
     assert_eq!(
         copy_statuses(&host.dom0, &mut ops),
-        [GntStatus::OKAY, GntStatus::OKAY, GntStatus::GENERAL_ERROR]
+        [
+            GntStatus::OKAY,
+            GntStatus::OKAY,
+            GntStatus::GENERAL_ERROR,
+            GntStatus::BAD_COPY_ARG,
+            GntStatus::BAD_COPY_ARG
+        ]
     );
     assert_eq!(b.cmd("read 4 100 3"), "a1a2a3");
     let mut buf = [0u8; 4];
