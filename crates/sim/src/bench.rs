@@ -181,10 +181,10 @@ fn evtchn_round_trip(
         sys::event_clear(fd).map_err(err)?;
         Ok(())
     };
-    // Interleave the two in 20 chunks and add up each side, so that both
+    // Interleave the two in 200 chunks and add up each side, so that both
     // see the same scheduling weather: on this VM a wake-up costs tens of
     // microseconds and varies from second to second.
-    const CHUNKS: u32 = 20;
+    const CHUNKS: u32 = 200;
     let per = (n / CHUNKS).max(1);
     let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..CHUNKS {
