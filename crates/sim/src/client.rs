@@ -22,6 +22,7 @@ use platform::{
 
 use crate::grant::{GrantTableView, Granter, Hypervisor, Pinned};
 use crate::layout::{info, Control, ENTRIES_PER_FRAME, NR_PORTS};
+use crate::pinlog::{self, PinLog};
 use crate::proto::{Reply, Request, TOKEN_LEN};
 use crate::sys::{self, Mapping};
 
@@ -47,6 +48,8 @@ struct Inner {
     machine: Option<Mapping>,
     /// The control area (dom0 only).
     control: Option<(Mapping, Control)>,
+    /// Where our grant pins are written for the hv (dom0 only).
+    pins: Option<PinLog>,
     info: Mapping,
     ram: Mapping,
     gnttab: Mapping,
@@ -112,9 +115,13 @@ impl SimDomain {
             return Err(Error::Protocol("unexpected reply to attach"));
         };
         let dom0 = matches!(req, Request::AttachDom0);
-        if fds.len() != if dom0 { 3 } else { 2 } {
+        if fds.len() != if dom0 { 4 } else { 2 } {
             return Err(Error::Protocol("attach carried the wrong descriptors"));
         }
+        let pins = match if dom0 { fds.pop() } else { None } {
+            Some(fd) => Some(PinLog::new(Mapping::shared(&fd, pinlog::LEN, true)?)),
+            None => None,
+        };
         let control_fd = if dom0 { fds.pop() } else { None };
         let info_fd = fds.pop().ok_or(Error::Protocol("no info memfd"))?;
         let machine_fd = fds.pop().ok_or(Error::Protocol("no machine memfd"))?;
@@ -153,6 +160,7 @@ impl SimDomain {
                 machine_fd,
                 machine,
                 control,
+                pins,
                 info,
                 ram,
                 gnttab,
@@ -624,7 +632,8 @@ impl GrantTable for SimDomain {
 /// Grants (or foreign pages) mapped into this process.
 pub struct SimMapping {
     map: Option<Mapping>,
-    pins: Vec<GrantSpec>,
+    /// Each pin and its slot in our [`PinLog`].
+    pins: Vec<(GrantSpec, u32)>,
     held: Vec<DomId>,
     owner: SimDomain,
 }
@@ -643,8 +652,9 @@ impl Drop for SimMapping {
     fn drop(&mut self) {
         // Unmap first: the granter may reuse a page once it is unpinned.
         drop(self.map.take());
-        if let Ok(hv) = self.owner.hv() {
-            for g in &self.pins {
+        if let (Ok(hv), Some(log)) = (self.owner.hv(), &self.owner.inner.pins) {
+            for (g, slot) in &self.pins {
+                log.forget(*slot);
                 hv.unpin(g.domid, g.gref, g.writable);
             }
         }
@@ -676,7 +686,17 @@ impl GrantMapper for SimDomain {
             let p = hv
                 .pin(g.domid, g.gref, self.inner.domid, g.writable)
                 .map_err(Error::Grant)?;
-            mapping.pins.push(*g);
+            // Written down for the hv, which drops it if we die holding it.
+            let logged = self
+                .inner
+                .pins
+                .as_ref()
+                .and_then(|log| log.record(g.domid, g.gref, g.writable));
+            let Some(slot) = logged else {
+                hv.unpin(g.domid, g.gref, g.writable);
+                return Err(Error::Exhausted("pins of this process"));
+            };
+            mapping.pins.push((*g, slot));
             frames.push((p.mfn.0, g.writable));
         }
         mapping.map = Some(self.map_pages(&frames)?);

@@ -484,6 +484,28 @@ impl<'a> Hypervisor<'a> {
         unpin_words(e.combo, lock, writable);
     }
 
+    /// [`unpin`](Self::unpin), for the hypervisor, which must not wait
+    /// on a lock a dead process may hold: `false` (nothing changed) if the
+    /// entry stays locked through [`STUCK_SPINS`] tries.
+    pub fn unpin_unless_stuck(&self, granter: DomId, gref: GrantRef, writable: bool) -> bool {
+        let Some(g) = self.granter(granter, true) else {
+            return false;
+        };
+        let Ok(e) = self.entry(&g, gref) else {
+            return false;
+        };
+        let Ok(lock) = self.lock_of(&e) else {
+            return false;
+        };
+        match try_lock_entry(lock, STUCK_SPINS) {
+            Some(pins) => {
+                unpin_locked(e.combo, lock, pins, writable);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drops the pin `p` (no lookup, unlike [`unpin`](Self::unpin)).
     pub fn release(&self, p: &Pinned<'_>) {
         unpin_words(p.combo, p.active, p.writable);
@@ -498,24 +520,38 @@ fn pin_counts(pins: u32) -> (u32, u32) {
 
 #[inline]
 fn lock_entry(lock: &AtomicU32) -> u32 {
-    let mut spins = 0u32;
     loop {
+        if let Some(pins) = try_lock_entry(lock, u32::MAX) {
+            return pins;
+        }
+    }
+}
+
+/// Tries for an entry's lock at most ~`tries` times (yielding every 64);
+/// the pin counts it held if taken.
+#[inline]
+fn try_lock_entry(lock: &AtomicU32, tries: u32) -> Option<u32> {
+    for spins in 1..=tries {
         let cur = lock.load(Ordering::Relaxed);
         if cur & LOCK == 0
             && lock
                 .compare_exchange_weak(cur, cur | LOCK, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
-            return cur;
+            return Some(cur);
         }
-        spins += 1;
         if spins % 64 == 0 {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
         }
     }
+    None
 }
+
+/// Tries of [`try_lock_entry`] before the hypervisor takes an entry's lock
+/// for lost: the lock is held for a few instructions at a time.
+const STUCK_SPINS: u32 = 64 * 64;
 
 /// Whether the shared entry `cur` is a `permit_access` grant to `mapper`,
 /// and writable if `bits` include `GTF_WRITING`.
@@ -608,7 +644,11 @@ fn clear_status(combo: &AtomicU32, bits: u16) {
 }
 
 fn unpin_words(combo: &AtomicU32, lock: &AtomicU32, writable: bool) {
-    let pins = lock_entry(lock);
+    unpin_locked(combo, lock, lock_entry(lock), writable);
+}
+
+/// [`unpin_words`] with the lock taken, `pins` the counts it held.
+fn unpin_locked(combo: &AtomicU32, lock: &AtomicU32, pins: u32, writable: bool) {
     let (readers, writers) = pin_counts(pins);
     if readers == 0 || (writable && writers == 0) {
         lock.store(pins, Ordering::Release);
@@ -699,6 +739,27 @@ mod tests {
         assert_eq!(p.mfn, Mfn(13));
         assert_eq!(f.table().end_access(GrantRef(3)), Ok(false));
         f.hv().unpin(DomId(1), GrantRef(3), true);
+        assert_eq!(f.table().end_access(GrantRef(3)), Ok(true));
+    }
+
+    #[test]
+    fn the_hypervisor_unpins_for_the_dead_but_never_waits_on_a_lost_lock() {
+        let f = Fixture::new();
+        f.table()
+            .grant(GrantRef(3), DomId(2), Pfn(5), false)
+            .unwrap();
+        f.hv().pin(DomId(1), GrantRef(3), DomId(2), true).unwrap();
+        // A pinner that died inside the entry's lock.
+        let lock = f
+            .control
+            .as_volatile()
+            .atomic_u32(f.geometry.slot(0) + slot::ACTIVE + 3 * slot::ACTIVE_ENTRY)
+            .unwrap();
+        let pins = lock.fetch_or(LOCK, Ordering::AcqRel);
+        assert!(!f.hv().unpin_unless_stuck(DomId(1), GrantRef(3), true));
+        assert_eq!(f.table().end_access(GrantRef(3)), Ok(false), "left pinned");
+        lock.store(pins, Ordering::Release);
+        assert!(f.hv().unpin_unless_stuck(DomId(1), GrantRef(3), true));
         assert_eq!(f.table().end_access(GrantRef(3)), Ok(true));
     }
 

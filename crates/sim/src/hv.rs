@@ -24,6 +24,7 @@ use abi::{DomId, Mfn, Pfn, Port};
 
 use crate::confine;
 use crate::frames::{Frames, Policy};
+use crate::grant;
 use crate::layout::{self, info, slot, Control, NR_PORTS};
 use crate::proto::{ListedDomain, Reply, Request, TOKEN_LEN};
 use crate::sys::{self, Epoll, Mapping};
@@ -138,6 +139,8 @@ struct Conn {
     fd: OwnedFd,
     domid: Option<DomId>,
     dom0: bool,
+    /// A dom0 process's log of its grant pins ([`crate::pinlog`]).
+    pins: Option<Mapping>,
 }
 
 /// The simulated hypervisor.
@@ -349,6 +352,7 @@ impl Hypervisor {
                     fd,
                     domid: None,
                     dom0: false,
+                    pins: None,
                 },
             );
         }
@@ -396,7 +400,10 @@ impl Hypervisor {
         };
         self.epoll.remove(conn.fd.as_raw_fd());
         if conn.dom0 {
-            // A dom0 process: its ports and its holds go with it.
+            // A dom0 process: its pins, its ports and its holds go with it.
+            if let Some(log) = &conn.pins {
+                self.unpin_logged(log);
+            }
             let ports: Vec<u32> = self.domains.get(&0).map_or(Vec::new(), |d| {
                 d.ports
                     .iter()
@@ -635,8 +642,12 @@ impl Hypervisor {
         if uid != sys::euid() && uid != 0 {
             return Err(EACCES);
         }
+        let log = sys::memfd("dom0kit-pins", crate::pinlog::LEN as u64).map_err(|_| ENOMEM)?;
+        sys::seal_size(&log).map_err(|_| ENOMEM)?;
+        let pins = Mapping::shared(&log, crate::pinlog::LEN, false).map_err(|_| ENOMEM)?;
         conn.domid = Some(DomId(0));
         conn.dom0 = true;
+        conn.pins = Some(pins);
         // Attached: no pidfd with every request from now on.
         sys::pass_pidfd(conn.fd.as_raw_fd(), false);
         let reply = self.attached_reply(DomId(0))?;
@@ -645,7 +656,10 @@ impl Hypervisor {
             self.machine_fd.as_raw_fd(),
             d.info_fd.as_raw_fd(),
             self.control_fd.as_raw_fd(),
+            log.as_raw_fd(),
         ];
+        // Closed once the reply is sent: the process and our mapping keep it.
+        self.outgoing.push(log);
         Ok((reply, fds))
     }
 
@@ -1076,6 +1090,17 @@ impl Hypervisor {
                     r.bump_generation(remote_port.0);
                 }
             }
+        }
+    }
+
+    /// Drops the pins a gone dom0 process left in its log. One whose entry
+    /// stays locked (the process died holding the lock) is left pinned:
+    /// the hv never waits on a lock for long.
+    fn unpin_logged(&self, log: &Mapping) {
+        let grants =
+            grant::Hypervisor::new(self.control.slice(), self.machine.slice(), self.geometry);
+        for (granter, gref, writable) in crate::pinlog::recorded(log) {
+            grants.unpin_unless_stuck(granter, gref, writable);
         }
     }
 

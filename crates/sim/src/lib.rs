@@ -28,6 +28,7 @@ pub mod fuzz;
 pub mod grant;
 pub mod hv;
 pub mod layout;
+pub mod pinlog;
 pub mod probe;
 pub mod proto;
 pub mod sys;

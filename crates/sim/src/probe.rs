@@ -7,7 +7,8 @@
 //! `exchange PFN COUNT BITS`, `unbound DOMID`, `bind DOMID PORT`,
 //! `notify PORT`, `wait PORT MS`, `close PORT`, `echo PORT N`,
 //! `rawecho FD_IN FD_OUT N`, `hangup` (close the hv socket, keep the
-//! mappings), `exit`. Answers start with `ok`, or `err`.
+//! mappings), `exit`; as dom0, `attach-dom0 SOCKET` and `map DOMID GREF
+//! rw|ro` (mapped until we exit). Answers start with `ok`, or `err`.
 //!
 //! Started confined ([`crate::confine::Jail`]): `ids` (our uid, gid and
 //! supplementary groups), `inherited-dom0` (ask to attach as dom0 over
@@ -206,6 +207,12 @@ fn command(
         *dom = Some(d);
         return Ok(format!("ok {id}"));
     }
+    if cmd == "attach-dom0" {
+        let socket = w.next().ok_or("missing socket")?;
+        let d = SimDomain::attach_dom0(Path::new(socket)).map_err(|e| e.to_string())?;
+        *dom = Some(d);
+        return Ok("ok 0".into());
+    }
     if cmd == "rawecho" {
         let (fin, fout, n): (i32, i32, u64) = (num(w.next())?, num(w.next())?, num(w.next())?);
         for _ in 0..n {
@@ -217,6 +224,17 @@ fn command(
     let d = dom.as_ref().ok_or("not attached")?;
     let e = |e: platform::Error| e.to_string();
     match cmd {
+        // As dom0: maps a grant and keeps it mapped for as long as we live.
+        "map" => {
+            let (granter, gref): (u16, u32) = (num(w.next())?, num(w.next())?);
+            let spec = platform::GrantSpec {
+                domid: DomId(granter),
+                gref: GrantRef(gref),
+                writable: w.next() == Some("rw"),
+            };
+            std::mem::forget(platform::GrantMapper::map_grants(d, &[spec]).map_err(e)?);
+            Ok("ok".into())
+        }
         "grant" => {
             let (to, pfn): (u16, u64) = (num(w.next())?, num(w.next())?);
             let ro = w.next() == Some("ro");

@@ -545,6 +545,41 @@ fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps_al
 }
 
 #[test]
+fn a_dom0_process_that_dies_lets_go_of_the_grants_it_mapped() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let gref: u32 = g.cmd("grant 0 3 rw").parse().unwrap();
+    let kept: u32 = g.cmd("grant 0 4 ro").parse().unwrap();
+    // A second dom0 process (a backend) maps both grants, the first twice.
+    let mut backend = common::Guest::spawn();
+    backend.cmd(&format!("attach-dom0 {}", host.hv.socket().display()));
+    for (r, how) in [(gref, "rw"), (gref, "ro"), (kept, "ro")] {
+        backend.cmd(&format!("map {} {r} {how}", g.domid));
+    }
+    // dom0 here maps one of them too, and keeps it.
+    let ours = host
+        .dom0
+        .map_grants(&[GrantSpec {
+            domid: DomId(g.domid),
+            gref: GrantRef(kept),
+            writable: false,
+        }])
+        .unwrap();
+    assert_eq!(g.cmd(&format!("end {gref}")), "inuse");
+    backend.kill();
+    eventually("the dead backend's pins to go", || {
+        g.cmd(&format!("end {gref}")).is_empty()
+    });
+    assert_eq!(
+        g.cmd(&format!("end {kept}")),
+        "inuse",
+        "a live process's pin of the same grant stays"
+    );
+    drop(ours);
+    assert_eq!(g.cmd(&format!("end {kept}")), "");
+}
+
+#[test]
 fn a_guest_that_shuts_down_stays_with_its_memory_until_destroyed() {
     let host = Host::new();
     let virq = host.dom0.bind_virq(abi::xen::VIRQ_DOM_EXC).unwrap();
