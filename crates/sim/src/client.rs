@@ -654,8 +654,10 @@ impl Drop for SimMapping {
         drop(self.map.take());
         if let (Ok(hv), Some(log)) = (self.owner.hv(), &self.owner.inner.pins) {
             for (g, slot) in &self.pins {
-                log.forget(*slot);
-                hv.unpin(g.domid, g.gref, g.writable);
+                // Unless the hv took it when our connection closed.
+                if log.take_back(*slot, g.domid, g.gref, g.writable) {
+                    hv.unpin(g.domid, g.gref, g.writable);
+                }
             }
         }
         for &d in &self.held {

@@ -484,20 +484,22 @@ impl<'a> Hypervisor<'a> {
         unpin_words(e.combo, lock, writable);
     }
 
-    /// [`unpin`](Self::unpin), for the hypervisor, which must not wait
-    /// on a lock a dead process may hold: `false` (nothing changed) if the
-    /// entry stays locked through [`STUCK_SPINS`] tries.
-    pub fn unpin_unless_stuck(&self, granter: DomId, gref: GrantRef, writable: bool) -> bool {
+    /// [`unpin`](Self::unpin), for the hypervisor, which must not wait on
+    /// an entry's lock (a process descheduled in it, or dead in it, holds
+    /// it): `false` if the lock was not free within a few tries, to be
+    /// tried again; `true` once done, or if there is nothing to unpin (no
+    /// such granter or entry).
+    pub fn try_unpin(&self, granter: DomId, gref: GrantRef, writable: bool) -> bool {
         let Some(g) = self.granter(granter, true) else {
-            return false;
+            return true;
         };
         let Ok(e) = self.entry(&g, gref) else {
-            return false;
+            return true;
         };
         let Ok(lock) = self.lock_of(&e) else {
-            return false;
+            return true;
         };
-        match try_lock_entry(lock, STUCK_SPINS) {
+        match try_lock_entry(lock, 64) {
             Some(pins) => {
                 unpin_locked(e.combo, lock, pins, writable);
                 true
@@ -548,10 +550,6 @@ fn try_lock_entry(lock: &AtomicU32, tries: u32) -> Option<u32> {
     }
     None
 }
-
-/// Tries of [`try_lock_entry`] before the hypervisor takes an entry's lock
-/// for lost: the lock is held for a few instructions at a time.
-const STUCK_SPINS: u32 = 64 * 64;
 
 /// Whether the shared entry `cur` is a `permit_access` grant to `mapper`,
 /// and writable if `bits` include `GTF_WRITING`.
@@ -743,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hypervisor_unpins_for_the_dead_but_never_waits_on_a_lost_lock() {
+    fn the_hypervisor_unpins_for_the_dead_but_never_waits_on_a_held_lock() {
         let f = Fixture::new();
         f.table()
             .grant(GrantRef(3), DomId(2), Pfn(5), false)
@@ -756,11 +754,15 @@ mod tests {
             .atomic_u32(f.geometry.slot(0) + slot::ACTIVE + 3 * slot::ACTIVE_ENTRY)
             .unwrap();
         let pins = lock.fetch_or(LOCK, Ordering::AcqRel);
-        assert!(!f.hv().unpin_unless_stuck(DomId(1), GrantRef(3), true));
-        assert_eq!(f.table().end_access(GrantRef(3)), Ok(false), "left pinned");
+        assert!(!f.hv().try_unpin(DomId(1), GrantRef(3), true), "try later");
+        assert_eq!(f.table().end_access(GrantRef(3)), Ok(false), "still pinned");
         lock.store(pins, Ordering::Release);
-        assert!(f.hv().unpin_unless_stuck(DomId(1), GrantRef(3), true));
+        assert!(f.hv().try_unpin(DomId(1), GrantRef(3), true));
         assert_eq!(f.table().end_access(GrantRef(3)), Ok(true));
+        assert!(
+            f.hv().try_unpin(DomId(7), GrantRef(3), true),
+            "no such granter: nothing to do"
+        );
     }
 
     #[test]

@@ -139,8 +139,9 @@ struct Conn {
     fd: OwnedFd,
     domid: Option<DomId>,
     dom0: bool,
-    /// A dom0 process's log of its grant pins ([`crate::pinlog`]).
-    pins: Option<Mapping>,
+    /// A dom0 process's log of its grant pins ([`crate::pinlog`]): the
+    /// memfd, read to find them, and our mapping of it, to take them.
+    pins: Option<(std::fs::File, Mapping)>,
 }
 
 /// The simulated hypervisor.
@@ -165,6 +166,9 @@ pub struct Hypervisor {
     /// Descriptors made for the reply being sent (a peer's own write end
     /// of an event pipe), closed once it is.
     outgoing: Vec<OwnedFd>,
+    /// Pins of closed dom0 connections whose entries were locked when we
+    /// came to drop them.
+    stuck_pins: Vec<(DomId, abi::GrantRef, bool)>,
 }
 
 /// Connections that have not attached yet, at most.
@@ -264,6 +268,7 @@ impl Hypervisor {
             epoll,
             stop,
             outgoing: Vec::new(),
+            stuck_pins: Vec::new(),
             guest_ids: confine::IdBlock::claim()?,
         };
         let pages = hv.config.dom0_pages;
@@ -292,7 +297,12 @@ impl Hypervisor {
         let mut ready = Vec::new();
         loop {
             ready.clear();
-            self.epoll.wait(&mut ready, -1)?;
+            // Pins behind a locked entry are tried again every 10 ms.
+            let timeout = if self.stuck_pins.is_empty() { -1 } else { 10 };
+            self.epoll.wait(&mut ready, timeout)?;
+            if !self.stuck_pins.is_empty() {
+                self.retry_stuck_pins();
+            }
             for &token in &ready {
                 match token {
                     LISTENER => self.accept(),
@@ -401,8 +411,8 @@ impl Hypervisor {
         self.epoll.remove(conn.fd.as_raw_fd());
         if conn.dom0 {
             // A dom0 process: its pins, its ports and its holds go with it.
-            if let Some(log) = &conn.pins {
-                self.unpin_logged(log);
+            if let Some((file, map)) = &conn.pins {
+                self.unpin_logged(file, map);
             }
             let ports: Vec<u32> = self.domains.get(&0).map_or(Vec::new(), |d| {
                 d.ports
@@ -644,10 +654,11 @@ impl Hypervisor {
         }
         let log = sys::memfd("dom0kit-pins", crate::pinlog::LEN as u64).map_err(|_| ENOMEM)?;
         sys::seal_size(&log).map_err(|_| ENOMEM)?;
-        let pins = Mapping::shared(&log, crate::pinlog::LEN, false).map_err(|_| ENOMEM)?;
+        let map = Mapping::shared(&log, crate::pinlog::LEN, true).map_err(|_| ENOMEM)?;
+        let file = std::fs::File::from(log.try_clone().map_err(|_| ENOMEM)?);
         conn.domid = Some(DomId(0));
         conn.dom0 = true;
-        conn.pins = Some(pins);
+        conn.pins = Some((file, map));
         // Attached: no pidfd with every request from now on.
         sys::pass_pidfd(conn.fd.as_raw_fd(), false);
         let reply = self.attached_reply(DomId(0))?;
@@ -1093,15 +1104,22 @@ impl Hypervisor {
         }
     }
 
-    /// Drops the pins a gone dom0 process left in its log. One whose entry
-    /// stays locked (the process died holding the lock) is left pinned:
-    /// the hv never waits on a lock for long.
-    fn unpin_logged(&self, log: &Mapping) {
+    /// Drops the pins a closed dom0 connection left in its log. One whose
+    /// entry is locked (by a process descheduled in it, or one that died in
+    /// it) is tried again later: the hv never waits on a lock for long.
+    fn unpin_logged(&mut self, file: &std::fs::File, map: &Mapping) {
+        let taken = crate::pinlog::take_all(file, map);
+        self.stuck_pins.extend(taken);
+        self.retry_stuck_pins();
+    }
+
+    /// Tries the pins [`unpin_logged`](Self::unpin_logged) could not drop
+    /// yet; keeps those still locked.
+    fn retry_stuck_pins(&mut self) {
         let grants =
             grant::Hypervisor::new(self.control.slice(), self.machine.slice(), self.geometry);
-        for (granter, gref, writable) in crate::pinlog::recorded(log) {
-            grants.unpin_unless_stuck(granter, gref, writable);
-        }
+        self.stuck_pins
+            .retain(|&(granter, gref, writable)| !grants.try_unpin(granter, gref, writable));
     }
 
     /// A domain's death: ports closed, `VIRQ_DOM_EXC`, then its memory once

@@ -6,17 +6,21 @@
 //! the grant `GTF_reading` for good, where Xen's gntdev lets go of a dead
 //! process's mappings. So every dom0 connection gets a log from the hv at
 //! attach: a memfd of [`SLOTS`] words, one a pin. The process writes a
-//! slot after it pins and clears it before it unpins; when the connection
-//! closes, the hv unpins what is still written. Dying between the two steps
-//! leaks that pin, as before, and never unpins one that was not taken.
+//! slot after it pins; when the connection closes, the hv takes every word
+//! still written (swapping in 0) and drops those pins. Whoever takes a word
+//! drops its pin, exactly once: the process takes its word back
+//! (compare-and-swap to 0) before it unpins, and unpins only if it got it.
+//! Dying between pinning and writing leaks that pin. A process must not
+//! fork and go on pinning in the child: both would hand out the same slots.
 
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use abi::{DomId, GrantRef};
 
 use crate::sys::Mapping;
 
-/// Pins a dom0 process may hold at once (mapped grant pages: 256 MiB).
+/// Pins one dom0 connection may hold at once (mapped grant pages: 256 MiB).
 pub const SLOTS: usize = 65536;
 
 /// Bytes of a log.
@@ -39,8 +43,8 @@ fn pin_of(word: u64) -> Option<(DomId, GrantRef, bool)> {
 /// A process's side of its log: the slots it writes.
 pub struct PinLog {
     map: Mapping,
-    /// Slots never used yet start at `next`; `freed` were used and given
-    /// back (reused first, so the log stays short).
+    /// Slots given back (reused first, so the log stays short), and the
+    /// first slot never used.
     slots: Mutex<(Vec<u32>, u32)>,
 }
 
@@ -68,33 +72,60 @@ impl PinLog {
             }
         };
         let w = word(granter, gref, writable);
-        let stored =
-            self.map
-                .slice()
-                .store_u64(slot as usize * 8, w, std::sync::atomic::Ordering::Release);
+        let stored = self
+            .map
+            .slice()
+            .store_u64(slot as usize * 8, w, Ordering::Release);
         stored.ok().map(|()| slot)
     }
 
-    /// Clears slot `slot` (a pin we are about to drop).
-    pub fn forget(&self, slot: u32) {
-        let cleared =
-            self.map
-                .slice()
-                .store_u64(slot as usize * 8, 0, std::sync::atomic::Ordering::Release);
-        if cleared.is_ok() {
-            let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            s.0.push(slot);
-        }
+    /// Takes back the pin of `gref` of `granter` recorded in `slot`:
+    /// `true` if it is still ours to drop, `false` if the hv took it (and
+    /// dropped it) when our connection closed.
+    pub fn take_back(&self, slot: u32, granter: DomId, gref: GrantRef, writable: bool) -> bool {
+        let ours = self
+            .map
+            .slice()
+            .atomic_u64(slot as usize * 8)
+            .map(|w| {
+                w.compare_exchange(
+                    word(granter, gref, writable),
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            })
+            .unwrap_or(false);
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        s.0.push(slot);
+        ours
     }
 }
 
-/// The pins still written in a log whose process is gone.
-pub fn recorded(log: &Mapping) -> Vec<(DomId, GrantRef, bool)> {
-    let s = log.slice();
-    (0..SLOTS)
-        .filter_map(|i| s.load_u64(i * 8, std::sync::atomic::Ordering::Acquire).ok())
-        .filter_map(pin_of)
-        .collect()
+/// Takes every pin still written in the log of a connection that closed:
+/// `file` is read to find them (a slot never written reads as zero and is
+/// not allocated by the read), `map` takes each (swapped for 0).
+pub fn take_all(file: &std::fs::File, map: &Mapping) -> Vec<(DomId, GrantRef, bool)> {
+    use std::os::unix::fs::FileExt;
+    let mut pins = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    for at in (0..LEN).step_by(chunk.len()) {
+        if file.read_exact_at(&mut chunk, at as u64).is_err() {
+            break;
+        }
+        for (i, w) in chunk.chunks_exact(8).enumerate() {
+            if w.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let taken = map
+                .slice()
+                .atomic_u64(at + i * 8)
+                .map(|w| w.swap(0, Ordering::AcqRel));
+            pins.extend(taken.ok().and_then(pin_of));
+        }
+    }
+    pins
 }
 
 #[cfg(test)]
@@ -108,5 +139,25 @@ mod tests {
             assert_eq!(got, Some((DomId(d), GrantRef(r), w)));
         }
         assert_eq!(pin_of(0), None);
+    }
+
+    #[test]
+    fn each_pin_is_taken_once_by_the_process_or_by_the_hv() {
+        let fd = crate::sys::memfd("pins", LEN as u64).unwrap();
+        let file = std::fs::File::from(fd.try_clone().unwrap());
+        let log = PinLog::new(Mapping::shared(&fd, LEN, true).unwrap());
+        let hv = Mapping::shared(&fd, LEN, true).unwrap();
+        let (a, b) = ((DomId(3), GrantRef(9)), (DomId(4), GrantRef(10)));
+        let sa = log.record(a.0, a.1, true).unwrap();
+        let sb = log.record(b.0, b.1, false).unwrap();
+        assert!(
+            log.take_back(sa, a.0, a.1, true),
+            "ours until the hv takes it"
+        );
+        assert_eq!(take_all(&file, &hv), [(b.0, b.1, false)]);
+        assert!(!log.take_back(sb, b.0, b.1, false), "the hv took it");
+        assert!(take_all(&file, &hv).is_empty(), "nothing twice");
+        // A slot given back is handed out again.
+        assert_eq!(log.record(a.0, a.1, false), Some(sb));
     }
 }

@@ -7,8 +7,9 @@
 //! `exchange PFN COUNT BITS`, `unbound DOMID`, `bind DOMID PORT`,
 //! `notify PORT`, `wait PORT MS`, `close PORT`, `echo PORT N`,
 //! `rawecho FD_IN FD_OUT N`, `hangup` (close the hv socket, keep the
-//! mappings), `exit`; as dom0, `attach-dom0 SOCKET` and `map DOMID GREF
-//! rw|ro` (mapped until we exit). Answers start with `ok`, or `err`.
+//! mappings), `exit`; as dom0, `attach-dom0 SOCKET`, `map DOMID GREF
+//! rw|ro` (mapped until `unmap` or our exit) and `unmap`. Answers start
+//! with `ok`, or `err`.
 //!
 //! Started confined ([`crate::confine::Jail`]): `ids` (our uid, gid and
 //! supplementary groups), `inherited-dom0` (ask to attach as dom0 over
@@ -189,6 +190,10 @@ fn confined_command(
     Some(answer)
 }
 
+/// What `map` mapped, until `unmap`.
+static MAPPINGS: std::sync::Mutex<Vec<crate::client::SimMapping>> =
+    std::sync::Mutex::new(Vec::new());
+
 fn command(
     inherited: &mut Option<OwnedFd>,
     dom: &mut Option<SimDomain>,
@@ -224,7 +229,7 @@ fn command(
     let d = dom.as_ref().ok_or("not attached")?;
     let e = |e: platform::Error| e.to_string();
     match cmd {
-        // As dom0: maps a grant and keeps it mapped for as long as we live.
+        // As dom0: maps a grant, kept mapped until `unmap` or our exit.
         "map" => {
             let (granter, gref): (u16, u32) = (num(w.next())?, num(w.next())?);
             let spec = platform::GrantSpec {
@@ -232,7 +237,12 @@ fn command(
                 gref: GrantRef(gref),
                 writable: w.next() == Some("rw"),
             };
-            std::mem::forget(platform::GrantMapper::map_grants(d, &[spec]).map_err(e)?);
+            let m = platform::GrantMapper::map_grants(d, &[spec]).map_err(e)?;
+            MAPPINGS.lock().map_err(|_| "poisoned")?.push(m);
+            Ok("ok".into())
+        }
+        "unmap" => {
+            MAPPINGS.lock().map_err(|_| "poisoned")?.clear();
             Ok("ok".into())
         }
         "grant" => {

@@ -141,7 +141,7 @@ pub enum Reply {
     /// Done, nothing to say.
     Ok,
     /// Attached; descriptors: machine memfd, domain-info memfd, and for
-    /// dom0 the control memfd.
+    /// dom0 the control memfd and its pin log ([`crate::pinlog`]).
     Attached {
         /// Who we are.
         domid: DomId,

@@ -580,6 +580,41 @@ fn a_dom0_process_that_dies_lets_go_of_the_grants_it_mapped() {
 }
 
 #[test]
+fn a_dom0_process_that_hangs_up_loses_its_pins_once_not_twice() {
+    let host = Host::new();
+    let mut g = host.guest(16);
+    let shared: u32 = g.cmd("grant 0 3 ro").parse().unwrap();
+    let sentinel: u32 = g.cmd("grant 0 4 ro").parse().unwrap();
+    let mut backend = common::Guest::spawn();
+    backend.cmd(&format!("attach-dom0 {}", host.hv.socket().display()));
+    for r in [shared, sentinel] {
+        backend.cmd(&format!("map {} {r} ro", g.domid));
+    }
+    let ours = host
+        .dom0
+        .map_grants(&[GrantSpec {
+            domid: DomId(g.domid),
+            gref: GrantRef(shared),
+            writable: false,
+        }])
+        .unwrap();
+    // The backend hangs up alive; the hv drops its pins (the sentinel's
+    // going shows it has), then the backend unmaps: no pin is dropped twice.
+    backend.cmd("hangup");
+    eventually("the hv to drop the hung-up backend's pins", || {
+        g.cmd(&format!("end {sentinel}")).is_empty()
+    });
+    backend.cmd("unmap");
+    assert_eq!(
+        g.cmd(&format!("end {shared}")),
+        "inuse",
+        "dom0's own pin of the shared grant stays"
+    );
+    drop(ours);
+    assert_eq!(g.cmd(&format!("end {shared}")), "");
+}
+
+#[test]
 fn a_guest_that_shuts_down_stays_with_its_memory_until_destroyed() {
     let host = Host::new();
     let virq = host.dom0.bind_virq(abi::xen::VIRQ_DOM_EXC).unwrap();
