@@ -544,6 +544,27 @@ fn a_killed_guest_raises_dom_exc_and_its_frames_return_only_after_dom0_unmaps_al
         .all(|d| d.domid.0 != g.domid));
 }
 
+/// A second dom0 process (a probe, as a backend would be) that has mapped
+/// `g`'s grants `maps` (ref, `rw` or `ro`) and keeps them mapped.
+fn dom0_process_mapping(host: &Host, g: &common::Guest, maps: &[(u32, &str)]) -> common::Guest {
+    let mut p = common::Guest::spawn();
+    p.cmd(&format!("attach-dom0 {}", host.hv.socket().display()));
+    for (r, how) in maps {
+        p.cmd(&format!("map {} {r} {how}", g.domid));
+    }
+    p
+}
+
+/// `g`'s grant `gref` mapped read-only by dom0 here.
+fn map_read_only(host: &Host, g: &common::Guest, gref: u32) -> sim::client::SimMapping {
+    let spec = GrantSpec {
+        domid: DomId(g.domid),
+        gref: GrantRef(gref),
+        writable: false,
+    };
+    host.dom0.map_grants(&[spec]).unwrap()
+}
+
 #[test]
 fn a_dom0_process_that_dies_lets_go_of_the_grants_it_mapped() {
     let host = Host::new();
@@ -551,20 +572,9 @@ fn a_dom0_process_that_dies_lets_go_of_the_grants_it_mapped() {
     let gref: u32 = g.cmd("grant 0 3 rw").parse().unwrap();
     let kept: u32 = g.cmd("grant 0 4 ro").parse().unwrap();
     // A second dom0 process (a backend) maps both grants, the first twice.
-    let mut backend = common::Guest::spawn();
-    backend.cmd(&format!("attach-dom0 {}", host.hv.socket().display()));
-    for (r, how) in [(gref, "rw"), (gref, "ro"), (kept, "ro")] {
-        backend.cmd(&format!("map {} {r} {how}", g.domid));
-    }
+    let mut backend = dom0_process_mapping(&host, &g, &[(gref, "rw"), (gref, "ro"), (kept, "ro")]);
     // dom0 here maps one of them too, and keeps it.
-    let ours = host
-        .dom0
-        .map_grants(&[GrantSpec {
-            domid: DomId(g.domid),
-            gref: GrantRef(kept),
-            writable: false,
-        }])
-        .unwrap();
+    let ours = map_read_only(&host, &g, kept);
     assert_eq!(g.cmd(&format!("end {gref}")), "inuse");
     backend.kill();
     eventually("the dead backend's pins to go", || {
@@ -585,19 +595,8 @@ fn a_dom0_process_that_hangs_up_loses_its_pins_once_not_twice() {
     let mut g = host.guest(16);
     let shared: u32 = g.cmd("grant 0 3 ro").parse().unwrap();
     let sentinel: u32 = g.cmd("grant 0 4 ro").parse().unwrap();
-    let mut backend = common::Guest::spawn();
-    backend.cmd(&format!("attach-dom0 {}", host.hv.socket().display()));
-    for r in [shared, sentinel] {
-        backend.cmd(&format!("map {} {r} ro", g.domid));
-    }
-    let ours = host
-        .dom0
-        .map_grants(&[GrantSpec {
-            domid: DomId(g.domid),
-            gref: GrantRef(shared),
-            writable: false,
-        }])
-        .unwrap();
+    let mut backend = dom0_process_mapping(&host, &g, &[(shared, "ro"), (sentinel, "ro")]);
+    let ours = map_read_only(&host, &g, shared);
     // The backend hangs up alive; the hv drops its pins (the sentinel's
     // going shows it has), then the backend unmaps: no pin is dropped twice.
     backend.cmd("hangup");
