@@ -1208,7 +1208,8 @@ impl Hypervisor {
         };
         // Its entries go with it: a pin still to be dropped there must not
         // be taken for one of the next domain of its id.
-        self.stuck_pins.retain(|&(granter, _, _)| granter.0 != domid);
+        self.stuck_pins
+            .retain(|&(granter, _, _)| granter.0 != domid);
         let c = self.control.slice();
         let s = self.geometry.slot(d.slot);
         let _ = c.store_u16(self.geometry.slot_of(domid), 0, Ordering::Release);
