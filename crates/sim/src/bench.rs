@@ -275,9 +275,10 @@ fn grants(dom0: &SimDomain, g: &mut Probe, domid: DomId, rounds: u32) -> Result<
     empty.iter_mut().for_each(|o| o.len = 0);
 
     // Short passes, alternating, the best of each kept: on this VM noise
-    // comes and goes in bursts shorter than a long pass.
+    // comes and goes in bursts shorter than a long pass. In all, the time
+    // of five passes of `rounds` batches.
     const PASSES: u32 = 25;
-    let per = (rounds / 5).max(1);
+    let per = (rounds.saturating_mul(5) / PASSES).max(1);
     let mut best_copy = Duration::MAX;
     let mut best_memcpy = Duration::MAX;
     let mut best_empty = Duration::MAX;
