@@ -652,10 +652,11 @@ impl Drop for SimMapping {
     fn drop(&mut self) {
         // Unmap first: the granter may reuse a page once it is unpinned.
         drop(self.map.take());
-        if let (Ok(hv), Some(log)) = (self.owner.hv(), &self.owner.inner.pins) {
+        if let Ok(hv) = self.owner.hv() {
+            let log = self.owner.inner.pins.as_ref();
             for (g, slot) in &self.pins {
                 // Unless the hv took it when our connection closed.
-                if log.take_back(*slot, g.domid, g.gref, g.writable) {
+                if log.is_none_or(|l| l.take_back(*slot, g.domid, g.gref, g.writable)) {
                     hv.unpin(g.domid, g.gref, g.writable);
                 }
             }
